@@ -1,0 +1,39 @@
+// Output-size arithmetic of conv2d and max_pool2d, in one place for the CPU and CUDA sides.
+// Plain C++ with no PyTorch header, so the .cu files (compiled by nvcc without PyTorch) include it.
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define LENET_HOST_DEVICE __host__ __device__
+#else
+#define LENET_HOST_DEVICE
+#endif
+
+namespace lenet_ext {
+
+// Extent covered by a dilated kernel: dilation * (kernel - 1) + 1.
+LENET_HOST_DEVICE inline int64_t dilated_extent(int64_t kernel, int64_t dilation) {
+  return dilation * (kernel - 1) + 1;
+}
+
+// torch's convolution output size (floor). Returns < 1 when the kernel does not fit the padded input.
+LENET_HOST_DEVICE inline int64_t conv_output_size(int64_t input, int64_t kernel, int64_t stride,
+                                                  int64_t padding, int64_t dilation) {
+  const int64_t span = input + 2 * padding - dilated_extent(kernel, dilation);
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+// torch's pooling output size (ATen pooling_output_shape). With ceil_mode the last window may hang
+// over the end, but it must start inside the input or the left padding, else it is dropped.
+LENET_HOST_DEVICE inline int64_t pool_output_size(int64_t input, int64_t kernel, int64_t stride,
+                                                  int64_t padding, int64_t dilation, bool ceil_mode) {
+  const int64_t span = input + 2 * padding - dilated_extent(kernel, dilation);
+  if (span < 0 && !ceil_mode) return 0;
+  const int64_t numerator = span + (ceil_mode ? stride - 1 : 0);
+  // floor division that rounds toward minus infinity, as ATen's div_rtn does
+  int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
+  if (ceil_mode && (out - 1) * stride >= input + padding) --out;
+  return out;
+}
+
+}  // namespace lenet_ext

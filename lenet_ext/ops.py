@@ -1,0 +1,72 @@
+"""Fake (meta) kernels and autograd formulas of the lenet_ext ops.
+
+The schemas and the CPU/CUDA kernels are registered in C++ (csrc/). A fake kernel computes output
+shapes only, so torch.compile can trace through an op; the autograd formula of each forward op calls
+its registered backward op, which computes only the gradients autograd asks for (output_mask).
+"""
+import torch
+
+lib = torch.ops.lenet_ext
+
+
+def _empty(shape, like):
+    return like.new_empty(shape)
+
+
+# relu ------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("lenet_ext::relu")
+def _relu_fake(input):
+    return _empty(input.shape, input)
+
+
+@torch.library.register_fake("lenet_ext::relu_backward")
+def _relu_backward_fake(grad_output, result):
+    torch._check(grad_output.shape == result.shape, lambda: "lenet_ext.relu_backward: shape mismatch")
+    return _empty(result.shape, result)
+
+
+def _relu_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _relu_backward(ctx, grad_output):
+    (result,) = ctx.saved_tensors
+    return lib.relu_backward(grad_output, result)
+
+
+torch.library.register_autograd("lenet_ext::relu", _relu_backward, setup_context=_relu_setup_context)
+
+
+# linear ----------------------------------------------------------------------------------------
+
+@torch.library.register_fake("lenet_ext::linear")
+def _linear_fake(input, weight, bias):
+    torch._check(input.dim() >= 1 and weight.dim() == 2 and input.shape[-1] == weight.shape[1],
+                 lambda: f"lenet_ext.linear: input {tuple(input.shape)} and weight "
+                         f"{tuple(weight.shape)} do not match")
+    return _empty((*input.shape[:-1], weight.shape[0]), input)
+
+
+@torch.library.register_fake("lenet_ext::linear_backward")
+def _linear_backward_fake(grad_output, input, weight, output_mask):
+    return (_empty(input.shape, input) if output_mask[0] else None,
+            _empty(weight.shape, weight) if output_mask[1] else None,
+            _empty((weight.shape[0],), weight) if output_mask[2] else None)
+
+
+def _linear_setup_context(ctx, inputs, output):
+    input, weight, bias = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+
+
+def _linear_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
+    return lib.linear_backward(grad_output, input, weight, mask)
+
+
+torch.library.register_autograd("lenet_ext::linear", _linear_backward,
+                                setup_context=_linear_setup_context)

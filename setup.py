@@ -1,0 +1,46 @@
+"""Builds lenet_ext._C: the C++ (CPU) kernels always, the CUDA kernels when PyTorch has CUDA and nvcc
+is found. LENET_EXT_CUDA=1 forces CUDA on (and fails loudly if it cannot be built), =0 forces it off.
+LENET_EXT_NATIVE=1 adds -march=native (the default build is portable x86-64 / aarch64)."""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+import torch
+
+
+def want_cuda():
+    forced = os.environ.get("LENET_EXT_CUDA")
+    if forced is not None:
+        return forced == "1"
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+cuda = want_cuda()
+sources = ["csrc/lenet_ext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+cxx_flags = ["-O3", "-std=c++17", "-fdiagnostics-color=always"]
+if os.environ.get("LENET_EXT_NATIVE") == "1":
+    cxx_flags.append("-march=native")
+extra = {"cxx": cxx_flags}
+define_macros = [("Py_LIMITED_API", "0x03090000")]
+if cuda:
+    sources += sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/cuda/registration.cpp"]
+    extra["nvcc"] = ["-O3", "-std=c++17"]
+    define_macros.append(("LENET_EXT_WITH_CUDA", None))
+    Extension = CUDAExtension
+else:
+    Extension = CppExtension
+
+setup(
+    ext_modules=[
+        Extension(
+            "lenet_ext._C",
+            sources,
+            extra_compile_args=extra,
+            define_macros=define_macros,
+            py_limited_api=True,
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
