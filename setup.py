@@ -22,7 +22,7 @@ cxx_flags = ["-O3", "-std=c++20", "-fdiagnostics-color=always"]
 if os.environ.get("LENET_EXT_NATIVE") == "1":
     cxx_flags.append("-march=native")
 extra = {"cxx": cxx_flags}
-define_macros = [("Py_LIMITED_API", "0x03090000")]
+define_macros = []
 if cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/cuda/registration.cpp"]
     extra["nvcc"] = ["-O3", "-std=c++17"]
