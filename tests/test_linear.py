@@ -1,0 +1,176 @@
+import pytest
+import torch
+from torch.library import opcheck
+
+import lenet_ext
+from lenet_ext import functional as F
+from helpers import assert_matches_stock, sum_tolerance
+
+# (input shape, out_features): N-D inputs, batch 0 and 1, odd sizes, LeNet's fc1/fc2/fc3
+CASES = [((5,), 3), ((1, 7), 4), ((0, 7), 4), ((9, 13), 11), ((2, 3, 5), 6), ((2, 0, 5), 6),
+         ((2, 3, 4, 5), 1), ((3, 0), 4), ((64, 400), 120), ((64, 120), 84), ((256, 84), 10),
+         ((33, 67), 65)]
+
+
+@pytest.mark.parametrize("input_shape,out_features", CASES, ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_matches_stock(input_shape, out_features, bias, device, dtype):
+    in_features = input_shape[-1]
+    x = torch.randn(input_shape, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(out_features, in_features, device=device, dtype=dtype, requires_grad=True)
+    b = torch.randn(out_features, device=device, dtype=dtype, requires_grad=True) if bias else None
+    # grad_weight sums over the rows of input, the output and grad_input over features
+    reduction = max(in_features, out_features, x.numel() // max(in_features, 1))
+    assert_matches_stock(F.linear, torch.nn.functional.linear, [x, w, b],
+                         **sum_tolerance(dtype, reduction))
+
+
+@pytest.mark.parametrize("layout", ["transposed_input", "expanded_input", "transposed_weight",
+                                    "strided_bias"])
+def test_non_contiguous_arguments(layout, device, dtype):
+    x = torch.randn(6, 10, device=device, dtype=dtype)
+    w = torch.randn(4, 10, device=device, dtype=dtype)
+    b = torch.randn(4, device=device, dtype=dtype)
+    if layout == "transposed_input":
+        x = torch.randn(10, 6, device=device, dtype=dtype).t()
+    elif layout == "expanded_input":
+        x = torch.randn(1, 10, device=device, dtype=dtype).expand(6, 10)
+    elif layout == "transposed_weight":
+        w = torch.randn(10, 4, device=device, dtype=dtype).t()
+    else:
+        b = torch.randn(8, device=device, dtype=dtype)[::2]
+    for t in (x, w, b):
+        t.requires_grad_()
+    assert_matches_stock(F.linear, torch.nn.functional.linear, [x, w, b])
+
+
+@pytest.mark.parametrize("input_shape", [(4,), (3, 4), (2, 3, 4), (0, 4)], ids=str)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_gradcheck(input_shape, bias, device):
+    opts = dict(device=device, dtype=torch.float64, requires_grad=True)
+    x, w = torch.randn(input_shape, **opts), torch.randn(5, 4, **opts)
+    b = torch.randn(5, **opts) if bias else None
+    assert torch.autograd.gradcheck(F.linear, (x, w, b))
+
+
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, False),
+                                  (False, False, True), (True, True, True), (False, False, False)],
+                         ids=str)
+def test_backward_computes_only_what_output_mask_selects(mask, device, dtype):
+    x = torch.randn(5, 3, device=device, dtype=dtype)
+    w = torch.randn(4, 3, device=device, dtype=dtype)
+    grad = torch.randn(5, 4, device=device, dtype=dtype)
+    results = torch.ops.lenet_ext.linear_backward(grad, x, w, list(mask))
+    expected = (grad @ w, grad.t() @ x, grad.sum(0))
+    for wanted, result, reference in zip(mask, results, expected):
+        if wanted:
+            torch.testing.assert_close(result, reference)
+        else:
+            assert result is None
+
+
+def test_autograd_asks_only_for_needed_gradients(device):
+    x = torch.randn(5, 3, device=device, requires_grad=True)
+    w = torch.randn(4, 3, device=device)  # frozen weight: no grad_weight, no grad_bias
+    F.linear(x, w, torch.randn(4, device=device)).sum().backward()
+    torch.testing.assert_close(x.grad, w.sum(0).expand(5, 3))
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_opcheck(bias, device, dtype):
+    opts = dict(device=device, dtype=dtype, requires_grad=True)
+    x, w = torch.randn(2, 3, 5, **opts), torch.randn(4, 5, **opts)
+    b = torch.randn(4, **opts) if bias else None
+    opcheck(torch.ops.lenet_ext.linear, (x, w, b))
+    grad = torch.randn(2, 3, 4, device=device, dtype=dtype)
+    for mask in ([True, True, True], [True, False, False], [False, True, True]):
+        opcheck(torch.ops.lenet_ext.linear_backward, (grad, x.detach(), w.detach(), mask))
+
+
+def _f32(*shape, device="cpu"):
+    return torch.randn(*shape, device=device)
+
+
+BAD_INPUTS = [
+    # (description, input, weight, bias, exception, message fragment)
+    ("0-d input", lambda d: torch.randn((), device=d), lambda d: _f32(4, 1, device=d), None, RuntimeError,
+     r"expected input to have at least 1 dimension"),
+    ("1-D weight", lambda d: _f32(3, 5, device=d), lambda d: _f32(5, device=d), None, RuntimeError,
+     r"expected weight to be a 2-D tensor \(out_features, in_features\), but got a 1-D tensor"),
+    ("3-D weight", lambda d: _f32(3, 5, device=d), lambda d: _f32(2, 4, 5, device=d), None,
+     RuntimeError, r"expected weight to be a 2-D tensor .* but got a 3-D tensor of shape \[2, 4, 5\]"),
+    ("feature mismatch", lambda d: _f32(3, 5, device=d), lambda d: _f32(4, 6, device=d), None,
+     RuntimeError, r"expected the last dimension of input to equal weight.size\(1\) = "
+                   r"in_features = 6, but got input of shape \[3, 5\]"),
+    ("bias shape", lambda d: _f32(3, 5, device=d), lambda d: _f32(4, 5, device=d),
+     lambda d: _f32(5, device=d), RuntimeError, r"expected bias of shape \[4\] \(out_features\), "
+                                                r"but got shape \[5\]"),
+    ("integer input", lambda d: torch.ones(3, 5, dtype=torch.long, device=d),
+     lambda d: _f32(4, 5, device=d), None, TypeError,
+     r"expected input to have dtype float32 or float64, but got Long"),
+    ("float16 input", lambda d: torch.ones(3, 5, dtype=torch.float16, device=d),
+     lambda d: torch.ones(4, 5, dtype=torch.float16, device=d), None, TypeError,
+     r"expected input to have dtype float32 or float64, but got Half"),
+    ("mixed dtypes", lambda d: _f32(3, 5, device=d),
+     lambda d: _f32(4, 5, device=d).double(), None, TypeError,
+     r"expected weight to have the same dtype as input \(Float\), but got Double"),
+    ("bias dtype", lambda d: _f32(3, 5, device=d), lambda d: _f32(4, 5, device=d),
+     lambda d: _f32(4, device=d).double(), TypeError,
+     r"expected bias to have the same dtype as input \(Float\), but got Double"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+@pytest.mark.parametrize("entry", ["functional", "op"])
+def test_bad_input_raises_a_clear_error(case, entry, device):
+    _, make_input, make_weight, make_bias, exception, message = case
+    if device == "cuda" and "float16" in case[0]:
+        pytest.skip("half precision is implemented on CUDA")
+    fn = F.linear if entry == "functional" else torch.ops.lenet_ext.linear
+    bias = make_bias(device) if make_bias else None
+    with pytest.raises(exception, match=r"lenet_ext\.linear: " + message):
+        fn(make_input(device), make_weight(device), bias)
+
+
+def test_backward_op_checks_grad_output_shape(device):
+    x, w = _f32(3, 5, device=device), _f32(4, 5, device=device)
+    with pytest.raises(RuntimeError, match=r"lenet_ext\.linear_backward: expected grad_output of "
+                                           r"shape \[3, 4\], but got shape \[3, 5\]"):
+        torch.ops.lenet_ext.linear_backward(_f32(3, 5, device=device), x, w, [True, True, True])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_module_is_drop_in(bias, device, dtype):
+    torch.manual_seed(0)
+    stock = torch.nn.Linear(7, 3, bias=bias, device=device, dtype=dtype)
+    torch.manual_seed(0)
+    ours = lenet_ext.nn.Linear(7, 3, bias=bias, device=device, dtype=dtype)
+    assert repr(ours) == repr(stock)
+    assert [name for name, _ in ours.named_parameters()] == \
+           [name for name, _ in stock.named_parameters()]
+    for p, q in zip(ours.parameters(), stock.parameters()):  # same initialisation
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+        assert p.dtype == dtype and p.device.type == device
+    # state_dicts move both ways
+    other = torch.nn.Linear(7, 3, bias=bias, device=device, dtype=dtype)
+    ours.load_state_dict(other.state_dict())
+    stock.load_state_dict(ours.state_dict())
+    x = torch.randn(4, 7, device=device, dtype=dtype)
+    torch.testing.assert_close(ours(x), other(x))
+    torch.testing.assert_close(stock(x), other(x))
+
+
+def test_bitwise_identical_across_thread_counts():
+    x, w, b = torch.randn(256, 400), torch.randn(120, 400), torch.randn(120)
+    grad = torch.randn(256, 120)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append((F.linear(x, w, b),
+                            *torch.ops.lenet_ext.linear_backward(grad, x, w, [True, True, True])))
+    finally:
+        torch.set_num_threads(previous)
+    for one_thread, two_threads in zip(*results):
+        assert torch.equal(one_thread, two_threads)
