@@ -16,6 +16,8 @@
 #include <atomic>
 #include <limits>
 #include <tuple>
+#include <type_traits>
+#include <vector>
 
 #include "../max_pool2d.h"
 
@@ -50,19 +52,38 @@ inline bool takes_over(scalar_t value, scalar_t best) {
   return (value > best) | (value != value);  // NaN != NaN; `|` keeps it branch-free
 }
 
-// One output row of a plane, general kernel, stride, padding and dilation.
+// Offset of a cell from its window's top-left cell. Of the value's width, so that one compare mask
+// selects both value and offset and the loop vectorises (SSE2 has no 64-bit select on float masks).
 template <typename scalar_t>
-void max_pool_row(const scalar_t* in, scalar_t* out, int64_t* idx, int64_t oh, const PoolAxis& rows,
-                  const PoolAxis& cols) {
+using offset_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+
+// One tap of the window (at `offset`) across `count` output columns whose windows lie inside the
+// input. A compile-time stride lets the loads vectorise; 0 means `stride`, known at run time.
+template <int64_t kStride, typename scalar_t>
+void take_tap(const scalar_t* tap, int64_t stride, offset_t<scalar_t> offset, scalar_t* best,
+              offset_t<scalar_t>* best_offset, int64_t count) {
+  const int64_t step = kStride ? kStride : stride;
+  for (int64_t i = 0; i < count; ++i) {
+    const scalar_t value = tap[i * step];
+    const bool take = takes_over(value, best[i]);
+    best[i] = take ? value : best[i];
+    best_offset[i] = take ? offset : best_offset[i];
+  }
+}
+
+// One output row of a plane, any kernel, stride, padding and dilation. `best_offset` holds out_w.
+template <typename scalar_t>
+void max_pool_row(const scalar_t* in, scalar_t* out, int64_t* idx, offset_t<scalar_t>* best_offset,
+                  int64_t oh, const PoolAxis& rows, const PoolAxis& cols) {
   const int64_t width = cols.input;
   const int64_t kh_begin = rows.first_tap(oh), kh_end = rows.end_tap(oh);
-  const int64_t first_row = rows.start(oh) + kh_begin * rows.dilation;
   constexpr scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
 
   auto scan_window = [&](int64_t ow) {
     const int64_t kw_begin = cols.first_tap(ow), kw_end = cols.end_tap(ow);
     scalar_t best = lowest;
-    int64_t best_cell = first_row * width + cols.start(ow) + kw_begin * cols.dilation;
+    int64_t best_cell = (rows.start(oh) + kh_begin * rows.dilation) * width + cols.start(ow) +
+                        kw_begin * cols.dilation;
     for (int64_t kh = kh_begin; kh < kh_end; ++kh) {
       const int64_t row = rows.start(oh) + kh * rows.dilation;
       for (int64_t kw = kw_begin; kw < kw_end; ++kw) {
@@ -74,26 +95,30 @@ void max_pool_row(const scalar_t* in, scalar_t* out, int64_t* idx, int64_t oh, c
     idx[ow] = best_cell;
   };
 
-  const int64_t inner_begin = cols.inner_begin(), inner_end = cols.inner_end();
+  const int64_t inner_begin = cols.inner_begin();
+  // offsets within a window must fit offset_t; planes too wide for that take the scalar loop
+  const bool offsets_fit = dilated_extent(rows.kernel, rows.dilation) * width <
+                           std::numeric_limits<offset_t<scalar_t>>::max();
+  const int64_t inner_end = offsets_fit ? cols.inner_end() : inner_begin;
+  const int64_t count = inner_end - inner_begin;
   for (int64_t ow = 0; ow < inner_begin; ++ow) scan_window(ow);
-  for (int64_t ow = inner_begin; ow < inner_end; ++ow) {
-    out[ow] = lowest;
-    idx[ow] = first_row * width + cols.start(ow);
-  }
+  std::fill(out + inner_begin, out + inner_end, lowest);
+  std::fill(best_offset, best_offset + count, kh_begin * rows.dilation * width);
+  // cell of the top-left corner of column inner_begin's window; column ow's is stride further each
+  const int64_t corner = rows.start(oh) * width + cols.start(inner_begin);
   for (int64_t kh = kh_begin; kh < kh_end; ++kh) {
     for (int64_t kw = 0; kw < cols.kernel; ++kw) {
-      // cell of this tap in output column 0's window; column ow's is stride * ow further
-      const int64_t tap = (rows.start(oh) + kh * rows.dilation) * width - cols.padding +
-                          kw * cols.dilation;
-      for (int64_t ow = inner_begin; ow < inner_end; ++ow) {
-        const int64_t cell = tap + ow * cols.stride;
-        const scalar_t value = in[cell];
-        const bool take = takes_over(value, out[ow]);
-        out[ow] = take ? value : out[ow];
-        idx[ow] = take ? cell : idx[ow];
+      const int64_t offset = kh * rows.dilation * width + kw * cols.dilation;
+      const scalar_t* tap = in + corner + offset;
+      scalar_t* best = out + inner_begin;
+      switch (cols.stride) {
+        case 1: take_tap<1>(tap, 1, offset, best, best_offset, count); break;
+        case 2: take_tap<2>(tap, 2, offset, best, best_offset, count); break;
+        default: take_tap<0>(tap, cols.stride, offset, best, best_offset, count);
       }
     }
   }
+  for (int64_t i = 0; i < count; ++i) idx[inner_begin + i] = corner + i * cols.stride + best_offset[i];
   for (int64_t ow = inner_end; ow < cols.output; ++ow) scan_window(ow);
 }
 
@@ -103,18 +128,19 @@ void max_pool_row_2x2(const scalar_t* in, scalar_t* out, int64_t* idx, int64_t o
                       int64_t out_w) {
   const scalar_t* top = in + 2 * oh * width;
   const scalar_t* bottom = top + width;
+  const offset_t<scalar_t> below = width;  // callers make sure width + 1 fits
   for (int64_t ow = 0; ow < out_w; ++ow) {
     scalar_t best = top[2 * ow];
-    int64_t offset = 0;  // of the winning tap from the window's top-left cell
+    offset_t<scalar_t> offset = 0;
     bool take = takes_over(top[2 * ow + 1], best);
     best = take ? top[2 * ow + 1] : best;
     offset = take ? 1 : offset;
     take = takes_over(bottom[2 * ow], best);
     best = take ? bottom[2 * ow] : best;
-    offset = take ? width : offset;
+    offset = take ? below : offset;
     take = takes_over(bottom[2 * ow + 1], best);
     best = take ? bottom[2 * ow + 1] : best;
-    offset = take ? width + 1 : offset;
+    offset = take ? below + 1 : offset;
     out[ow] = best;
     idx[ow] = 2 * oh * width + 2 * ow + offset;
   }
@@ -135,13 +161,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
   const int64_t in_plane = rows.input * cols.input, out_plane = rows.output * cols.output;
   const bool lenet_2x2 = kernel_size == at::IntArrayRef{2, 2} && stride == at::IntArrayRef{2, 2} &&
                          padding == at::IntArrayRef{0, 0} && dilation == at::IntArrayRef{1, 1} &&
-                         2 * rows.output <= rows.input && 2 * cols.output <= cols.input;
+                         2 * rows.output <= rows.input && 2 * cols.output <= cols.input &&
+                         cols.input < std::numeric_limits<int32_t>::max();
   const auto x = input.expect_contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d", [&] {
     const scalar_t* in = x->const_data_ptr<scalar_t>();
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
     at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / in_plane), [&](int64_t begin, int64_t end) {
+      std::vector<offset_t<scalar_t>> best_offset(lenet_2x2 ? 0 : cols.output);
       for (int64_t plane = begin; plane < end; ++plane) {
         for (int64_t oh = 0; oh < rows.output; ++oh) {
           const int64_t at_out = plane * out_plane + oh * cols.output;
@@ -149,7 +177,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
             max_pool_row_2x2(in + plane * in_plane, out + at_out, idx + at_out, oh, cols.input,
                              cols.output);
           } else {
-            max_pool_row(in + plane * in_plane, out + at_out, idx + at_out, oh, rows, cols);
+            max_pool_row(in + plane * in_plane, out + at_out, idx + at_out, best_offset.data(), oh,
+                         rows, cols);
           }
         }
       }
