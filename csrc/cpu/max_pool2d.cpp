@@ -53,7 +53,8 @@ inline bool takes_over(scalar_t value, scalar_t best) {
 }
 
 // Offset of a cell from its window's top-left cell. Of the value's width, so that one compare mask
-// selects both value and offset and the loop vectorises (SSE2 has no 64-bit select on float masks).
+// selects both value and offset and GCC vectorises the loop (for double that takes SSE4.1: the
+// portable SSE2 build leaves float64 scalar, and float32 is what LeNet runs).
 template <typename scalar_t>
 using offset_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
 
@@ -109,7 +110,7 @@ void max_pool_row(const scalar_t* in, scalar_t* out, int64_t* idx, offset_t<scal
   for (int64_t kh = kh_begin; kh < kh_end; ++kh) {
     for (int64_t kw = 0; kw < cols.kernel; ++kw) {
       const int64_t offset = kh * rows.dilation * width + kw * cols.dilation;
-      const scalar_t* tap = in + corner + offset;
+      const scalar_t* tap = in + (corner + offset);
       scalar_t* best = out + inner_begin;
       switch (cols.stride) {
         case 1: take_tap<1>(tap, 1, offset, best, best_offset, count); break;
