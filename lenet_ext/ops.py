@@ -103,6 +103,7 @@ def _max_pool2d_setup_context(ctx, inputs, output):
     input = inputs[0]
     _, indices = output
     ctx.mark_non_differentiable(indices)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the indices
     ctx.save_for_backward(indices)
     ctx.input_size = input.shape
 
