@@ -110,7 +110,10 @@ def _max_pool2d_setup_context(ctx, inputs, output):
 
 def _max_pool2d_backward(ctx, grad_output, grad_indices):
     (indices,) = ctx.saved_tensors
-    return lib.max_pool2d_backward(grad_output, indices, ctx.input_size), None, None, None, None, None
+    grad_input = None
+    if grad_output is not None:  # an undefined gradient arrives as None, not materialised
+        grad_input = lib.max_pool2d_backward(grad_output, indices, ctx.input_size)
+    return grad_input, None, None, None, None, None
 
 
 torch.library.register_autograd("lenet_ext::max_pool2d", _max_pool2d_backward,
