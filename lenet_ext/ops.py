@@ -70,3 +70,51 @@ def _linear_backward(ctx, grad_output):
 
 torch.library.register_autograd("lenet_ext::linear", _linear_backward,
                                 setup_context=_linear_setup_context)
+
+
+# max_pool2d ------------------------------------------------------------------------------------
+
+def _pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    # csrc/shapes.h pool_output_size: with ceil_mode the last window must start inside the input
+    # or the left padding
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+@torch.library.register_fake("lenet_ext::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    out_h, out_w = (_pool_output_size(input.shape[d - 2], kernel_size[d], stride[d], padding[d],
+                                      dilation[d], ceil_mode) for d in range(2))
+    torch._check(out_h >= 1 and out_w >= 1,
+                 lambda: f"lenet_ext.max_pool2d: output size {out_h}x{out_w} is too small")
+    shape = (*input.shape[:-2], out_h, out_w)
+    return _empty(shape, input), input.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("lenet_ext::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, indices, input_size):
+    return _empty(input_size, grad_output)
+
+
+def _max_pool2d_setup_context(ctx, inputs, output):
+    input = inputs[0]
+    _, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the indices
+    ctx.save_for_backward(indices)
+    ctx.input_size = input.shape
+
+
+def _max_pool2d_backward(ctx, grad_output, grad_indices):
+    (indices,) = ctx.saved_tensors
+    grad_input = None
+    if grad_output is not None:  # an undefined gradient arrives as None, not materialised
+        grad_input = lib.max_pool2d_backward(grad_output, indices, ctx.input_size)
+    return grad_input, None, None, None, None, None
+
+
+torch.library.register_autograd("lenet_ext::max_pool2d", _max_pool2d_backward,
+                                setup_context=_max_pool2d_setup_context)

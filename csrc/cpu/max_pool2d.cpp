@@ -1,0 +1,235 @@
+// max_pool2d on CPU. Forward scans each window in torch's order (rows, then columns) and takes a
+// value when it is greater than the running max or NaN: ties keep the first cell, the last NaN wins.
+// Columns whose window lies inside the input are scanned tap by tap across the whole output row
+// (inner loop along output width, selects not branches), so the loop vectorises and the row stays
+// in L1; border columns take a scalar loop. LeNet's 2x2/stride 2 reads two input rows once per
+// output row. Backward zeroes a plane's gradient and adds each output gradient at its argmax in
+// output order. Threads split planes (N*C), so results are bitwise the same for any thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/accumulate.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "../max_pool2d.h"
+
+namespace lenet_ext {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;  // input elements per task: below this a thread costs more than it saves
+
+// The pooling arithmetic of one spatial dimension.
+struct PoolAxis {
+  int64_t input, output, kernel, stride, padding, dilation;
+
+  int64_t start(int64_t o) const { return o * stride - padding; }
+  // taps [first_tap, end_tap) of window o fall inside the input
+  int64_t first_tap(int64_t o) const {
+    return start(o) < 0 ? (-start(o) + dilation - 1) / dilation : 0;
+  }
+  int64_t end_tap(int64_t o) const {
+    return std::min(kernel, (input - start(o) + dilation - 1) / dilation);
+  }
+  // outputs [inner_begin, inner_end) have every tap inside the input
+  int64_t inner_begin() const { return std::min(output, (padding + stride - 1) / stride); }
+  int64_t inner_end() const {
+    const int64_t last_start = input - dilated_extent(kernel, dilation);  // largest inner start
+    if (last_start + padding < 0) return inner_begin();
+    return std::clamp((last_start + padding) / stride + 1, inner_begin(), output);
+  }
+};
+
+template <typename scalar_t>
+inline bool takes_over(scalar_t value, scalar_t best) {
+  return (value > best) | (value != value);  // NaN != NaN; `|` keeps it branch-free
+}
+
+// Offset of a cell from its window's top-left cell. Of the value's width, so that one compare mask
+// selects both value and offset and GCC vectorises the loop (for double that takes SSE4.1: the
+// portable SSE2 build leaves float64 scalar, and float32 is what LeNet runs).
+template <typename scalar_t>
+using offset_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+
+// One tap of the window (at `offset`) across `count` output columns whose windows lie inside the
+// input. A compile-time stride lets the loads vectorise; 0 means `stride`, known at run time.
+template <int64_t kStride, typename scalar_t>
+void take_tap(const scalar_t* tap, int64_t stride, offset_t<scalar_t> offset, scalar_t* best,
+              offset_t<scalar_t>* best_offset, int64_t count) {
+  const int64_t step = kStride ? kStride : stride;
+  for (int64_t i = 0; i < count; ++i) {
+    const scalar_t value = tap[i * step];
+    const bool take = takes_over(value, best[i]);
+    best[i] = take ? value : best[i];
+    best_offset[i] = take ? offset : best_offset[i];
+  }
+}
+
+// One output row of a plane, any kernel, stride, padding and dilation. `best_offset` holds out_w.
+template <typename scalar_t>
+void max_pool_row(const scalar_t* in, scalar_t* out, int64_t* idx, offset_t<scalar_t>* best_offset,
+                  int64_t oh, const PoolAxis& rows, const PoolAxis& cols) {
+  const int64_t width = cols.input;
+  const int64_t kh_begin = rows.first_tap(oh), kh_end = rows.end_tap(oh);
+  constexpr scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
+
+  auto scan_window = [&](int64_t ow) {
+    const int64_t kw_begin = cols.first_tap(ow), kw_end = cols.end_tap(ow);
+    scalar_t best = lowest;
+    int64_t best_cell = (rows.start(oh) + kh_begin * rows.dilation) * width + cols.start(ow) +
+                        kw_begin * cols.dilation;
+    for (int64_t kh = kh_begin; kh < kh_end; ++kh) {
+      const int64_t row = rows.start(oh) + kh * rows.dilation;
+      for (int64_t kw = kw_begin; kw < kw_end; ++kw) {
+        const int64_t cell = row * width + cols.start(ow) + kw * cols.dilation;
+        if (takes_over(in[cell], best)) best = in[cell], best_cell = cell;
+      }
+    }
+    out[ow] = best;
+    idx[ow] = best_cell;
+  };
+
+  const int64_t inner_begin = cols.inner_begin();
+  // offsets within a window must fit offset_t; planes too wide for that take the scalar loop
+  const bool offsets_fit = dilated_extent(rows.kernel, rows.dilation) * width <
+                           std::numeric_limits<offset_t<scalar_t>>::max();
+  const int64_t inner_end = offsets_fit ? cols.inner_end() : inner_begin;
+  const int64_t count = inner_end - inner_begin;
+  for (int64_t ow = 0; ow < inner_begin; ++ow) scan_window(ow);
+  std::fill(out + inner_begin, out + inner_end, lowest);
+  std::fill(best_offset, best_offset + count, kh_begin * rows.dilation * width);
+  // cell of the top-left corner of column inner_begin's window; column ow's is stride further each
+  const int64_t corner = rows.start(oh) * width + cols.start(inner_begin);
+  for (int64_t kh = kh_begin; kh < kh_end; ++kh) {
+    for (int64_t kw = 0; kw < cols.kernel; ++kw) {
+      const int64_t offset = kh * rows.dilation * width + kw * cols.dilation;
+      const scalar_t* tap = in + (corner + offset);
+      scalar_t* best = out + inner_begin;
+      switch (cols.stride) {
+        case 1: take_tap<1>(tap, 1, offset, best, best_offset, count); break;
+        case 2: take_tap<2>(tap, 2, offset, best, best_offset, count); break;
+        default: take_tap<0>(tap, cols.stride, offset, best, best_offset, count);
+      }
+    }
+  }
+  for (int64_t i = 0; i < count; ++i) idx[inner_begin + i] = corner + i * cols.stride + best_offset[i];
+  for (int64_t ow = inner_end; ow < cols.output; ++ow) scan_window(ow);
+}
+
+// 2x2 windows, stride 2, no padding, every window inside the input: one pass, taps in registers.
+template <typename scalar_t>
+void max_pool_row_2x2(const scalar_t* in, scalar_t* out, int64_t* idx, int64_t oh, int64_t width,
+                      int64_t out_w) {
+  const scalar_t* top = in + 2 * oh * width;
+  const scalar_t* bottom = top + width;
+  const offset_t<scalar_t> below = width;  // callers make sure width + 1 fits
+  for (int64_t ow = 0; ow < out_w; ++ow) {
+    scalar_t best = top[2 * ow];
+    offset_t<scalar_t> offset = 0;
+    bool take = takes_over(top[2 * ow + 1], best);
+    best = take ? top[2 * ow + 1] : best;
+    offset = take ? 1 : offset;
+    take = takes_over(bottom[2 * ow], best);
+    best = take ? bottom[2 * ow] : best;
+    offset = take ? below : offset;
+    take = takes_over(bottom[2 * ow + 1], best);
+    best = take ? bottom[2 * ow + 1] : best;
+    offset = take ? below + 1 : offset;
+    out[ow] = best;
+    idx[ow] = 2 * oh * width + 2 * ow + offset;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
+                                                  at::IntArrayRef kernel_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, bool ceil_mode) {
+  const auto shape = check_max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode);
+  const PoolAxis rows{input.size(-2), shape[shape.size() - 2], kernel_size[0], stride[0],
+                      padding[0], dilation[0]};
+  const PoolAxis cols{input.size(-1), shape.back(), kernel_size[1], stride[1], padding[1],
+                      dilation[1]};
+  auto output = at::empty(shape, input.options());
+  auto indices = at::empty(shape, input.options().dtype(at::kLong));
+  const int64_t planes = c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 2);
+  const int64_t in_plane = rows.input * cols.input, out_plane = rows.output * cols.output;
+  const bool lenet_2x2 = kernel_size == at::IntArrayRef{2, 2} && stride == at::IntArrayRef{2, 2} &&
+                         padding == at::IntArrayRef{0, 0} && dilation == at::IntArrayRef{1, 1} &&
+                         2 * rows.output <= rows.input && 2 * cols.output <= cols.input &&
+                         cols.input < std::numeric_limits<int32_t>::max();
+  const auto x = input.expect_contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d", [&] {
+    const scalar_t* in = x->const_data_ptr<scalar_t>();
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    int64_t* idx = indices.mutable_data_ptr<int64_t>();
+    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / in_plane), [&](int64_t begin, int64_t end) {
+      std::vector<offset_t<scalar_t>> best_offset(lenet_2x2 ? 0 : cols.output);
+      for (int64_t plane = begin; plane < end; ++plane) {
+        for (int64_t oh = 0; oh < rows.output; ++oh) {
+          const int64_t at_out = plane * out_plane + oh * cols.output;
+          if (lenet_2x2) {
+            max_pool_row_2x2(in + plane * in_plane, out + at_out, idx + at_out, oh, cols.input,
+                             cols.output);
+          } else {
+            max_pool_row(in + plane * in_plane, out + at_out, idx + at_out, best_offset.data(), oh,
+                         rows, cols);
+          }
+        }
+      }
+    });
+  });
+  return {output, indices};
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
+                                   at::IntArrayRef input_size) {
+  check_max_pool2d_backward_args(grad_output, indices, input_size);
+  auto grad_input = at::empty(input_size, grad_output.options());
+  const int64_t in_plane = input_size[input_size.size() - 2] * input_size.back();
+  const int64_t out_plane = grad_output.size(-2) * grad_output.size(-1);
+  const int64_t planes = c10::multiply_integers(input_size.begin(), input_size.end() - 2);
+  const auto grad = grad_output.expect_contiguous();
+  const auto idx = indices.expect_contiguous();
+  std::atomic<bool> found_bad_index{false};
+  std::atomic<int64_t> bad_index{0};
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "lenet_ext::max_pool2d_backward", [&] {
+    const scalar_t* g = grad->const_data_ptr<scalar_t>();
+    const int64_t* where = idx->const_data_ptr<int64_t>();
+    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, in_plane)),
+                     [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        scalar_t* plane_grad = gi + plane * in_plane;
+        std::fill(plane_grad, plane_grad + in_plane, scalar_t(0));
+        for (int64_t o = plane * out_plane; o < (plane + 1) * out_plane; ++o) {
+          // unsigned compare: negative indices fail it too
+          if (static_cast<uint64_t>(where[o]) < static_cast<uint64_t>(in_plane)) {
+            plane_grad[where[o]] += g[o];
+          } else {
+            bad_index.store(where[o], std::memory_order_relaxed);
+            found_bad_index.store(true, std::memory_order_relaxed);
+          }
+        }
+      }
+    });
+  });
+  TORCH_CHECK(!found_bad_index.load(), "lenet_ext.max_pool2d_backward: expected indices in [0, H*W) "
+              "= [0, ", in_plane, ") for input_size ", input_size, ", but got ", bad_index.load());
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
+  m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
+}
+
+}  // namespace lenet_ext
