@@ -455,7 +455,9 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
         r = rows[-1]
         print(f"  {r.name:<6} {r.mode:<16} batch {r.batch:<4} ours {format_time(r.ours.median):>9}"
               f"  stock {format_time(r.stock.median):>9}  stock/ours {r.ratio:.2f}x", flush=True)
-    print(benchmark.Compare([m for r in rows for m in (r.ours, r.stock)]))
+    compare = benchmark.Compare([m for r in rows for m in (r.ours, r.stock)])
+    compare.trim_significant_figures()
+    print(compare)
     out = args.out or default_out / f"{env['date'][:10]}-{args.device}"
     paths = write_report(rows, env, out, stem, title)
     print(f"\n{markdown_table(rows)}\n\nwrote {', '.join(map(str, paths))}")
