@@ -310,6 +310,7 @@ def environment(device: str, threads: int, command: Optional[str] = None) -> dic
         "command": command, "device": device, "cpu": _cpu_model(), "logical_cpus": os.cpu_count(),
         "threads": threads, "torch": torch.__version__, "lenet_ext": lenet_ext.__version__,
         "commit": _git_commit(), "python": platform.python_version(), "platform": platform.platform(),
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if device == "cuda":
         env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
@@ -320,12 +321,15 @@ def environment(device: str, threads: int, command: Optional[str] = None) -> dic
 
 
 def describe(env: dict) -> str:
-    """One line: date, machine, threads, torch (and the GPU and its TF32 settings)."""
+    """One line: date, machine, threads, torch (and the GPU and its TF32 settings), and a warning
+    when other processes kept the CPUs busy, which makes CPU timings unreliable."""
     parts = [env["date"][:10], f"{env['cpu']} ({env['logical_cpus']} logical CPUs)",
              f"{env['threads']} thread{'s' if env['threads'] != 1 else ''}", f"torch {env['torch']}"]
     if env["device"] == "cuda":
         tf32 = "on" if env["tf32_matmul"] or env["tf32_cudnn"] else "off"
         parts += [f"{env['gpu']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}, TF32 {tf32})"]
+    if (env["load_average"] or 0) > env["logical_cpus"]:
+        parts += [f"BUSY: load average {env['load_average']:g}, timings unreliable"]
     return " · ".join(parts)
 
 
