@@ -1,0 +1,468 @@
+"""Measures lenet_ext against stock PyTorch, one way for every caller: benchmarks/bench_ops.py,
+benchmarks/bench_lenet.py and the self-check of `python -m lenet_ext` all build their comparisons here.
+
+A Pair is one comparison: two zero-argument callables, ours and stock, computing the same thing on
+the same random inputs. It is checked equal before it is timed; the timing alternates ours and stock
+(ABBA, so a drift in machine speed hits both alike) with torch.utils.benchmark at one thread count,
+and reports medians. A report is a markdown table, a JSON file with the machine, and a PNG plot.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch.utils import benchmark
+
+import lenet_ext
+
+# float32: the largest |ours - stock| of each output, relative to the largest |stock|. Relative to
+# the whole tensor, not per element, so a sum that cancels to near zero does not fail a correct op.
+TOLERANCE = 1e-4
+WARMUP_CALLS = 3  # cuDNN/cuBLAS algorithm selection and allocator growth happen before timing
+
+# LeNet's layers at their shapes in the network: name -> (functional op, input shape without the
+# batch dimension, weight shape or None). relu is timed at its largest use, after conv1.
+LENET_OPS = {
+    "conv1": ("conv2d", (1, 32, 32), (6, 1, 5, 5)),
+    "pool1": ("max_pool2d", (6, 28, 28), None),
+    "conv2": ("conv2d", (6, 14, 14), (16, 6, 5, 5)),
+    "pool2": ("max_pool2d", (16, 10, 10), None),
+    "fc1": ("linear", (400,), (120, 400)),
+    "fc2": ("linear", (120,), (84, 120)),
+    "fc3": ("linear", (84,), (10, 84)),
+    "relu": ("relu", (6, 28, 28), None),
+}
+OP_KWARGS = {"max_pool2d": {"kernel_size": 2}}
+OP_MODES = ("forward", "forward+backward")
+LENET_MODES = ("inference", "training step")
+TRAIN_LR = 1e-3  # small, so thousands of timed steps on one batch keep the weights in range
+UNIT_SCALE = {"GFLOP/s": 1e9, "GB/s": 1e9, "img/s": 1.0}
+
+
+@dataclasses.dataclass
+class Pair:
+    name: str  # "conv1", "lenet"
+    mode: str  # one of OP_MODES or LENET_MODES
+    batch: int
+    shape: str  # per sample, "1x32x32 -> 6x28x28"
+    ours: Callable[[], Any]  # returns a tensor or a tuple of tensors
+    stock: Callable[[], Any]
+    labels: tuple  # names of the returned tensors, for messages
+    work: float  # FLOPs, bytes or images per call
+    unit: str  # a key of UNIT_SCALE
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    mode: str
+    batch: int
+    shape: str
+    unit: str
+    work: float
+    max_error: float
+    ours: benchmark.Measurement
+    stock: benchmark.Measurement
+
+    @property
+    def ratio(self) -> float:
+        """stock time / our time: above 1, ours is faster."""
+        return self.stock.median / self.ours.median
+
+    def rate(self, seconds: float) -> float:
+        return self.work / seconds / UNIT_SCALE[self.unit]
+
+    def as_dict(self) -> dict:
+        fields = {k: getattr(self, k) for k in ("name", "mode", "batch", "shape", "unit", "work", "max_error")}
+        for side, m in (("ours", self.ours), ("stock", self.stock)):
+            fields.update({f"{side}_median_s": m.median, f"{side}_iqr_s": m.iqr,
+                           f"{side}_rate": self.rate(m.median), f"{side}_measurements": len(m.times)})
+        return {**fields, "stock_over_ours": self.ratio}
+
+
+class MismatchError(RuntimeError):
+    pass
+
+
+def _shape(size) -> str:
+    return "x".join(map(str, size))
+
+
+# cases ---------------------------------------------------------------------------------------
+
+def op_pair(name: str, batch: int, device, mode: str, all_grads: bool = False) -> Pair:
+    """One LeNet layer, ours against torch.nn.functional, on fresh random inputs.
+
+    forward+backward returns the output and the gradients autograd would ask for in training:
+    conv1's input is the image, so it gets none unless all_grads (the self-check asks for all)."""
+    op, input_shape, weight_shape = LENET_OPS[name]
+    tensors = [torch.randn(batch, *input_shape, device=device)]
+    if weight_shape:
+        tensors += [torch.randn(weight_shape, device=device), torch.randn(weight_shape[0], device=device)]
+    kwargs = OP_KWARGS.get(op, {})
+    ours = partial(getattr(lenet_ext.functional, op), **kwargs)
+    stock = partial(getattr(torch.nn.functional, op), **kwargs)
+    output_size = stock(*tensors).shape
+    shape = _shape(input_shape) if op == "relu" else f"{_shape(input_shape)} -> {_shape(output_size[1:])}"
+
+    if op in ("conv2d", "linear"):
+        unit, forward_work = "GFLOP/s", 2 * math.prod(output_size) * math.prod(weight_shape[1:])
+    else:  # bytes at the function's interface: input read, output written
+        unit, forward_work = "GB/s", tensors[0].element_size() * (tensors[0].numel() + math.prod(output_size))
+
+    def pair(ours_fn, stock_fn, labels, work):
+        return Pair(name, mode, batch, shape, ours_fn, stock_fn, labels, work, unit)
+
+    if mode == "forward":
+        return pair(lambda: ours(*tensors), lambda: stock(*tensors), ("output",), forward_work)
+
+    argument_names = ("input", "weight", "bias")[:len(tensors)]
+    wanted = [i for i in range(len(tensors)) if all_grads or not (name == "conv1" and i == 0)]
+    for i in wanted:
+        tensors[i].requires_grad_()
+    differentiated = [tensors[i] for i in wanted]
+    grad_output = torch.randn(output_size, device=device)
+
+    def forward_backward(fn):
+        def run():
+            output = fn(*tensors)
+            return (output, *torch.autograd.grad(output, differentiated, grad_output))
+        return run
+
+    if unit == "GFLOP/s":  # each of grad_input and grad_weight costs one forward; grad_bias ~nothing
+        work = forward_work * (1 + sum(1 for i in wanted if i < 2))
+    else:  # backward reads grad_output and writes grad_input: the forward's traffic again
+        work = 2 * forward_work
+    labels = ("output", *(f"grad {argument_names[i]}" for i in wanted))
+    return pair(forward_backward(ours), forward_backward(stock), labels, work)
+
+
+def lenet_twins(device):
+    """Our LeNet and the stock tutorial network with the same weights."""
+    from lenet_ext import models
+
+    ours = models.LeNet()
+    stock = models.LeNet(backend="torch")  # the one call to adjust if models names its stock twin otherwise
+    stock.load_state_dict(ours.state_dict())
+    return ours.to(device), stock.to(device)
+
+
+def lenet_pair(batch: int, device, mode: str) -> Pair:
+    """The whole LeNet on random 32x32 images: inference (no_grad forward) or one training step
+    (forward, cross-entropy, backward, SGD step), which returns the loss and every gradient."""
+    ours_net, stock_net = lenet_twins(device)
+    images = torch.randn(batch, 1, 32, 32, device=device)
+
+    if mode == "inference":
+        def make(net):
+            def infer():
+                with torch.no_grad():
+                    return net(images)
+            return infer
+        labels = ("logits",)
+    else:
+        targets = torch.randint(10, (batch,), device=device)
+
+        def make(net):
+            parameters = list(net.parameters())
+            optimizer = torch.optim.SGD(parameters, lr=TRAIN_LR)
+
+            def train_step():
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(net(images), targets)
+                loss.backward()
+                optimizer.step()
+                return (loss.detach(), *(p.grad for p in parameters))
+            return train_step
+        labels = ("loss", *(f"grad {n}" for n, _ in ours_net.named_parameters()))
+    return Pair("lenet", mode, batch, "1x32x32 -> 10", make(ours_net), make(stock_net), labels,
+                batch, "img/s")
+
+
+def op_pairs(batch_sizes: Iterable[int], device) -> Iterable[Pair]:
+    for name in LENET_OPS:
+        for mode in OP_MODES:
+            for batch in batch_sizes:
+                yield op_pair(name, batch, device, mode)
+
+
+def lenet_pairs(batch_sizes: Iterable[int], device) -> Iterable[Pair]:
+    for mode in LENET_MODES:
+        for batch in batch_sizes:
+            yield lenet_pair(batch, device, mode)
+
+
+# checking and timing -------------------------------------------------------------------------
+
+def max_error(pair: Pair) -> tuple:
+    """(largest relative error over the returned tensors, the label of that tensor)."""
+    ours, stock = pair.ours(), pair.stock()
+    ours, stock = (t if isinstance(t, tuple) else (t,) for t in (ours, stock))
+    if len(ours) != len(stock):
+        return math.inf, f"{len(ours)} results instead of {len(stock)}"
+    worst = (0.0, pair.labels[0])
+    for label, a, b in zip(pair.labels, ours, stock):
+        if a.shape != b.shape:
+            return math.inf, f"{label} shape {tuple(a.shape)} instead of {tuple(b.shape)}"
+        error = ((a.detach() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        if not error <= worst[0]:  # NaN counts as the worst
+            worst = (error, label)
+    return worst
+
+
+def measure(pair: Pair, threads: int, min_run_time: float) -> Row:
+    """Checks the pair equal, then times it: ours, stock, stock, ours, each for min_run_time / 2."""
+    error, label = max_error(pair)
+    if not error <= TOLERANCE:
+        raise MismatchError(f"{pair.name} {pair.mode} batch {pair.batch}: {label} differs from torch "
+                            f"(max relative error {error:.1e} > {TOLERANCE:.0e}); not timing it")
+    for _ in range(WARMUP_CALLS):
+        pair.ours(), pair.stock()
+    timers = {side: benchmark.Timer("fn()", globals={"fn": getattr(pair, side)}, num_threads=threads,
+                                    label=f"{pair.name} {pair.mode}", sub_label=f"batch {pair.batch}",
+                                    description=side)
+              for side in ("ours", "stock")}
+    runs = {"ours": [], "stock": []}
+    for side in ("ours", "stock", "stock", "ours"):
+        runs[side].append(timers[side].blocked_autorange(min_run_time=min_run_time / 2))
+    ours, stock = (benchmark.Measurement.merge(runs[side])[0] for side in ("ours", "stock"))
+    return Row(pair.name, pair.mode, pair.batch, pair.shape, pair.unit, pair.work, error, ours, stock)
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _check_group(name: str, make_pairs: Callable[[], list]) -> Check:
+    try:
+        pairs = make_pairs()
+        worst = 0.0
+        for pair in pairs:
+            error, label = max_error(pair)
+            if not error <= TOLERANCE:
+                return Check(name, False, f"{pair.name} {pair.mode}: {label} differs, "
+                                          f"max error {error:.1e} > {TOLERANCE:.0e}")
+            worst = max(worst, error)
+    except Exception as error:  # an op that raises has failed its check; say how
+        return Check(name, False, f"raised {type(error).__name__}: {error}")
+    cases = ", ".join(dict.fromkeys(p.name if p.name != "lenet" else p.mode for p in pairs))
+    return Check(name, True, f"{cases}: max error {worst:.1e}")
+
+
+def self_check(device, batch: int = 3) -> list:
+    """Every op, forward and all gradients, at each of its LeNet shapes, then the whole LeNet."""
+    checks = []
+    for op in ("conv2d", "max_pool2d", "linear", "relu"):
+        names = [name for name, case in LENET_OPS.items() if case[0] == op]
+        checks.append(_check_group(op, lambda names=names: [
+            op_pair(name, batch, device, "forward+backward", all_grads=True) for name in names]))
+    checks.append(_check_group("lenet", lambda: [lenet_pair(batch, device, m) for m in LENET_MODES]))
+    return checks
+
+
+# device and environment ----------------------------------------------------------------------
+
+def prepare(device: str, threads: int) -> None:
+    """Same thread count for everything; on CUDA, full float32 (no TF32) on both sides."""
+    torch.set_num_threads(threads)
+    if device == "cuda":
+        if not lenet_ext.cuda_available():
+            raise SystemExit("--device cuda: this build of lenet_ext has no CUDA kernels or no GPU is present")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment(device: str, threads: int, command: Optional[str] = None) -> dict:
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command, "device": device, "cpu": _cpu_model(), "logical_cpus": os.cpu_count(),
+        "threads": threads, "torch": torch.__version__, "lenet_ext": lenet_ext.__version__,
+        "commit": _git_commit(), "python": platform.python_version(), "platform": platform.platform(),
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    if device == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version(),
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                   tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return env
+
+
+def describe(env: dict) -> str:
+    """One line: date, machine, threads, torch (and the GPU and its TF32 settings), and a warning
+    when other processes kept the CPUs busy, which makes CPU timings unreliable."""
+    parts = [env["date"][:10], f"{env['cpu']} ({env['logical_cpus']} logical CPUs)",
+             f"{env['threads']} thread{'s' if env['threads'] != 1 else ''}", f"torch {env['torch']}"]
+    if env["device"] == "cuda":
+        tf32 = "on" if env["tf32_matmul"] or env["tf32_cudnn"] else "off"
+        parts += [f"{env['gpu']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}, TF32 {tf32})"]
+    if (env["load_average"] or 0) > env["logical_cpus"]:
+        parts += [f"BUSY: load average {env['load_average']:g}, timings unreliable"]
+    return " · ".join(parts)
+
+
+# tables, JSON, plot --------------------------------------------------------------------------
+
+def format_time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def format_rate(value: float, unit: str) -> str:
+    return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
+
+
+def _markdown(header, lines, align: str) -> str:
+    """An aligned markdown table; align has one letter per column, l or r."""
+    columns = list(zip(header, *lines))
+    widths = [max(len(cell) for cell in column) for column in columns]
+
+    def line(cells):
+        return "| " + " | ".join(c.ljust(w) if a == "l" else c.rjust(w)
+                                 for c, w, a in zip(cells, widths, align)) + " |"
+    rule = "|" + "|".join(f":{'-' * w} " if a == "l" else f" {'-' * w}:" for w, a in zip(widths, align)) + "|"
+    return "\n".join([line(header), rule, *map(line, lines)])
+
+
+def markdown_table(rows) -> str:
+    header = ("op", "shape", "mode", "batch", "ours", "stock", "ours rate", "stock rate", "stock/ours")
+    lines = [(r.name, r.shape, r.mode, str(r.batch), format_time(r.ours.median),
+              format_time(r.stock.median), format_rate(r.rate(r.ours.median), r.unit),
+              format_rate(r.rate(r.stock.median), r.unit), f"{r.ratio:.3g}x") for r in rows]
+    return _markdown(header, lines, "lllrrrrrr")
+
+
+def ratio_table(rows) -> str:
+    """One line per op and mode, one column per batch size: ratio (our time vs stock time)."""
+    batches = sorted({r.batch for r in rows})
+    cells = {}
+    for r in rows:
+        cells.setdefault((r.name, r.mode), {})[r.batch] = (
+            f"{r.ratio:.3g}x ({format_time(r.ours.median)} vs {format_time(r.stock.median)})")
+    header = ("op", "mode", *(f"batch {b}: stock/ours (ours vs stock)" for b in batches))
+    return _markdown(header, [(name, mode, *(by_batch.get(b, "") for b in batches))
+                              for (name, mode), by_batch in cells.items()], "ll" + "r" * len(batches))
+
+
+LEGEND = ("Median times; stock/ours above 1 means ours is faster. Rates: GFLOP/s for conv and linear "
+          "(backward counts one forward per input/weight gradient), GB/s for pool and relu (the tensors "
+          "at the function's interface, read once and written once), images/s for LeNet.")
+
+
+def plot_ratios(rows, path: Path, title: str) -> bool:
+    """stock/ours as bars, one panel per mode, one bar per op and batch size. False without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter, LogLocator
+    except ImportError:
+        return False
+    modes = list(dict.fromkeys(r.mode for r in rows))
+    names = list(dict.fromkeys(r.name for r in rows))
+    batches = sorted({r.batch for r in rows})
+    width = 0.8 / len(batches)
+    figure = Figure(figsize=(max(6.0, len(modes) * (0.7 * len(names) + 1.0)), 4.5))
+    panels = figure.subplots(1, len(modes), sharey=True, squeeze=False)[0]
+    for axes, mode in zip(panels, modes):
+        for i, batch in enumerate(batches):
+            bars = [(names.index(r.name) + (i - (len(batches) - 1) / 2) * width, r.ratio)
+                    for r in rows if r.mode == mode and r.batch == batch]
+            axes.bar(*zip(*bars), width, label=f"batch {batch}")
+        axes.axhline(1.0, color="black", linewidth=0.8)
+        axes.set_xticks(range(len(names)), names)
+        axes.set_title(mode, fontsize=10)
+    axes = panels[0]
+    axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    axes.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    axes.set_ylabel("stock time / our time (above 1: ours faster)")
+    panels[-1].legend(fontsize=8)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return True
+
+
+def write_report(rows, env: dict, out_dir: Path, stem: str, title: str) -> list:
+    """<stem>.md, <stem>.json and <stem>.png in out_dir; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = (f"### {title}\n\n{describe(env)}\n\n`{env['command']}`\n\n{markdown_table(rows)}\n\n"
+                f"{LEGEND}\n")
+    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json"]
+    paths[0].write_text(markdown)
+    paths[1].write_text(json.dumps({"title": title, "environment": env,
+                                    "rows": [r.as_dict() for r in rows]}, indent=2) + "\n")
+    png = out_dir / f"{stem}.png"
+    if plot_ratios(rows, png, f"{title}\n{describe(env)}"):
+        paths.append(png)
+    else:
+        print("matplotlib is not installed: no plot (pip install 'lenet_ext[bench]')")
+    return paths
+
+
+# the benchmark scripts' command line ---------------------------------------------------------
+
+def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path) -> int:
+    """The command line of benchmarks/bench_*.py: time `pairs(batch_sizes, device)`, print the
+    table and write the report."""
+    parser = argparse.ArgumentParser(prog=prog, description=title)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 256], metavar="N")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads for ours and stock alike (default: %(default)s)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--min-run-time", type=float, default=1.0, metavar="SECONDS",
+                        help="timed seconds per side of each comparison (default: %(default)s)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help=f"report directory (default: {default_out}/<date>-<device>)")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    prepare(args.device, args.threads)
+    env = environment(args.device, args.threads, shlex.join(["python", prog, *argv]))
+    print(f"{title}\n{describe(env)}")
+    rows = []
+    for pair in pairs(args.batch_sizes, args.device):
+        rows.append(measure(pair, args.threads, args.min_run_time))
+        r = rows[-1]
+        print(f"  {r.name:<6} {r.mode:<16} batch {r.batch:<4} ours {format_time(r.ours.median):>9}"
+              f"  stock {format_time(r.stock.median):>9}  stock/ours {r.ratio:.2f}x", flush=True)
+    compare = benchmark.Compare([m for r in rows for m in (r.ours, r.stock)])
+    compare.trim_significant_figures()
+    print(compare)
+    out = args.out or default_out / f"{env['date'][:10]}-{args.device}"
+    paths = write_report(rows, env, out, stem, title)
+    print(f"\n{markdown_table(rows)}\n\nwrote {', '.join(map(str, paths))}")
+    return 0
