@@ -152,7 +152,7 @@ def lenet_twins(device):
     from lenet_ext import models
 
     ours = models.LeNet()
-    stock = models.LeNet(backend="torch")  # the one call to adjust if models names its stock twin otherwise
+    stock = models.StockLeNet()
     stock.load_state_dict(ours.state_dict())
     return ours.to(device), stock.to(device)
 
