@@ -14,6 +14,7 @@ Anything else — a missing, corrupt or truncated file — raises ``DataError`` 
 import gzip
 import hashlib
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +58,9 @@ def read_idx(path, ndim: int) -> torch.Tensor:
         data = path.read_bytes()
         if data[:2] == _GZIP_MAGIC:
             data = gzip.decompress(data)
-    except (OSError, EOFError) as error:
+    except EOFError as error:
+        raise DataError(f"{path}: truncated: the gzip stream ends early") from error
+    except (OSError, zlib.error) as error:
         raise DataError(f"{path}: cannot read: {error}") from error
     header = 4 + 4 * ndim
     if len(data) < header:

@@ -142,11 +142,20 @@ def test_damaged_image_file_is_named_with_the_reason(tmp_path, gz, damage, messa
         data.load("mnist", tmp_path, download=False)
 
 
-def test_truncated_gzip_stream_is_an_error(tmp_path):
+def flip_middle_byte(content):
+    middle = len(content) // 2
+    return content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda content: content[:-20], "truncated: the gzip stream ends early"),
+    (flip_middle_byte, "cannot read: "),
+])
+def test_damaged_gzip_stream_is_named_with_the_reason(tmp_path, damage, message):
     write_split(tmp_path)
     path = tmp_path / "train-images-idx3-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:-20])
-    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: cannot read"):
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=re.escape(f"{path.name}: {message}")):
         data.load("mnist", tmp_path, download=False)
 
 
