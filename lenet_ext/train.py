@@ -29,30 +29,37 @@ EVAL_BATCH_SIZE = 1000
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lenet_ext.train", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", choices=sorted(MODELS), default="lenet")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    parser = argparse.ArgumentParser(prog="python -m lenet_ext.train",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="lenet", help="default: %(default)s")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
+                        help="default: %(default)s")
     parser.add_argument("--data-dir", default="data",
-                        help="directory with the IDX files (flat, or torchvision's <dir>/MNIST/raw); "
-                             "missing files are downloaded there")
+                        help="directory with the IDX files, flat or in torchvision's <dir>/MNIST/raw; "
+                             "missing files are downloaded there (default: %(default)s)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="fail instead of downloading missing files")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
-                        help="standardise pixels by the data set's mean and std (else [0, 1])")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64, help="per process")
+                        help="standardise pixels by the data set's mean and std, else keep [0, 1] "
+                             "(default: on)")
+    parser.add_argument("--epochs", type=int, default=8, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="images per step and process (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=None,
-                        help=f"learning rate (default: {DEFAULT_LR['sgd']} for sgd with momentum 0.9, "
-                             f"{DEFAULT_LR['adam']} for adam)")
-    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+                        help=f"learning rate (default: {DEFAULT_LR['sgd']} for sgd, which uses "
+                             f"momentum 0.9, {DEFAULT_LR['adam']} for adam)")
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="adam",
+                        help="default: %(default)s")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
     parser.add_argument("--backend", choices=["ext", "torch"], default="ext",
-                        help="ext: lenet_ext's kernels; torch: stock torch.nn modules")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--checkpoint", default=None,
-                        help="save the trained state_dict here (loads into the stock network too)")
+                        help="ext: lenet_ext's kernels; torch: stock torch.nn modules, for comparison "
+                             "(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the weights and the shuffling (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--checkpoint", metavar="PATH", default=None,
+                        help="save the trained state_dict there; the stock network loads it too")
     parser.add_argument("--compile", action="store_true", help="torch.compile(model, fullgraph=True)")
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
