@@ -16,6 +16,13 @@ MNIST_5K = Path(os.environ.get("LENET_EXT_MNIST_DIR",
                                Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-5k"))
 
 
+@pytest.fixture
+def mnist_5k():
+    """The real 5,000-digit sample (shared/data/mnist-5k beside the repository, as in CI)."""
+    assert MNIST_5K.is_dir(), f"set LENET_EXT_MNIST_DIR: no mnist-5k sample at {MNIST_5K}"
+    return MNIST_5K
+
+
 def idx_bytes(array: torch.Tensor) -> bytes:
     header = bytes([0, 0, 0x08, array.dim()]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
     return header + array.to(torch.uint8).numpy().tobytes()
@@ -176,9 +183,8 @@ def test_labels_must_be_digits(tmp_path):
 
 
 @pytest.mark.parametrize("train, count", [(True, 4000), (False, 1000)])
-def test_reads_the_real_mnist_5k_sample(train, count):
-    assert MNIST_5K.is_dir(), f"set LENET_EXT_MNIST_DIR: no mnist-5k sample at {MNIST_5K}"
-    images, labels = data.load("mnist", MNIST_5K, train=train, pad_to=32, download=False)
+def test_reads_the_real_mnist_5k_sample(mnist_5k, train, count):
+    images, labels = data.load("mnist", mnist_5k, train=train, pad_to=32, download=False)
     assert images.shape == (count, 1, 32, 32)
     assert torch.equal(labels.bincount(), torch.full((10,), count // 10))
     # Digits: mostly background with a bright stroke; normalised, the mean is near 0 and std near 1.

@@ -12,9 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from lenet_ext.models import LeNet
-from test_data import write_split
 from test_models import GRAD_TOL
-from test_train import parse
+from test_train import parse, synthetic_mnist  # noqa: F401 (fixture)
 
 WORLD_SIZE = 2
 
@@ -54,10 +53,8 @@ def test_ddp_averages_to_the_single_process_gradient(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_like_one_with_the_whole_batch(tmp_path):
-    write_split(tmp_path, "train", count=256)
-    write_split(tmp_path, "t10k", count=64)
-    common = ["-m", "lenet_ext.train", "--data-dir", str(tmp_path), "--epochs", "1", "--no-download",
+def test_torchrun_two_processes_train_like_one_with_the_whole_batch(synthetic_mnist):
+    common = ["-m", "lenet_ext.train", "--data-dir", str(synthetic_mnist), "--epochs", "1", "--no-download",
               "--threads", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     launches = {

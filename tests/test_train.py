@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from lenet_ext import data, train
+from lenet_ext import train
 from lenet_ext.models import StockLeNet, StockMLP
-from test_data import MNIST_5K, write_split
+from test_data import mnist_5k, offline, write_split  # noqa: F401 (fixtures)
 
 
 def parse(line):
@@ -34,11 +34,10 @@ def synthetic_mnist(tmp_path):
     return tmp_path
 
 
-def test_short_run_on_real_mnist_learns_and_matches_stock(capsys):
-    assert MNIST_5K.is_dir(), f"set LENET_EXT_MNIST_DIR: no mnist-5k sample at {MNIST_5K}"
+def test_short_run_on_real_mnist_learns_and_matches_stock(capsys, mnist_5k):
     accuracy = {}
     for backend in ("ext", "torch"):
-        code, epochs, summary, err = run_cli(capsys, "--data-dir", MNIST_5K, "--epochs", 1,
+        code, epochs, summary, err = run_cli(capsys, "--data-dir", mnist_5k, "--epochs", 1,
                                              "--backend", backend, "--no-download")
         assert code == 0, err
         assert "img/s" in err and "loss=" in err  # the progress bar
@@ -80,10 +79,7 @@ def test_checkpoint_loads_into_the_stock_network(capsys, synthetic_mnist, tmp_pa
     assert not torch.equal(state["fc3.weight"], untrained.fc3.weight)
 
 
-def test_without_data_and_offline_exits_2_naming_data_dir(capsys, tmp_path, monkeypatch):
-    def offline(url):
-        raise OSError("network is unreachable (test)")
-    monkeypatch.setattr(data, "_fetch", offline)
+def test_without_data_and_offline_exits_2_naming_data_dir(capsys, tmp_path, offline):
     code, epochs, summary, err = run_cli(capsys, "--data-dir", tmp_path / "nowhere", "--epochs", 1)
     assert code == 2
     assert "--data-dir" in err and "nowhere" in err and "could not download" in err
