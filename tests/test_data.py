@@ -1,0 +1,191 @@
+"""lenet_ext.data: MNIST / Fashion-MNIST from IDX files (synthetic ones in tmp_path, and the real
+mnist-5k sample from shared/), with clear errors for missing, corrupt and truncated files."""
+import gzip
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from lenet_ext import data
+from lenet_ext.data import DataError
+
+MNIST_5K = Path(os.environ.get("LENET_EXT_MNIST_DIR",
+                               Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-5k"))
+
+
+@pytest.fixture
+def mnist_5k():
+    """The real 5,000-digit sample (shared/data/mnist-5k beside the repository, as in CI)."""
+    assert MNIST_5K.is_dir(), f"set LENET_EXT_MNIST_DIR: no mnist-5k sample at {MNIST_5K}"
+    return MNIST_5K
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    return header + array.to(torch.uint8).numpy().tobytes()
+
+
+def write_split(directory: Path, split="train", count=6, gz=True, dot=False):
+    """Writes random images (count, 28, 28) and labels of one split, named like
+    train-images-idx3-ubyte (or, with dot, train-images.idx3-ubyte); returns them."""
+    images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (count,), dtype=torch.uint8)
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+        content = idx_bytes(array)
+        name = f"{split}-{kind}-ubyte".replace("-idx", ".idx" if dot else "-idx")
+        if gz:
+            (directory / (name + ".gz")).write_bytes(gzip.compress(content))
+        else:
+            (directory / name).write_bytes(content)
+    return images, labels
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(url):
+        raise OSError("network is unreachable (test)")
+    monkeypatch.setattr(data, "_fetch", refuse)
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+@pytest.mark.parametrize("dot", [False, True], ids=["images-idx3", "images.idx3"])
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_reads_every_spelling_and_compression(tmp_path, gz, dot, split):
+    images, labels = write_split(tmp_path, split, gz=gz, dot=dot)
+    got_images, got_labels = data.load("mnist", tmp_path, train=split == "train", normalize=False,
+                                       download=False)
+    assert got_images.shape == (len(labels), 1, 28, 28) and got_images.dtype == torch.float32
+    torch.testing.assert_close(got_images, images.unsqueeze(1).float() / 255)
+    assert got_labels.dtype == torch.int64 and torch.equal(got_labels, labels.long())
+
+
+@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
+def test_reads_torchvision_layout(tmp_path, dataset, folder):
+    _, labels = write_split(tmp_path / folder / "raw", "t10k")
+    _, got_labels = data.load(dataset, tmp_path, train=False, download=False)
+    assert torch.equal(got_labels, labels.long())
+
+
+def test_pads_28_to_32_with_background(tmp_path):
+    images, _ = write_split(tmp_path)
+    padded, _ = data.load("mnist", tmp_path, pad_to=32, normalize=False, download=False)
+    assert padded.shape[2:] == (32, 32)
+    torch.testing.assert_close(padded[:, 0, 2:30, 2:30], images.float() / 255)
+    padded[:, :, 2:30, 2:30] = 0
+    assert not padded.any()
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_normalize_standardises_by_the_data_set_statistics(tmp_path, dataset):
+    write_split(tmp_path)
+    plain, _ = data.load(dataset, tmp_path, pad_to=32, normalize=False, download=False)
+    normalized, _ = data.load(dataset, tmp_path, pad_to=32, download=False)
+    mean, std = data.DATASETS[dataset]["mean_std"]
+    torch.testing.assert_close(normalized, (plain - mean) / std)
+
+
+def test_missing_files_name_the_directory(tmp_path):
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte not found in .*" + tmp_path.name):
+        data.load("mnist", tmp_path, download=False)
+
+
+def test_missing_files_offline_say_the_download_failed(tmp_path, offline):
+    with pytest.raises(DataError, match=r"not found in .*could not download train-images-idx3-ubyte"
+                                        r".*network is unreachable"):
+        data.load("mnist", tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_download_keeps_a_file_only_when_its_md5_matches(tmp_path, monkeypatch, dataset):
+    write_split(tmp_path / "source")
+    served = {name: (tmp_path / "source" / (name + ".gz")).read_bytes()
+              for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")}
+    monkeypatch.setattr(data, "_fetch", lambda url: served[url.rpartition("/")[2][:-3]])
+    with pytest.raises(DataError, match="MD5 .* expected " + data.DATASETS[dataset]["md5"][
+            "train-images-idx3-ubyte"]):
+        data.load(dataset, tmp_path / "root")
+    assert not list((tmp_path / "root").rglob("*.gz"))
+
+    md5 = {name: hashlib.md5(content).hexdigest() for name, content in served.items()}
+    monkeypatch.setitem(data.DATASETS[dataset], "md5", md5)
+    _, labels = data.load(dataset, tmp_path / "root")
+    folder = data.DATASETS[dataset]["folder"]
+    assert (tmp_path / "root" / folder / "raw" / "train-labels-idx1-ubyte.gz").is_file()
+    assert len(labels) == 6
+
+
+def corrupt_magic(content):
+    return b"\x00\x00\x09\x03" + content[4:]
+
+
+def truncate(content):
+    return content[:-5]
+
+
+def extend(content):
+    return content + b"\x00"
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
+@pytest.mark.parametrize("damage, message", [
+    (corrupt_magic, "not an IDX file of 3-d unsigned bytes: magic number 00000903, expected 00000803"),
+    (truncate, "truncated: 3931 bytes, expected 3936"),
+    (extend, "corrupt: 3937 bytes, expected 3936"),
+    (lambda content: content[:10], "truncated: 10 bytes, shorter than an IDX header"),
+])
+def test_damaged_image_file_is_named_with_the_reason(tmp_path, gz, damage, message):
+    images, _ = write_split(tmp_path, count=5, gz=False)
+    path = tmp_path / "train-images-idx3-ubyte"
+    content = damage(path.read_bytes())
+    path.unlink()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+    path.write_bytes(gzip.compress(content) if gz else content)
+    with pytest.raises(DataError, match=re.escape(f"{path.name}: {message}")):
+        data.load("mnist", tmp_path, download=False)
+
+
+def flip_middle_byte(content):
+    middle = len(content) // 2
+    return content[:middle] + bytes([content[middle] ^ 0xFF]) + content[middle + 1:]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda content: content[:-20], "truncated: the gzip stream ends early"),
+    (flip_middle_byte, "cannot read: "),
+])
+def test_damaged_gzip_stream_is_named_with_the_reason(tmp_path, damage, message):
+    write_split(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(DataError, match=re.escape(f"{path.name}: {message}")):
+        data.load("mnist", tmp_path, download=False)
+
+
+def test_image_and_label_counts_must_agree(tmp_path):
+    write_split(tmp_path, count=6)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(torch.zeros(5, dtype=torch.uint8))))
+    with pytest.raises(DataError, match="6 images but 5 labels"):
+        data.load("mnist", tmp_path, download=False)
+
+
+def test_labels_must_be_digits(tmp_path):
+    write_split(tmp_path, count=6)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(torch.tensor([0, 1, 2, 10, 3, 4]))))
+    with pytest.raises(DataError, match="label 10 outside 0..9"):
+        data.load("mnist", tmp_path, download=False)
+
+
+@pytest.mark.parametrize("train, count", [(True, 4000), (False, 1000)])
+def test_reads_the_real_mnist_5k_sample(mnist_5k, train, count):
+    images, labels = data.load("mnist", mnist_5k, train=train, pad_to=32, download=False)
+    assert images.shape == (count, 1, 32, 32)
+    assert torch.equal(labels.bincount(), torch.full((10,), count // 10))
+    # Digits: mostly background with a bright stroke; normalised, the mean is near 0 and std near 1.
+    assert abs(images.mean().item()) < 0.2 and 0.8 < images.std().item() < 1.1
