@@ -1,9 +1,13 @@
+import os
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
 
 import lenet_ext
+from lenet_ext import data
+from helpers import write_split
 
 DEVICES = ["cpu"] + (["cuda"] if lenet_ext.cuda_available() else [])
 DTYPES = [torch.float32, torch.float64]
@@ -27,3 +31,29 @@ def dtype(request):
 def _fresh_seed(request):
     # A different but reproducible seed per test: fresh inputs each test, failures replayable.
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+MNIST_5K = Path(os.environ.get("LENET_EXT_MNIST_DIR",
+                               Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-5k"))
+
+
+@pytest.fixture
+def mnist_5k():
+    """The real 5,000-digit sample (shared/data/mnist-5k beside the repository, as in CI)."""
+    assert MNIST_5K.is_dir(), f"set LENET_EXT_MNIST_DIR: no mnist-5k sample at {MNIST_5K}"
+    return MNIST_5K
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    def refuse(url):
+        raise OSError("network is unreachable (test)")
+    monkeypatch.setattr(data, "_fetch", refuse)
+
+
+@pytest.fixture
+def synthetic_mnist(tmp_path):
+    """A tiny data set of random digits, for checks that do not need learning to work."""
+    write_split(tmp_path, "train", count=96)
+    write_split(tmp_path, "t10k", count=32)
+    return tmp_path

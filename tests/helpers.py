@@ -1,5 +1,8 @@
 """Shared test helpers: run one function of ours and its stock twin on the same inputs and compare
 outputs and every input gradient."""
+import gzip
+from pathlib import Path
+
 import torch
 
 
@@ -47,3 +50,36 @@ def sum_tolerance(dtype, length):
     if dtype == torch.float64:
         return {}
     return dict(rtol=1e-5, atol=1e-5 * max(1.0, length ** 0.5))
+
+
+# Whole-model parity (LeNet, MLP).
+# float32 against stock float32: both are ~1e-7 (outputs) and ~1e-8 (gradients) from a float64
+# reference on these shapes; these bounds leave room for a different summation order.
+OUTPUT_TOL = dict(rtol=1e-4, atol=1e-5)
+GRAD_TOL = dict(rtol=1e-4, atol=1e-6)
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
+    return header + array.to(torch.uint8).numpy().tobytes()
+
+
+def write_split(directory: Path, split="train", count=6, gz=True, dot=False):
+    """Writes random images (count, 28, 28) and labels of one split, named like
+    train-images-idx3-ubyte (or, with dot, train-images.idx3-ubyte); returns them."""
+    images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (count,), dtype=torch.uint8)
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+        content = idx_bytes(array)
+        name = f"{split}-{kind}-ubyte".replace("-idx", ".idx" if dot else "-idx")
+        if gz:
+            (directory / (name + ".gz")).write_bytes(gzip.compress(content))
+        else:
+            (directory / name).write_bytes(content)
+    return images, labels
+
+
+def parse(line):
+    """`epoch=1/2 train_loss=0.5 ...` -> {"epoch": "1/2", "train_loss": "0.5", ...}"""
+    return dict(field.split("=", 1) for field in line.split() if "=" in field)

@@ -2,54 +2,14 @@
 mnist-5k sample from shared/), with clear errors for missing, corrupt and truncated files."""
 import gzip
 import hashlib
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
 from lenet_ext import data
 from lenet_ext.data import DataError
-
-MNIST_5K = Path(os.environ.get("LENET_EXT_MNIST_DIR",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-5k"))
-
-
-@pytest.fixture
-def mnist_5k():
-    """The real 5,000-digit sample (shared/data/mnist-5k beside the repository, as in CI)."""
-    assert MNIST_5K.is_dir(), f"set LENET_EXT_MNIST_DIR: no mnist-5k sample at {MNIST_5K}"
-    return MNIST_5K
-
-
-def idx_bytes(array: torch.Tensor) -> bytes:
-    header = bytes([0, 0, 0x08, array.dim()]) + b"".join(n.to_bytes(4, "big") for n in array.shape)
-    return header + array.to(torch.uint8).numpy().tobytes()
-
-
-def write_split(directory: Path, split="train", count=6, gz=True, dot=False):
-    """Writes random images (count, 28, 28) and labels of one split, named like
-    train-images-idx3-ubyte (or, with dot, train-images.idx3-ubyte); returns them."""
-    images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (count,), dtype=torch.uint8)
-    directory.mkdir(parents=True, exist_ok=True)
-    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
-        content = idx_bytes(array)
-        name = f"{split}-{kind}-ubyte".replace("-idx", ".idx" if dot else "-idx")
-        if gz:
-            (directory / (name + ".gz")).write_bytes(gzip.compress(content))
-        else:
-            (directory / name).write_bytes(content)
-    return images, labels
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    def refuse(url):
-        raise OSError("network is unreachable (test)")
-    monkeypatch.setattr(data, "_fetch", refuse)
-
+from helpers import idx_bytes, write_split
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
 @pytest.mark.parametrize("dot", [False, True], ids=["images-idx3", "images.idx3"])

@@ -12,8 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from lenet_ext.models import LeNet
-from test_models import GRAD_TOL
-from test_train import parse, synthetic_mnist  # noqa: F401 (fixture)
+from helpers import GRAD_TOL, parse
 
 WORLD_SIZE = 2
 

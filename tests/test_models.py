@@ -7,6 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lenet_ext
 from lenet_ext.models import MLP, LeNet, StockLeNet, StockMLP
+from helpers import GRAD_TOL, OUTPUT_TOL
 
 # What `print(net)` shows in PyTorch's "Neural Networks" tutorial, below its first line `Net(`.
 TUTORIAL_TREE = """\
@@ -19,10 +20,6 @@ TUTORIAL_TREE = """\
 
 PAIRS = {"lenet": (LeNet, StockLeNet, (1, 32, 32)), "mlp": (MLP, StockMLP, (1, 28, 28))}
 
-# float32 against stock float32: both are ~1e-7 (outputs) and ~1e-8 (gradients) from a float64
-# reference on these shapes; these bounds leave room for a different summation order.
-OUTPUT_TOL = dict(rtol=1e-4, atol=1e-5)
-GRAD_TOL = dict(rtol=1e-4, atol=1e-6)
 
 
 def twins(name, device):

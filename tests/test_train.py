@@ -8,12 +8,7 @@ import torch
 
 from lenet_ext import train
 from lenet_ext.models import StockLeNet, StockMLP
-from test_data import mnist_5k, offline, write_split  # noqa: F401 (fixtures)
-
-
-def parse(line):
-    """`epoch=1/2 train_loss=0.5 ...` -> {"epoch": "1/2", "train_loss": "0.5", ...}"""
-    return dict(field.split("=", 1) for field in line.split() if "=" in field)
+from helpers import parse
 
 
 def run_cli(capsys, *args):
@@ -24,14 +19,6 @@ def run_cli(capsys, *args):
     epochs = [parse(line) for line in lines if line.startswith("epoch=")]
     summary = [parse(line) for line in lines if line.startswith("summary ")]
     return code, epochs, summary[0] if summary else None, err
-
-
-@pytest.fixture
-def synthetic_mnist(tmp_path):
-    """A tiny data set of random digits, for checks that do not need learning to work."""
-    write_split(tmp_path, "train", count=96)
-    write_split(tmp_path, "t10k", count=32)
-    return tmp_path
 
 
 def test_short_run_on_real_mnist_learns_and_matches_stock(capsys, mnist_5k):
