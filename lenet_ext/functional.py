@@ -18,3 +18,46 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Like torch.nn.functional.linear: input (*, in_features), weight (out_features, in_features)."""
     return lib.linear(input, weight, bias)
+
+
+def _pair(value):
+    # torch's convolutions take an int or a sequence of 1 or 2; other lengths reach the op's check
+    if isinstance(value, (int, torch.SymInt)):
+        return [value, value]
+    value = list(value)
+    return value * 2 if len(value) == 1 else value
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """Like torch.nn.functional.conv2d: input (N, C, H, W) or unbatched (C, H, W), weight
+    (out_channels, C / groups, kernel_h, kernel_w); stride, padding and dilation an int or a pair,
+    padding also ``'valid'`` or ``'same'``."""
+    stride, dilation = _pair(stride), _pair(dilation)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    if isinstance(padding, str):
+        padding, input = _string_padding(padding, input, weight, stride, dilation)
+    output = lib.conv2d(input, weight, bias, stride, _pair(padding), dilation, groups)
+    return output.squeeze(0) if unbatched else output
+
+
+def _string_padding(padding, input, weight, stride, dilation):
+    """(symmetric padding for the op, input) for padding 'valid' or 'same'. An even 'same' total
+    puts its extra row/column at the bottom/right, padded here as torch does."""
+    if padding == "valid":
+        return [0, 0], input
+    if padding != "same":
+        raise RuntimeError(f"lenet_ext.conv2d: expected padding to be an int, a pair, 'valid' or "
+                           f"'same', but got {padding!r}")
+    if any(s != 1 for s in stride):
+        raise RuntimeError(f"lenet_ext.conv2d: padding='same' is not supported for strided "
+                           f"convolutions: expected stride 1, but got stride {stride}")
+    if weight.dim() != 4:
+        return [0, 0], input  # the op reports the weight's rank
+    totals = [dilation[d] * (weight.shape[2 + d] - 1) for d in range(2)]
+    extra_h, extra_w = (total % 2 for total in totals)
+    if extra_h or extra_w:
+        input = torch.nn.functional.pad(input, (0, extra_w, 0, extra_h))
+    return [total // 2 for total in totals], input

@@ -16,3 +16,14 @@ class ReLU(torch.nn.ReLU):
 class Linear(torch.nn.Linear):
     def forward(self, input):
         return F.linear(input, self.weight, self.bias)
+
+
+class Conv2d(torch.nn.Conv2d):
+    def _conv_forward(self, input, weight, bias):
+        # torch.nn.Conv2d's own structure: a non-zero padding_mode pads first, then convolves
+        # with padding 0
+        if self.padding_mode != "zeros":
+            input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice,
+                                            mode=self.padding_mode)
+            return F.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
