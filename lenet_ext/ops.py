@@ -80,11 +80,12 @@ def _conv_output_size(size, kernel, stride, padding, dilation):
 
 @torch.library.register_fake("lenet_ext::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
-    torch._check(input.dim() == 4 and weight.dim() == 4 and input.shape[1] == weight.shape[1] * groups,
+    torch._check(input.dim() == 4 and weight.dim() == 4
+                 and input.shape[1] == weight.shape[1] * groups,
                  lambda: f"lenet_ext.conv2d: input {tuple(input.shape)} and weight "
                          f"{tuple(weight.shape)} do not match for groups={groups}")
-    out_h, out_w = (_conv_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d], padding[d],
-                                      dilation[d]) for d in range(2))
+    out_h, out_w = (_conv_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d],
+                                      padding[d], dilation[d]) for d in range(2))
     return _empty((input.shape[0], weight.shape[0], out_h, out_w), input)
 
 

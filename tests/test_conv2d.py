@@ -1,6 +1,4 @@
 """lenet_ext conv2d: torch.nn.functional.conv2d's semantics and torch.nn.Conv2d's interface."""
-import re
-
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -64,8 +62,8 @@ GRADCHECK_GRID = [
 ]
 
 
-@pytest.mark.parametrize("batch, in_channels, out_channels, size, kernel, stride, padding, dilation,"
-                         " groups, bias", GRADCHECK_GRID)
+@pytest.mark.parametrize("batch, in_channels, out_channels, size, kernel, stride, padding,"
+                         " dilation, groups, bias", GRADCHECK_GRID)
 def test_gradcheck(device, batch, in_channels, out_channels, size, kernel, stride, padding,
                    dilation, groups, bias):
     x, w, b = random_conv(batch, in_channels, out_channels, size, kernel, groups, bias,
@@ -187,8 +185,9 @@ def test_opcheck(device, stride, padding, dilation, groups, bias, requires_grad)
             t.requires_grad_(requires_grad)
     torch.library.opcheck(op.conv2d, (x, w, b, stride, padding, dilation, groups))
     out = op.conv2d(x, w, b, stride, padding, dilation, groups)
-    torch.library.opcheck(op.conv2d_backward, (torch.randn_like(out), x.detach(), w.detach(), stride,
-                                               padding, dilation, groups, [True, True, bias]))
+    torch.library.opcheck(op.conv2d_backward, (torch.randn_like(out), x.detach(), w.detach(),
+                                               stride, padding, dilation, groups,
+                                               [True, True, bias]))
 
 
 def test_compile_fullgraph_matches_eager(device):
@@ -262,8 +261,9 @@ def _args(input=(2, 4, 8, 8), weight=(6, 2, 3, 3), bias=(6,), stride=1, padding=
 BAD_INPUTS = {
     "channels_not_groups_times_weight": (_args(input=(2, 3, 8, 8)),
                                          r"input to have .*= 4 channels, but got .*\[2, 3, 8, 8\]"),
-    "out_channels_not_multiple_of_groups": (_args(weight=(5, 2, 3, 3), bias=(5,)),
-                                            r"weight.size\(0\).* multiple of groups = 2.*\[5, 2, 3, 3\]"),
+    "out_channels_not_multiple_of_groups": (
+        _args(weight=(5, 2, 3, 3), bias=(5,)),
+        r"weight.size\(0\).* multiple of groups = 2.*\[5, 2, 3, 3\]"),
     "groups_zero": (_args(groups=0), r"groups to be positive, but got 0"),
     "kernel_larger_than_padded_input": (_args(weight=(6, 2, 9, 3)),
                                         r"kernel.*\(9 x 3\).*fit the padded input.*\(8 x 8\)"),
@@ -281,7 +281,8 @@ BAD_INPUTS = {
     "bias_wrong_shape": (_args(bias=(3,)), r"bias of shape \[6\].*but got shape \[3\]"),
     "bias_2d": (_args(bias=(6, 1)), r"bias of shape \[6\].*but got shape \[6, 1\]"),
     "int_dtype": (_args(dtype=torch.int32), r"input to have dtype float32 or float64, but got Int"),
-    "half_dtype": (_args(dtype=torch.float16), r"input to have dtype float32 or float64, but got Half"),
+    "half_dtype": (_args(dtype=torch.float16),
+                   r"input to have dtype float32 or float64, but got Half"),
     "weight_dtype_differs": (_args(weight_dtype=torch.float64),
                              r"weight to have the same dtype as input \(Float\), but got Double"),
 }
@@ -332,7 +333,8 @@ def test_op_rejects_a_wrong_length_argument():
 
 
 @pytest.mark.parametrize("grad_shape, grad_dtype, message", [
-    ((2, 6, 6, 5), torch.float32, r"grad_output of shape \[2, 6, 6, 6\], but got shape \[2, 6, 6, 5\]"),
+    ((2, 6, 6, 5), torch.float32,
+     r"grad_output of shape \[2, 6, 6, 6\], but got shape \[2, 6, 6, 5\]"),
     ((2, 6, 6, 6), torch.float64, r"grad_output to have the same dtype as input \(Float\)"),
 ])
 def test_bad_input_raises_from_the_backward_op(grad_shape, grad_dtype, message):

@@ -1,9 +1,9 @@
 // conv2d on CPU: im2col + the GEMM of gemm.h, one (image, group) pair per step. The patches of a
 // group's input are unrolled into columns [taps = channels * kernel_h * kernel_w, out_h * out_w]
-// (a per-thread buffer, ~80 KB for LeNet's convs, so it stays in L2), and one GEMM
+// (a per-thread buffer, 60-80 KB for LeNet's convs, so it stays in L2), and one GEMM
 // weight[group] x columns writes that group's output planes straight into NCHW. Backward reuses the
 // unrolling: grad_input = col2im(weight^T x grad_output); grad_weight = sum over images of
-// grad_output x columns^T, added in a fixed order (see conv2d_grad_weight); grad_bias a sum per channel.
+// grad_output x columns^T, in a fixed order (see conv2d_grad_weight); grad_bias a sum per channel.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -33,15 +33,16 @@ struct ConvShape {
   int64_t input_block() const { return channels * in_h * in_w; }
   int64_t output_block() const { return out_channels * positions(); }
   int64_t weight_block() const { return out_channels * taps(); }
+  int64_t multiply_adds() const { return weight_block() * positions(); }
 };
 
 ConvShape conv_shape(const at::Tensor& input, const at::Tensor& weight,
                      const std::vector<int64_t>& output_shape, at::IntArrayRef stride,
                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return {weight.size(1),         input.size(2), input.size(3),  weight.size(0) / groups,
-          output_shape[2],        output_shape[3], weight.size(2), weight.size(3),
-          stride[0],              stride[1],     padding[0],     padding[1],
-          dilation[0],            dilation[1]};
+  return {weight.size(1),  input.size(2),   input.size(3),
+          weight.size(0) / groups, output_shape[2], output_shape[3],
+          weight.size(2),  weight.size(3),  stride[0],  stride[1],
+          padding[0],      padding[1],      dilation[0], dilation[1]};
 }
 
 // Enough steps per task that a task is worth ~64k multiply-adds, as in gemm.h.
@@ -59,9 +60,9 @@ std::pair<int64_t, int64_t> inside(int64_t offset, int64_t stride, int64_t size,
 }
 
 // Calls visit(tap, oh, input_row, iw_offset, ow_first, ow_last) for every row segment of the
-// unrolled matrix that reads the image: row `tap`, columns oh * out_w + [ow_first, ow_last), reading
-// row input_row (channel * in_h + ih) of the group's input at columns ow * stride_w + iw_offset.
-// Every other entry is padding.
+// unrolled matrix that reads the image: row `tap`, columns oh * out_w + [ow_first, ow_last),
+// reading row input_row (channel * in_h + ih) of the group's input at columns
+// ow * stride_w + iw_offset. Every other entry is padding.
 template <typename Visit>
 void for_each_inside_segment(const ConvShape& s, Visit visit) {
   for (int64_t c = 0; c < s.channels; ++c)
@@ -78,15 +79,33 @@ void for_each_inside_segment(const ConvShape& s, Visit visit) {
     }
 }
 
-// columns[tap][oh * out_w + ow] = image[c][ih][iw], or 0 where (ih, iw) is padding.
+// dst[i * dst_stride] = src[i * src_stride] (kAdd: +=) for i < count. Unit strides, the common
+// case, are spelled out so that the loop vectorises; the two buffers never overlap.
+template <bool kAdd, typename scalar_t>
+void move_row(scalar_t* __restrict dst, int64_t dst_stride, const scalar_t* __restrict src,
+              int64_t src_stride, int64_t count) {
+  if (dst_stride == 1 && src_stride == 1) {
+    for (int64_t i = 0; i < count; ++i) dst[i] = kAdd ? dst[i] + src[i] : src[i];
+  } else {
+    for (int64_t i = 0; i < count; ++i)
+      dst[i * dst_stride] = kAdd ? dst[i * dst_stride] + src[i * src_stride] : src[i * src_stride];
+  }
+}
+
+// columns[tap][oh * out_w + ow] = image[c][ih][iw], or 0 where (ih, iw) is padding; with
+// `transposed`, columns[oh * out_w + ow][tap] (what grad_weight's GEMM reads).
 template <typename scalar_t>
-void im2col(const scalar_t* image, scalar_t* columns, const ConvShape& s) {
-  std::fill(columns, columns + s.taps() * s.positions(), scalar_t(0));
+void im2col(const scalar_t* image, scalar_t* columns, const ConvShape& s, bool transposed = false) {
+  // without padding every entry is written below
+  if (s.pad_h > 0 || s.pad_w > 0)
+    std::fill(columns, columns + s.taps() * s.positions(), scalar_t(0));
+  const int64_t tap_stride = transposed ? 1 : s.positions();
+  const int64_t position_stride = transposed ? s.taps() : 1;
   for_each_inside_segment(s, [&](int64_t tap, int64_t oh, int64_t input_row, int64_t iw_offset,
                                  int64_t ow_first, int64_t ow_last) {
-    scalar_t* out = columns + tap * s.positions() + oh * s.out_w;
-    const scalar_t* in = image + input_row * s.in_w;
-    for (int64_t ow = ow_first; ow < ow_last; ++ow) out[ow] = in[ow * s.stride_w + iw_offset];
+    move_row<false>(columns + tap * tap_stride + (oh * s.out_w + ow_first) * position_stride,
+                    position_stride, image + input_row * s.in_w + ow_first * s.stride_w + iw_offset,
+                    s.stride_w, ow_last - ow_first);
   });
 }
 
@@ -97,9 +116,8 @@ void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
   std::fill(image, image + s.input_block(), scalar_t(0));
   for_each_inside_segment(s, [&](int64_t tap, int64_t oh, int64_t input_row, int64_t iw_offset,
                                  int64_t ow_first, int64_t ow_last) {
-    const scalar_t* in = columns + tap * s.positions() + oh * s.out_w;
-    scalar_t* out = image + input_row * s.in_w;
-    for (int64_t ow = ow_first; ow < ow_last; ++ow) out[ow * s.stride_w + iw_offset] += in[ow];
+    move_row<true>(image + input_row * s.in_w + ow_first * s.stride_w + iw_offset, s.stride_w,
+                   columns + tap * s.positions() + oh * s.out_w + ow_first, 1, ow_last - ow_first);
   });
 }
 
@@ -107,7 +125,8 @@ void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
 template <typename scalar_t>
 void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
-  at::parallel_for(0, batch * groups, grain_for(s.weight_block() * s.positions()), [&](int64_t begin, int64_t end) {
+  const int64_t steps = batch * groups;
+  at::parallel_for(0, steps, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> columns(s.taps() * s.positions());
     for (int64_t i = begin; i < end; ++i) {
       const int64_t group = i % groups;
@@ -132,7 +151,8 @@ void conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
   for (int64_t g = 0; g < groups; ++g)
     transpose(weight + g * s.weight_block(), weight_t.data() + g * s.weight_block(),
               s.out_channels, s.taps());
-  at::parallel_for(0, batch * groups, grain_for(s.weight_block() * s.positions()), [&](int64_t begin, int64_t end) {
+  const int64_t steps = batch * groups;
+  at::parallel_for(0, steps, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> columns(s.taps() * s.positions());
     for (int64_t i = begin; i < end; ++i) {
       gemm(weight_t.data() + (i % groups) * s.weight_block(), grad_output + i * s.output_block(),
@@ -154,16 +174,15 @@ void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
   const int64_t weight_numel = groups * s.weight_block();
   const int64_t parts = std::min(batch, kWeightParts);
   std::vector<scalar_t> partials(parts * weight_numel, scalar_t(0));
-  const int64_t grain = std::max<int64_t>(1, grain_for(s.weight_block() * s.positions()) / groups * parts / std::max<int64_t>(1, batch));
+  const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
+  const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
   at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> columns(s.taps() * s.positions()), columns_t(columns.size()),
-        product(s.weight_block());
+    std::vector<scalar_t> columns_t(s.positions() * s.taps()), product(s.weight_block());
     for (int64_t part = begin; part < end; ++part) {
       for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = n * groups + g;
-          im2col(input + i * s.input_block(), columns.data(), s);
-          transpose(columns.data(), columns_t.data(), s.taps(), s.positions());
+          im2col(input + i * s.input_block(), columns_t.data(), s, /*transposed=*/true);
           gemm(grad_output + i * s.output_block(), columns_t.data(),
                static_cast<const scalar_t*>(nullptr), product.data(), s.out_channels,
                s.positions(), s.taps());
