@@ -68,6 +68,7 @@ def test_gradcheck(device, batch, in_channels, out_channels, size, kernel, strid
                    dilation, groups, bias):
     x, w, b = random_conv(batch, in_channels, out_channels, size, kernel, groups, bias,
                           device=device, dtype=torch.float64)
+
     def conv(x, w, *b):
         return F.conv2d(x, w, b[0] if b else None, stride, padding, dilation, groups)
 
