@@ -21,7 +21,8 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
 
 
 def _pair(value):
-    """int or 1- or 2-sequence -> 2-tuple, as torch's pooling accepts."""
+    """int or 1- or 2-sequence -> 2-tuple, as torch's convolutions and pooling accept; other
+    lengths pass through to the op's check, which names them."""
     if isinstance(value, (int, torch.SymInt)):
         return (value, value)
     value = tuple(value)
@@ -38,3 +39,38 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     output, indices = lib.max_pool2d(input, kernel_size, stride, _pair(padding), _pair(dilation),
                                      ceil_mode)
     return (output, indices) if return_indices else output
+
+
+def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
+           dilation=1, groups: int = 1) -> Tensor:
+    """Like torch.nn.functional.conv2d: input (N, C, H, W) or unbatched (C, H, W), weight
+    (out_channels, C / groups, kernel_h, kernel_w); stride, padding and dilation an int or a pair,
+    padding also ``'valid'`` or ``'same'``."""
+    stride, dilation = _pair(stride), _pair(dilation)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    if isinstance(padding, str):
+        padding, input = _string_padding(padding, input, weight, stride, dilation)
+    output = lib.conv2d(input, weight, bias, stride, _pair(padding), dilation, groups)
+    return output.squeeze(0) if unbatched else output
+
+
+def _string_padding(padding, input, weight, stride, dilation):
+    """(symmetric padding for the op, input) for padding 'valid' or 'same'. An even 'same' total
+    puts its extra row/column at the bottom/right, padded here as torch does."""
+    if padding == "valid":
+        return [0, 0], input
+    if padding != "same":
+        raise RuntimeError(f"lenet_ext.conv2d: expected padding to be an int, a pair, 'valid' or "
+                           f"'same', but got {padding!r}")
+    if any(s != 1 for s in stride):
+        raise RuntimeError(f"lenet_ext.conv2d: padding='same' is not supported for strided "
+                           f"convolutions: expected stride 1, but got stride {list(stride)}")
+    if weight.dim() != 4:
+        return [0, 0], input  # the op reports the weight's rank
+    totals = [dilation[d] * (weight.shape[2 + d] - 1) for d in range(2)]
+    extra_h, extra_w = (total % 2 for total in totals)
+    if extra_h or extra_w:
+        input = torch.nn.functional.pad(input, (0, extra_w, 0, extra_h))
+    return [total // 2 for total in totals], input

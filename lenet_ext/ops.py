@@ -118,3 +118,47 @@ def _max_pool2d_backward(ctx, grad_output, grad_indices):
 
 torch.library.register_autograd("lenet_ext::max_pool2d", _max_pool2d_backward,
                                 setup_context=_max_pool2d_setup_context)
+
+
+# conv2d ----------------------------------------------------------------------------------------
+
+def _conv_output_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@torch.library.register_fake("lenet_ext::conv2d")
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    torch._check(input.dim() == 4 and weight.dim() == 4
+                 and input.shape[1] == weight.shape[1] * groups,
+                 lambda: f"lenet_ext.conv2d: input {tuple(input.shape)} and weight "
+                         f"{tuple(weight.shape)} do not match for groups={groups}")
+    out_h, out_w = (_conv_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d],
+                                      padding[d], dilation[d]) for d in range(2))
+    return _empty((input.shape[0], weight.shape[0], out_h, out_w), input)
+
+
+@torch.library.register_fake("lenet_ext::conv2d_backward")
+def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups,
+                          output_mask):
+    return (_empty(input.shape, input) if output_mask[0] else None,
+            _empty(weight.shape, weight) if output_mask[1] else None,
+            _empty((weight.shape[0],), weight) if output_mask[2] else None)
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.conv_args = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _conv2d_backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], ctx.has_bias and needs[2]]
+    grads = lib.conv2d_backward(grad_output, input, weight, *ctx.conv_args, mask)
+    return (*grads, None, None, None, None)
+
+
+torch.library.register_autograd("lenet_ext::conv2d", _conv2d_backward,
+                                setup_context=_conv2d_setup_context)

@@ -1,0 +1,278 @@
+// conv2d on CPU: im2col + the GEMM of gemm.h, one (image, group) pair per step. The patches of a
+// group's input are unrolled into columns [taps = channels * kernel_h * kernel_w, out_h * out_w]
+// (a per-thread buffer, 60-80 KB for LeNet's convs, so it stays in L2), and one GEMM
+// weight[group] x columns writes that group's output planes straight into NCHW. Backward reuses the
+// unrolling: grad_input = col2im(weight^T x grad_output); grad_weight = sum over images of
+// grad_output x columns^T, in a fixed order (see conv2d_grad_weight); grad_bias a sum per channel.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "../conv2d.h"
+#include "gemm.h"
+
+namespace lenet_ext {
+namespace {
+
+// The convolution of one group of one image; the same for every group and image.
+struct ConvShape {
+  int64_t channels, in_h, in_w;        // input channels of the group, input plane
+  int64_t out_channels, out_h, out_w;  // output channels of the group, output plane
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
+
+  int64_t taps() const { return channels * kernel_h * kernel_w; }  // rows of the unrolled input
+  int64_t positions() const { return out_h * out_w; }
+  int64_t input_block() const { return channels * in_h * in_w; }
+  int64_t output_block() const { return out_channels * positions(); }
+  int64_t weight_block() const { return out_channels * taps(); }
+  int64_t multiply_adds() const { return weight_block() * positions(); }
+};
+
+ConvShape conv_shape(const at::Tensor& input, const at::Tensor& weight,
+                     const std::vector<int64_t>& output_shape, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return {weight.size(1),  input.size(2),   input.size(3),
+          weight.size(0) / groups, output_shape[2], output_shape[3],
+          weight.size(2),  weight.size(3),  stride[0],  stride[1],
+          padding[0],      padding[1],      dilation[0], dilation[1]};
+}
+
+// Enough steps per task that a task is worth ~64k multiply-adds, as in gemm.h.
+int64_t grain_for(int64_t multiply_adds_per_step) {
+  return std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, multiply_adds_per_step));
+}
+
+// The output indices o in [first, last) whose input index o * stride + offset lies in [0, size).
+std::pair<int64_t, int64_t> inside(int64_t offset, int64_t stride, int64_t size, int64_t out_size) {
+  const auto first_reaching = [&](int64_t bound) {  // smallest o with o * stride + offset >= bound
+    const int64_t distance = bound - offset;
+    return std::min(out_size, distance <= 0 ? 0 : (distance + stride - 1) / stride);
+  };
+  return {first_reaching(0), first_reaching(size)};
+}
+
+// Calls visit(tap, oh, input_row, iw_offset, ow_first, ow_last) for every row segment of the
+// unrolled matrix that reads the image: row `tap`, columns oh * out_w + [ow_first, ow_last),
+// reading row input_row (channel * in_h + ih) of the group's input at columns
+// ow * stride_w + iw_offset. Every other entry is padding.
+template <typename Visit>
+void for_each_inside_segment(const ConvShape& s, Visit visit) {
+  for (int64_t c = 0; c < s.channels; ++c)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      const int64_t ih_offset = kh * s.dilation_h - s.pad_h;
+      const auto [oh_first, oh_last] = inside(ih_offset, s.stride_h, s.in_h, s.out_h);
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        const int64_t tap = (c * s.kernel_h + kh) * s.kernel_w + kw;
+        const int64_t iw_offset = kw * s.dilation_w - s.pad_w;
+        const auto [ow_first, ow_last] = inside(iw_offset, s.stride_w, s.in_w, s.out_w);
+        for (int64_t oh = oh_first; oh < oh_last; ++oh)
+          visit(tap, oh, c * s.in_h + oh * s.stride_h + ih_offset, iw_offset, ow_first, ow_last);
+      }
+    }
+}
+
+// dst[i * dst_stride] = src[i * src_stride] (kAdd: +=) for i < count. Unit strides, the common
+// case, are spelled out so that the loop vectorises; the two buffers never overlap.
+template <bool kAdd, typename scalar_t>
+void move_row(scalar_t* __restrict dst, int64_t dst_stride, const scalar_t* __restrict src,
+              int64_t src_stride, int64_t count) {
+  if (dst_stride == 1 && src_stride == 1) {
+    for (int64_t i = 0; i < count; ++i) dst[i] = kAdd ? dst[i] + src[i] : src[i];
+  } else {
+    for (int64_t i = 0; i < count; ++i)
+      dst[i * dst_stride] = kAdd ? dst[i * dst_stride] + src[i * src_stride] : src[i * src_stride];
+  }
+}
+
+// columns[tap][oh * out_w + ow] = image[c][ih][iw], or 0 where (ih, iw) is padding; with
+// `transposed`, columns[oh * out_w + ow][tap] (what grad_weight's GEMM reads).
+template <typename scalar_t>
+void im2col(const scalar_t* image, scalar_t* columns, const ConvShape& s, bool transposed = false) {
+  // without padding every entry is written below
+  if (s.pad_h > 0 || s.pad_w > 0)
+    std::fill(columns, columns + s.taps() * s.positions(), scalar_t(0));
+  const int64_t tap_stride = transposed ? 1 : s.positions();
+  const int64_t position_stride = transposed ? s.taps() : 1;
+  for_each_inside_segment(s, [&](int64_t tap, int64_t oh, int64_t input_row, int64_t iw_offset,
+                                 int64_t ow_first, int64_t ow_last) {
+    move_row<false>(columns + tap * tap_stride + (oh * s.out_w + ow_first) * position_stride,
+                    position_stride, image + input_row * s.in_w + ow_first * s.stride_w + iw_offset,
+                    s.stride_w, ow_last - ow_first);
+  });
+}
+
+// The adjoint of im2col: image = 0, then image[c][ih][iw] += columns[tap][oh * out_w + ow], in a
+// fixed order.
+template <typename scalar_t>
+void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
+  std::fill(image, image + s.input_block(), scalar_t(0));
+  for_each_inside_segment(s, [&](int64_t tap, int64_t oh, int64_t input_row, int64_t iw_offset,
+                                 int64_t ow_first, int64_t ow_last) {
+    move_row<true>(image + input_row * s.in_w + ow_first * s.stride_w + iw_offset, s.stride_w,
+                   columns + tap * s.positions() + oh * s.out_w + ow_first, 1, ow_last - ow_first);
+  });
+}
+
+// Block i = image * groups + group of input, output and their gradients is contiguous in NCHW.
+template <typename scalar_t>
+void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                    scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
+  const int64_t steps = batch * groups;
+  at::parallel_for(0, steps, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> columns(s.taps() * s.positions());
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t group = i % groups;
+      scalar_t* out = output + i * s.output_block();
+      im2col(input + i * s.input_block(), columns.data(), s);
+      gemm(weight + group * s.weight_block(), columns.data(), static_cast<const scalar_t*>(nullptr),
+           out, s.out_channels, s.taps(), s.positions());
+      if (bias == nullptr) continue;
+      for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+        const scalar_t channel_bias = bias[group * s.out_channels + oc];
+        for (int64_t p = 0; p < s.positions(); ++p) out[oc * s.positions() + p] += channel_bias;
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
+                       int64_t batch, int64_t groups, const ConvShape& s) {
+  // weight^T per group, [taps, out_channels], so that the GEMM reads contiguous rows
+  std::vector<scalar_t> weight_t(groups * s.weight_block());
+  for (int64_t g = 0; g < groups; ++g)
+    transpose(weight + g * s.weight_block(), weight_t.data() + g * s.weight_block(),
+              s.out_channels, s.taps());
+  const int64_t steps = batch * groups;
+  at::parallel_for(0, steps, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> columns(s.taps() * s.positions());
+    for (int64_t i = begin; i < end; ++i) {
+      gemm(weight_t.data() + (i % groups) * s.weight_block(), grad_output + i * s.output_block(),
+           static_cast<const scalar_t*>(nullptr), columns.data(), s.taps(), s.out_channels,
+           s.positions());
+      col2im(columns.data(), grad_input + i * s.input_block(), s);
+    }
+  });
+}
+
+// The images are split into a fixed number of contiguous parts (it depends on the batch, never on
+// the thread count); each part sums its images in order into its own partial, and the partials are
+// added in part order, so grad_weight is bitwise the same however the parts are spread on threads.
+constexpr int64_t kWeightParts = 16;
+
+template <typename scalar_t>
+void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
+                        int64_t batch, int64_t groups, const ConvShape& s) {
+  const int64_t weight_numel = groups * s.weight_block();
+  const int64_t parts = std::min(batch, kWeightParts);
+  std::vector<scalar_t> partials(parts * weight_numel, scalar_t(0));
+  const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
+  const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
+  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> columns_t(s.positions() * s.taps()), product(s.weight_block());
+    for (int64_t part = begin; part < end; ++part) {
+      for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = n * groups + g;
+          im2col(input + i * s.input_block(), columns_t.data(), s, /*transposed=*/true);
+          gemm(grad_output + i * s.output_block(), columns_t.data(),
+               static_cast<const scalar_t*>(nullptr), product.data(), s.out_channels,
+               s.positions(), s.taps());
+          scalar_t* partial = partials.data() + part * weight_numel + g * s.weight_block();
+          for (int64_t k = 0; k < s.weight_block(); ++k) partial[k] += product[k];
+        }
+    }
+  });
+  std::fill(grad_weight, grad_weight + weight_numel, scalar_t(0));
+  for (int64_t part = 0; part < parts; ++part)
+    for (int64_t k = 0; k < weight_numel; ++k) grad_weight[k] += partials[part * weight_numel + k];
+}
+
+// Per channel, over images in order; within a plane kLanes interleaved running sums (fixed, so
+// the result does not depend on threads) let the additions vectorise.
+template <typename scalar_t>
+void conv2d_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, int64_t batch,
+                      int64_t channels, int64_t positions) {
+  constexpr int64_t kLanes = 16;
+  at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      std::array<scalar_t, kLanes> lanes{};
+      for (int64_t n = 0; n < batch; ++n) {
+        const scalar_t* plane = grad_output + (n * channels + c) * positions;
+        for (int64_t p0 = 0; p0 < positions; p0 += kLanes) {
+          const int64_t width = std::min(kLanes, positions - p0);
+          for (int64_t j = 0; j < width; ++j) lanes[j] += plane[p0 + j];
+        }
+      }
+      scalar_t sum = 0;
+      for (const scalar_t lane : lanes) sum += lane;
+      grad_bias[c] = sum;
+    }
+  });
+}
+
+at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto output_shape =
+      check_conv2d_args(input, weight, bias, stride, padding, dilation, groups);
+  const ConvShape s = conv_shape(input, weight, output_shape, stride, padding, dilation, groups);
+  auto output = at::empty(output_shape, input.options());
+  const auto x = input.expect_contiguous();
+  const auto w = weight.expect_contiguous();
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d", [&] {
+    conv2d_forward(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
+                   b ? b->const_data_ptr<scalar_t>() : nullptr,
+                   output.mutable_data_ptr<scalar_t>(), input.size(0), groups, s);
+  });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  check_conv2d_backward_args(grad_output, input, weight, stride, padding, dilation, groups);
+  const ConvShape s = conv_shape(input, weight, grad_output.sizes().vec(), stride, padding,
+                                 dilation, groups);
+  const int64_t batch = input.size(0);
+  const auto grad = grad_output.expect_contiguous();
+  const auto x = input.expect_contiguous();
+  const auto w = weight.expect_contiguous();
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
+  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
+  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
+    const scalar_t* g = grad->const_data_ptr<scalar_t>();
+    if (grad_input.defined())
+      conv2d_grad_input(g, w->const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
+                        batch, groups, s);
+    if (grad_weight.defined())
+      conv2d_grad_weight(g, x->const_data_ptr<scalar_t>(),
+                         grad_weight.mutable_data_ptr<scalar_t>(), batch, groups, s);
+    if (grad_bias.defined())
+      conv2d_grad_bias(g, grad_bias.mutable_data_ptr<scalar_t>(), batch, weight.size(0),
+                       s.positions());
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
+  m.impl("conv2d", &conv2d_cpu);
+  m.impl("conv2d_backward", &conv2d_backward_cpu);
+}
+
+}  // namespace lenet_ext
