@@ -12,6 +12,14 @@ import torch
 
 def want_cuda():
     forced = os.environ.get("LENET_EXT_CUDA")
+    if forced == "1":
+        if torch.version.cuda is None:
+            raise SystemExit(f"LENET_EXT_CUDA=1, but this PyTorch ({torch.__version__}) was "
+                             "built without CUDA: install a CUDA build of PyTorch, or unset "
+                             "LENET_EXT_CUDA.")
+        if CUDA_HOME is None:
+            raise SystemExit("LENET_EXT_CUDA=1, but no CUDA toolkit was found: put nvcc on PATH or "
+                             "set CUDA_HOME.")
     if forced is not None:
         return forced == "1"
     return torch.version.cuda is not None and CUDA_HOME is not None
@@ -26,6 +34,13 @@ extra = {"cxx": cxx_flags}
 define_macros = []
 if cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/cuda/registration.cpp"]
+    # No -gencode/-arch here: BuildExtension adds them from TORCH_CUDA_ARCH_LIST, and only when no
+    # nvcc flag mentions "arch". Without that variable it targets the visible GPUs, and with none
+    # visible it would fail, so then build for the A100 and H100 (plus PTX for newer GPUs).
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.device_count() == 0:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        print("lenet_ext: no GPU visible and TORCH_CUDA_ARCH_LIST unset; building for 8.0;9.0+PTX")
+    # No fast-math: results must match the CPU kernels' to rounding.
     extra["nvcc"] = ["-O3", "-std=c++17"]
     define_macros.append(("LENET_EXT_WITH_CUDA", None))
     Extension = CUDAExtension

@@ -1,0 +1,67 @@
+// Launch geometry and the one block reduction shared by the .cu files (nvcc only, no PyTorch).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace lenet_ext::cuda {
+
+constexpr int kThreads = 256;  // threads per block of every 1-D kernel; a power of two (block_sum)
+
+// Blocks for a grid-stride loop over `work` items: one item per thread up to a cap beyond which
+// more blocks only add scheduling cost. Never 0: launchers skip empty work before asking.
+inline unsigned int blocks_for(int64_t work) {
+  constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+  return static_cast<unsigned int>(std::min((work + kThreads - 1) / kThreads, kMaxBlocks));
+}
+
+// Grid-stride loop index in 64 bits: numel may pass 2^31.
+#define LENET_CUDA_KERNEL_LOOP(i, n)                                                    \
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < (n);             \
+       i += int64_t{gridDim.x} * blockDim.x)
+
+// Sum of `value` over the kThreads threads of the block, returned to every thread. A fixed tree in
+// shared memory, so the result is bitwise the same every run. Every thread must call it.
+template <typename scalar_t>
+__device__ scalar_t block_sum(scalar_t value) {
+  __shared__ scalar_t partial[kThreads];
+  partial[threadIdx.x] = value;
+  __syncthreads();
+  for (unsigned int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  const scalar_t total = partial[0];
+  __syncthreads();  // before a next call overwrites partial
+  return total;
+}
+
+// sums[c] = sum over n < batch, p < plane of values[(n * channels + c) * plane + p]: the bias
+// gradient of linear (plane 1) and conv2d. One block per channel; each thread sums a fixed
+// strided subset in order, then block_sum: deterministic, no atomics.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    channel_sum_kernel(const scalar_t* values, scalar_t* sums, int64_t batch, int64_t channels,
+                       int64_t plane) {
+  const int64_t count = batch * plane;
+  for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
+    scalar_t acc = 0;
+    for (int64_t r = threadIdx.x; r < count; r += kThreads) {
+      const int64_t n = r / plane, p = r % plane;
+      acc += values[(n * channels + c) * plane + p];
+    }
+    const scalar_t total = block_sum(acc);
+    if (threadIdx.x == 0) sums[c] = total;
+  }
+}
+
+template <typename scalar_t>
+void launch_channel_sum(const scalar_t* values, scalar_t* sums, int64_t batch, int64_t channels,
+                        int64_t plane, cudaStream_t stream) {
+  if (channels == 0) return;
+  const auto blocks = static_cast<unsigned int>(std::min<int64_t>(channels, int64_t{1} << 20));
+  channel_sum_kernel<<<blocks, kThreads, 0, stream>>>(values, sums, batch, channels, plane);
+}
+
+}  // namespace lenet_ext::cuda

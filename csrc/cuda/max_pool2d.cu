@@ -1,0 +1,119 @@
+// max_pool2d on CUDA. Forward: one thread per output element scans its window row by row, as
+// torch's kernel does (a NaN wins, ties keep the first cell, padding never wins). Backward: the
+// schema gives no window geometry, so no input cell can find the windows covering it; instead one
+// warp owns each plane, zeroes it, then takes its grads 32 at a time in output order: lanes whose
+// indices coincide sum their grads in lane order (shuffles) and the first adds the sum to the cell.
+// Fixed order, no atomics: bitwise deterministic. An index outside the plane is flagged, not used.
+#include <cmath>
+
+#include "common.cuh"
+#include "kernels.h"
+
+namespace lenet_ext::cuda {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kWarpsPerBlock = kThreads / kWarp;
+constexpr unsigned int kAllLanes = 0xffffffffu;
+
+// First cell at or after `start` on the grid start + k * dilation that is >= 0.
+__device__ int64_t first_in_bounds(int64_t start, int64_t dilation) {
+  return start >= 0 ? start : start + (-start + dilation - 1) / dilation * dilation;
+}
+
+template <typename scalar_t>
+__global__ void max_pool2d_kernel(const scalar_t* input, scalar_t* output, int64_t* indices,
+                                  Pool2dShape s) {
+  const int64_t numel = s.planes * s.out_h * s.out_w;
+  LENET_CUDA_KERNEL_LOOP(index, numel) {
+    const int64_t ow = index % s.out_w, oh = index / s.out_w % s.out_h;
+    const int64_t plane = index / (s.out_w * s.out_h);
+    const scalar_t* in = input + plane * s.in_h * s.in_w;
+    const int64_t h_start = oh * s.stride_h - s.pad_h, w_start = ow * s.stride_w - s.pad_w;
+    const int64_t h_stop = h_start + (s.kernel_h - 1) * s.dilation_h + 1;
+    const int64_t w_stop = w_start + (s.kernel_w - 1) * s.dilation_w + 1;
+    const int64_t h_end = h_stop < s.in_h ? h_stop : s.in_h;
+    const int64_t w_end = w_stop < s.in_w ? w_stop : s.in_w;
+    const int64_t h_first = first_in_bounds(h_start, s.dilation_h);
+    const int64_t w_first = first_in_bounds(w_start, s.dilation_w);
+    scalar_t max_value = -static_cast<scalar_t>(INFINITY);
+    int64_t max_index = h_first * s.in_w + w_first;
+    for (int64_t h = h_first; h < h_end; h += s.dilation_h) {
+      for (int64_t w = w_first; w < w_end; w += s.dilation_w) {
+        const scalar_t value = in[h * s.in_w + w];
+        if (value > max_value || isnan(value)) {
+          max_value = value;
+          max_index = h * s.in_w + w;
+        }
+      }
+    }
+    output[index] = max_value;
+    indices[index] = max_index;
+  }
+}
+
+// Needs blockDim.x == kThreads; a plane's whole warp walks every loop below together, as the
+// shuffles require.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    max_pool2d_backward_kernel(const scalar_t* grad_output, const int64_t* indices,
+                               scalar_t* grad_input, int64_t planes, int64_t in_plane,
+                               int64_t out_plane, int* bad_index) {
+  const int lane = threadIdx.x % kWarp;
+  for (int64_t plane = int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / kWarp; plane < planes;
+       plane += int64_t{gridDim.x} * kWarpsPerBlock) {
+    scalar_t* grad_in = grad_input + plane * in_plane;
+    for (int64_t i = lane; i < in_plane; i += kWarp) grad_in[i] = scalar_t(0);
+    __syncwarp();  // orders the zeroing before other lanes' additions
+    for (int64_t base = 0; base < out_plane; base += kWarp) {
+      const int64_t o = plane * out_plane + base + lane;
+      const bool active = base + lane < out_plane;
+      const int64_t target = active ? indices[o] : -1;
+      const scalar_t grad = active ? grad_output[o] : scalar_t(0);
+      const bool valid = target >= 0 && target < in_plane;  // inactive lanes are invalid
+      if (active && !valid) *bad_index = 1;
+      scalar_t sum = 0;
+      bool first = true;
+      for (int other = 0; other < kWarp; ++other) {
+        const int64_t other_target = __shfl_sync(kAllLanes, target, other);
+        const scalar_t other_grad = __shfl_sync(kAllLanes, grad, other);
+        if (other_target == target) {
+          sum += other_grad;
+          first = first && other >= lane;
+        }
+      }
+      if (valid && first) grad_in[target] += sum;
+      __syncwarp();  // orders this chunk's additions before the next chunk's reads
+    }
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void launch_max_pool2d(const scalar_t* input, scalar_t* output, int64_t* indices,
+                       const Pool2dShape& shape, cudaStream_t stream) {
+  const int64_t numel = shape.planes * shape.out_h * shape.out_w;
+  if (numel == 0) return;
+  max_pool2d_kernel<<<blocks_for(numel), kThreads, 0, stream>>>(input, output, indices, shape);
+}
+
+template <typename scalar_t>
+void launch_max_pool2d_backward(const scalar_t* grad_output, const int64_t* indices,
+                                scalar_t* grad_input, int64_t planes, int64_t in_plane,
+                                int64_t out_plane, int* bad_index, cudaStream_t stream) {
+  if (planes == 0 || in_plane == 0) return;
+  const int64_t blocks = std::min<int64_t>((planes + kWarpsPerBlock - 1) / kWarpsPerBlock,
+                                           int64_t{1} << 20);
+  max_pool2d_backward_kernel<<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
+      grad_output, indices, grad_input, planes, in_plane, out_plane, bad_index);
+}
+
+#define INSTANTIATE(T)                                                                        \
+  template void launch_max_pool2d<T>(const T*, T*, int64_t*, const Pool2dShape&, cudaStream_t); \
+  template void launch_max_pool2d_backward<T>(const T*, const int64_t*, T*, int64_t, int64_t, \
+                                              int64_t, int*, cudaStream_t);
+INSTANTIATE(float)
+INSTANTIATE(double)
+
+}  // namespace lenet_ext::cuda

@@ -1,0 +1,280 @@
+// The CUDA entry points of every lenet_ext op, compiled only in CUDA builds. Each runs the checks
+// the CPU entry point runs (the shared csrc/<op>.h headers), then on the input's device and
+// PyTorch's current stream (never the default one: CUDA graphs and torch.compile capture the
+// current stream) makes inputs contiguous, allocates outputs and launches the kernels of
+// csrc/cuda/<op>.cu, checking every launch.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/accumulate.h>
+#include <torch/library.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "../checks.h"
+#include "../conv2d.h"
+#include "../linear.h"
+#include "../max_pool2d.h"
+#include "kernels.h"
+
+namespace lenet_ext {
+namespace {
+
+// The current stream of the current device: call it after the device guard.
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+
+template <typename scalar_t>
+const scalar_t* optional_data(const std::optional<at::Tensor>& t) {
+  return t ? t->const_data_ptr<scalar_t>() : nullptr;
+}
+
+// relu --------------------------------------------------------------------------------------------
+
+at::Tensor relu_cuda(const at::Tensor& input) {
+  check_dtype("relu", "input", input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto x = input.expect_contiguous();
+  auto output = at::empty(input.sizes(), input.options());
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::relu", [&] {
+    cuda::launch_relu(x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+                      x->numel(), current_stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return output;
+}
+
+at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& result) {
+  check_dtype("relu_backward", "result", result);
+  check_same_dtype_device("relu_backward", "grad_output", grad_output, "result", result);
+  check_same_shape("relu_backward", "grad_output", grad_output, result.sizes());
+  const c10::cuda::CUDAGuard guard(result.device());
+  const auto grad = grad_output.expect_contiguous();
+  const auto y = result.expect_contiguous();
+  auto grad_input = at::empty(result.sizes(), result.options());
+  AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "lenet_ext::relu_backward", [&] {
+    cuda::launch_relu_backward(grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
+                               grad_input.mutable_data_ptr<scalar_t>(), y->numel(),
+                               current_stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_input;
+}
+
+// linear ------------------------------------------------------------------------------------------
+
+int64_t linear_rows(const at::Tensor& input) {
+  return c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
+}
+
+at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias) {
+  check_linear_args(input, weight, bias);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t in_features = weight.size(1), out_features = weight.size(0);
+  auto output = at::empty(linear_output_shape(input, weight), input.options());
+  const auto x = input.expect_contiguous();
+  const auto w = weight.expect_contiguous();
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear", [&] {
+    cuda::launch_linear(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
+                        optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(),
+                        linear_rows(input), in_features, out_features, current_stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    std::array<bool, 3> output_mask) {
+  check_linear_backward_args(grad_output, input, weight);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t in_features = weight.size(1), out_features = weight.size(0);
+  const int64_t rows = linear_rows(input);
+  const auto grad = grad_output.expect_contiguous();
+  const auto x = input.expect_contiguous();
+  const auto w = weight.expect_contiguous();
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
+  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
+  if (output_mask[2]) grad_bias = at::empty({out_features}, weight.options());
+  const cudaStream_t stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear_backward", [&] {
+    const scalar_t* g = grad->const_data_ptr<scalar_t>();
+    if (grad_input.defined()) {
+      cuda::launch_linear_grad_input(g, w->const_data_ptr<scalar_t>(),
+                                     grad_input.mutable_data_ptr<scalar_t>(), rows, in_features,
+                                     out_features, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (grad_weight.defined()) {
+      cuda::launch_linear_grad_weight(g, x->const_data_ptr<scalar_t>(),
+                                      grad_weight.mutable_data_ptr<scalar_t>(), rows, in_features,
+                                      out_features, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (grad_bias.defined()) {
+      cuda::launch_linear_grad_bias(g, grad_bias.mutable_data_ptr<scalar_t>(), rows, out_features,
+                                    stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+// conv2d ------------------------------------------------------------------------------------------
+
+// The kernels' view of a checked conv2d call; out_h and out_w from the (checked) output shape.
+cuda::Conv2dShape conv2d_shape(const at::Tensor& input, const at::Tensor& weight, int64_t out_h,
+                               int64_t out_w, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, int64_t groups) {
+  return {input.size(0),  input.size(1), input.size(2),  input.size(3),  weight.size(0),
+          out_h,          out_w,         weight.size(2), weight.size(3), stride[0],
+          stride[1],      padding[0],    padding[1],     dilation[0],    dilation[1],
+          groups};
+}
+
+at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
+                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const auto output_shape =
+      check_conv2d_args(input, weight, bias, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto shape = conv2d_shape(input, weight, output_shape[2], output_shape[3], stride,
+                                  padding, dilation, groups);
+  auto output = at::empty(output_shape, input.options());
+  const auto x = input.expect_contiguous();
+  const auto w = weight.expect_contiguous();
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) b = bias->contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d", [&] {
+    cuda::launch_conv2d(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
+                        optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(), shape,
+                        current_stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return output;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+    std::array<bool, 3> output_mask) {
+  check_conv2d_backward_args(grad_output, input, weight, stride, padding, dilation, groups);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto shape = conv2d_shape(input, weight, grad_output.size(2), grad_output.size(3), stride,
+                                  padding, dilation, groups);
+  const auto grad = grad_output.expect_contiguous();
+  const auto x = input.expect_contiguous();
+  const auto w = weight.expect_contiguous();
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
+  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
+  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
+  const cudaStream_t stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
+    const scalar_t* g = grad->const_data_ptr<scalar_t>();
+    if (grad_input.defined()) {
+      cuda::launch_conv2d_grad_input(g, w->const_data_ptr<scalar_t>(),
+                                     grad_input.mutable_data_ptr<scalar_t>(), shape, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (grad_weight.defined()) {
+      cuda::launch_conv2d_grad_weight(g, x->const_data_ptr<scalar_t>(),
+                                      grad_weight.mutable_data_ptr<scalar_t>(), shape, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (grad_bias.defined()) {
+      cuda::launch_conv2d_grad_bias(g, grad_bias.mutable_data_ptr<scalar_t>(), shape, stream);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+// max_pool2d --------------------------------------------------------------------------------------
+
+// Planes of a 3-D or 4-D shape: the product of all but its last two sizes.
+int64_t pool_planes(at::IntArrayRef sizes) {
+  return c10::multiply_integers(sizes.begin(), sizes.end() - 2);
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input,
+                                                   at::IntArrayRef kernel_size,
+                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, bool ceil_mode) {
+  const auto output_shape =
+      check_max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const int64_t rank = input.dim();
+  const at::IntArrayRef window_stride = stride.empty() ? kernel_size : stride;  // torch's default
+  const cuda::Pool2dShape shape{pool_planes(input.sizes()), input.size(-2), input.size(-1),
+                                output_shape[rank - 2],     output_shape[rank - 1],
+                                kernel_size[0],             kernel_size[1],
+                                window_stride[0],           window_stride[1],
+                                padding[0],                 padding[1],
+                                dilation[0],                dilation[1]};
+  const auto x = input.expect_contiguous();
+  auto output = at::empty(output_shape, input.options());
+  auto indices = at::empty(output_shape, input.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d", [&] {
+    cuda::launch_max_pool2d(x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+                            indices.mutable_data_ptr<int64_t>(), shape, current_stream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {output, indices};
+}
+
+at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
+                                    at::IntArrayRef input_size) {
+  check_max_pool2d_backward_args(grad_output, indices, input_size);
+  const c10::cuda::CUDAGuard guard(grad_output.device());
+  const int64_t in_h = input_size[input_size.size() - 2], in_w = input_size.back();
+  const int64_t out_plane = grad_output.size(-2) * grad_output.size(-1);
+  const auto grad = grad_output.expect_contiguous();
+  const auto index = indices.expect_contiguous();
+  auto grad_input = at::empty(input_size, grad_output.options());
+  auto bad_index = at::zeros({1}, grad_output.options().dtype(at::kInt));
+  const cudaStream_t stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "lenet_ext::max_pool2d_backward", [&] {
+    cuda::launch_max_pool2d_backward(grad->const_data_ptr<scalar_t>(),
+                                     index->const_data_ptr<int64_t>(),
+                                     grad_input.mutable_data_ptr<scalar_t>(),
+                                     pool_planes(input_size), in_h * in_w, out_plane,
+                                     bad_index.mutable_data_ptr<int>(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  // Reading the flag waits for the kernel. A stream being captured into a CUDA graph must not
+  // wait, so there the check is skipped: the kernel still never follows a bad index.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture == cudaStreamCaptureStatusNone) {
+    TORCH_CHECK(bad_index.item<int>() == 0, "lenet_ext.max_pool2d_backward: expected every "
+                "element of indices to be an offset h * ", in_w, " + w into an input plane of ",
+                in_h, "x", in_w, ", i.e. in [0, ", in_h * in_w, "), but got one outside it");
+  }
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lenet_ext, CUDA, m) {
+  m.impl("relu", &relu_cuda);
+  m.impl("relu_backward", &relu_backward_cuda);
+  m.impl("linear", &linear_cuda);
+  m.impl("linear_backward", &linear_backward_cuda);
+  m.impl("conv2d", &conv2d_cuda);
+  m.impl("conv2d_backward", &conv2d_backward_cuda);
+  m.impl("max_pool2d", &max_pool2d_cuda);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
+}
+
+}  // namespace lenet_ext
