@@ -2,6 +2,7 @@
 // Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/ (registered by csrc/cuda/registration.cpp);
 // fake kernels and autograd are registered from Python (lenet_ext/ops.py).
 #include <Python.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 extern "C" {
@@ -35,4 +36,14 @@ TORCH_LIBRARY(lenet_ext, m) {
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
         " int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size) -> Tensor");
+}
+
+// The backward ops have no derivative of their own (yet). Without an Autograd kernel, autograd
+// would treat their outputs as constants under create_graph=True and a second backward would be
+// silently wrong; this kernel records a node that raises "derivative ... not implemented" instead.
+TORCH_LIBRARY_IMPL(lenet_ext, Autograd, m) {
+  for (const char* op : {"relu_backward", "linear_backward", "conv2d_backward",
+                         "max_pool2d_backward"}) {
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
+  }
 }
