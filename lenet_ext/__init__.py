@@ -7,7 +7,7 @@ import torch
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 from . import ops  # noqa: F401  (fake kernels and autograd)
-from . import functional, nn
+from . import functional, models, nn
 
 __version__ = "0.1.0"
 
@@ -18,4 +18,4 @@ def cuda_available() -> bool:
     return has_kernels and torch.cuda.is_available()
 
 
-__all__ = ["functional", "nn", "ops", "cuda_available"]
+__all__ = ["functional", "models", "nn", "ops", "cuda_available"]
