@@ -3,6 +3,8 @@
 #include <optional>
 #include <vector>
 
+#include <c10/util/accumulate.h>
+
 #include "checks.h"
 
 namespace lenet_ext {
@@ -23,6 +25,11 @@ inline void check_linear_args(const at::Tensor& input, const at::Tensor& weight,
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "lenet_ext.", op, ": expected "
                 "bias of shape [", weight.size(0), "] (out_features), but got shape ", bias->sizes());
   }
+}
+
+// The rows of input flattened to [rows, in_features]: the product of its leading dimensions.
+inline int64_t linear_rows(const at::Tensor& input) {
+  return c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
 }
 
 // input.shape[:-1] + [out_features]

@@ -5,7 +5,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/util/accumulate.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -21,7 +20,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias) {
   check_linear_args(input, weight, bias);
   const int64_t in_features = weight.size(1), out_features = weight.size(0);
-  const int64_t rows = c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
+  const int64_t rows = linear_rows(input);
   auto output = at::empty(linear_output_shape(input, weight), input.options());
   const auto x = input.expect_contiguous();
   const auto w = weight.expect_contiguous();
@@ -42,7 +41,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
     std::array<bool, 3> output_mask) {
   check_linear_backward_args(grad_output, input, weight);
   const int64_t in_features = weight.size(1), out_features = weight.size(0);
-  const int64_t rows = c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
+  const int64_t rows = linear_rows(input);
   const auto grad = grad_output.expect_contiguous();
   const auto x = input.expect_contiguous();
   const auto w = weight.expect_contiguous();

@@ -69,9 +69,6 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
 
 // linear ------------------------------------------------------------------------------------------
 
-int64_t linear_rows(const at::Tensor& input) {
-  return c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
-}
 
 at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
