@@ -18,23 +18,11 @@
 
 #include "../conv2d.h"
 #include "gemm.h"
+#include "kernels.h"
 
 namespace lenet_ext {
+namespace cpu {
 namespace {
-
-// The convolution of one group of one image; the same for every group and image.
-struct ConvShape {
-  int64_t channels, in_h, in_w;        // input channels of the group, input plane
-  int64_t out_channels, out_h, out_w;  // output channels of the group, output plane
-  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
-
-  int64_t taps() const { return channels * kernel_h * kernel_w; }  // rows of the unrolled input
-  int64_t positions() const { return out_h * out_w; }
-  int64_t input_block() const { return channels * in_h * in_w; }
-  int64_t output_block() const { return out_channels * positions(); }
-  int64_t weight_block() const { return out_channels * taps(); }
-  int64_t multiply_adds() const { return weight_block() * positions(); }
-};
 
 ConvShape conv_shape(const at::Tensor& input, const at::Tensor& weight,
                      const std::vector<int64_t>& output_shape, at::IntArrayRef stride,
@@ -121,6 +109,8 @@ void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
   });
 }
 
+}  // namespace
+
 // Block i = image * groups + group of input, output and their gradients is contiguous in NCHW.
 template <typename scalar_t>
 void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
@@ -142,6 +132,8 @@ void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_
     }
   });
 }
+
+namespace {
 
 template <typename scalar_t>
 void conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
@@ -219,6 +211,29 @@ void conv2d_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, int64_t 
   });
 }
 
+}  // namespace
+
+template <typename scalar_t>
+void conv2d_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
+                     scalar_t* grad_input, scalar_t* grad_weight, scalar_t* grad_bias,
+                     int64_t batch, int64_t groups, const ConvShape& s) {
+  if (grad_input) conv2d_grad_input(grad_output, weight, grad_input, batch, groups, s);
+  if (grad_weight) conv2d_grad_weight(grad_output, input, grad_weight, batch, groups, s);
+  if (grad_bias)
+    conv2d_grad_bias(grad_output, grad_bias, batch, groups * s.out_channels, s.positions());
+}
+
+#define LENET_EXT_INSTANTIATE(scalar_t)                                                       \
+  template void conv2d_forward(const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*,     \
+                               int64_t, int64_t, const ConvShape&);                             \
+  template void conv2d_backward(const scalar_t*, const scalar_t*, const scalar_t*, scalar_t*,    \
+                                scalar_t*, scalar_t*, int64_t, int64_t, const ConvShape&);
+LENET_EXT_INSTANTIATE(float)
+LENET_EXT_INSTANTIATE(double)
+#undef LENET_EXT_INSTANTIATE
+
+namespace {
+
 at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
@@ -254,16 +269,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
   if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
-    const scalar_t* g = grad->const_data_ptr<scalar_t>();
-    if (grad_input.defined())
-      conv2d_grad_input(g, w->const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(),
-                        batch, groups, s);
-    if (grad_weight.defined())
-      conv2d_grad_weight(g, x->const_data_ptr<scalar_t>(),
-                         grad_weight.mutable_data_ptr<scalar_t>(), batch, groups, s);
-    if (grad_bias.defined())
-      conv2d_grad_bias(g, grad_bias.mutable_data_ptr<scalar_t>(), batch, weight.size(0),
-                       s.positions());
+    const auto out_ptr = [](at::Tensor& t) {
+      return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
+    };
+    conv2d_backward(grad->const_data_ptr<scalar_t>(), x->const_data_ptr<scalar_t>(),
+                    w->const_data_ptr<scalar_t>(), out_ptr(grad_input), out_ptr(grad_weight),
+                    out_ptr(grad_bias), batch, groups, s);
   });
   return {grad_input, grad_weight, grad_bias};
 }
@@ -275,4 +286,5 @@ TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("conv2d_backward", &conv2d_backward_cpu);
 }
 
+}  // namespace cpu
 }  // namespace lenet_ext
