@@ -2,7 +2,7 @@
 forward and one training step (forward, cross-entropy, backward, SGD step), in images/s.
 
     python benchmarks/bench_lenet.py [--batch-sizes 1 64 256] [--device cpu|cuda] [--threads N]
-                                     [--min-run-time SECONDS] [--out DIR]
+                                     [--min-run-time SECONDS] [--only NAME ...] [--out DIR]
 """
 import sys
 from pathlib import Path

@@ -2,7 +2,7 @@
 forward+backward, ours against stock PyTorch: median times, GFLOP/s or GB/s, and stock/ours.
 
     python benchmarks/bench_ops.py [--batch-sizes 1 64 256] [--device cpu|cuda] [--threads N]
-                                   [--min-run-time SECONDS] [--out DIR]
+                                   [--min-run-time SECONDS] [--only NAME ...] [--out DIR]
 """
 import sys
 from pathlib import Path

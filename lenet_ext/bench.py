@@ -446,6 +446,8 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--min-run-time", type=float, default=1.0, metavar="SECONDS",
                         help="timed seconds per side of each comparison (default: %(default)s)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="time only these rows (conv1, pool1, fc2, relu, lenet ...)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help=f"report directory (default: {default_out}/<date>-<device>)")
     argv = sys.argv[1:] if argv is None else argv
@@ -455,6 +457,8 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
     print(f"{title}\n{describe(env)}")
     rows = []
     for pair in pairs(args.batch_sizes, args.device):
+        if args.only and pair.name not in args.only:
+            continue
         rows.append(measure(pair, args.threads, args.min_run_time))
         r = rows[-1]
         print(f"  {r.name:<6} {r.mode:<16} batch {r.batch:<4} ours {format_time(r.ours.median):>9}"
