@@ -36,6 +36,25 @@ TORCH_LIBRARY(lenet_ext, m) {
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
         " int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size) -> Tensor");
+
+  // Fused ops (CPU only). LeNet's feature block: valid stride-1 conv2d + bias, ReLU, 2x2 stride-2
+  // max-pool; output and indices are max_pool2d(relu(conv2d(input, weight, bias)), 2)'s.
+  m.def("conv2d_relu_max_pool2d(Tensor input, Tensor weight, Tensor bias)"
+        " -> (Tensor output, Tensor indices)");
+  m.def("conv2d_relu_max_pool2d_backward(Tensor grad_output, Tensor output, Tensor indices,"
+        " Tensor input, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The tutorial's whole LeNet on (N, 1, 32, 32) input: the logits, then what the backward needs.
+  m.def("lenet(Tensor input, Tensor conv1_weight, Tensor conv1_bias, Tensor conv2_weight,"
+        " Tensor conv2_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight,"
+        " Tensor fc2_bias, Tensor fc3_weight, Tensor fc3_bias) -> (Tensor logits, Tensor pool1,"
+        " Tensor pool1_indices, Tensor pool2, Tensor pool2_indices, Tensor fc1_relu,"
+        " Tensor fc2_relu)");
+  // output_mask selects the gradients of (input, conv1_weight, conv1_bias, ..., fc3_bias).
+  m.def("lenet_backward(Tensor grad_logits, Tensor input, Tensor conv1_weight,"
+        " Tensor conv2_weight, Tensor fc1_weight, Tensor fc2_weight, Tensor fc3_weight,"
+        " Tensor pool1, Tensor pool1_indices, Tensor pool2, Tensor pool2_indices,"
+        " Tensor fc1_relu, Tensor fc2_relu, bool[11] output_mask) -> (Tensor, Tensor, Tensor,"
+        " Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // The backward ops have no derivative of their own (yet). Without an Autograd kernel, autograd
@@ -43,7 +62,8 @@ TORCH_LIBRARY(lenet_ext, m) {
 // silently wrong; this kernel records a node that raises "derivative ... not implemented" instead.
 TORCH_LIBRARY_IMPL(lenet_ext, Autograd, m) {
   for (const char* op : {"relu_backward", "linear_backward", "conv2d_backward",
-                         "max_pool2d_backward"}) {
+                         "max_pool2d_backward", "conv2d_relu_max_pool2d_backward",
+                         "lenet_backward"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

@@ -1,0 +1,195 @@
+// conv2d_relu_max_pool2d on CPU: LeNet's feature block as one op. The convolution (+ bias) is
+// conv2d's own kernel (kernels.h); ReLU and the 2x2 pool are then one pass over the conv output,
+// which the kernel has just written and is still in cache, so ReLU costs no pass over memory and
+// the ReLU'd plane is never stored. ReLU is applied to each cell before the max, so output and
+// indices are torch's max_pool2d(relu(conv)) bit for bit, ties and NaN included. Backward scatters
+// the output gradient to the argmax where the output passed the ReLU (one pass writing the conv
+// gradient), then runs conv2d's backward. Threads split planes: bitwise the same for any count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "../conv2d_relu_max_pool2d.h"
+
+namespace lenet_ext {
+namespace cpu {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;  // conv-output elements per task
+
+template <typename scalar_t>
+inline scalar_t relu(scalar_t x) {
+  return x < scalar_t(0) ? scalar_t(0) : x;  // NaN passes, -0.0 stays, as torch.relu
+}
+
+template <typename scalar_t>
+inline bool takes_over(scalar_t value, scalar_t best) {
+  return (value > best) | (value != value);  // max_pool2d's rule: greater, or NaN
+}
+
+// Offsets of the value's width, so that one compare mask selects value and offset and the loop
+// vectorises (as in max_pool2d.cpp).
+template <typename scalar_t>
+using offset_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+
+}  // namespace
+
+template <typename scalar_t>
+void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, int64_t* indices, int64_t planes,
+                      int64_t conv_h, int64_t conv_w) {
+  const int64_t out_h = conv_h / 2, out_w = conv_w / 2;
+  const int64_t conv_plane = conv_h * conv_w;
+  at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, conv_plane)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p)
+      for (int64_t oh = 0; oh < out_h; ++oh) {
+        const scalar_t* top = conv + p * conv_plane + 2 * oh * conv_w;
+        const scalar_t* bottom = top + conv_w;
+        scalar_t* out = output + (p * out_h + oh) * out_w;
+        int64_t* idx = indices + (p * out_h + oh) * out_w;
+        const offset_t<scalar_t> row = 2 * oh * conv_w, below = conv_w;
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          scalar_t best = relu(top[2 * ow]);
+          offset_t<scalar_t> offset = 0;
+          const scalar_t cells[3] = {relu(top[2 * ow + 1]), relu(bottom[2 * ow]),
+                                     relu(bottom[2 * ow + 1])};
+          const offset_t<scalar_t> offsets[3] = {1, below, offset_t<scalar_t>(below + 1)};
+          for (int k = 0; k < 3; ++k) {
+            const bool take = takes_over(cells[k], best);
+            best = take ? cells[k] : best;
+            offset = take ? offsets[k] : offset;
+          }
+          out[ow] = best;
+          idx[ow] = row + 2 * ow + offset;
+        }
+      }
+  });
+}
+
+template <typename scalar_t>
+bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* output,
+                               const int64_t* indices, scalar_t* grad_conv, int64_t planes,
+                               int64_t conv_plane, int64_t out_plane, int64_t* bad_index) {
+  std::atomic<bool> ok{true};
+  std::atomic<int64_t> bad{0};
+  at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, conv_plane)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      scalar_t* plane_grad = grad_conv + p * conv_plane;
+      std::fill(plane_grad, plane_grad + conv_plane, scalar_t(0));
+      for (int64_t o = p * out_plane; o < (p + 1) * out_plane; ++o) {
+        // output <= 0 (not > 0) blocks, so that a NaN output passes its gradient, as torch's relu
+        const scalar_t grad = output[o] <= scalar_t(0) ? scalar_t(0) : grad_output[o];
+        if (static_cast<uint64_t>(indices[o]) < static_cast<uint64_t>(conv_plane)) {
+          plane_grad[indices[o]] += grad;
+        } else {
+          bad.store(indices[o], std::memory_order_relaxed);
+          ok.store(false, std::memory_order_relaxed);
+        }
+      }
+    }
+  });
+  *bad_index = bad.load();
+  return ok.load();
+}
+
+#define LENET_EXT_INSTANTIATE(scalar_t)                                                         \
+  template void relu_max_pool2x2(const scalar_t*, scalar_t*, int64_t*, int64_t, int64_t, int64_t); \
+  template bool relu_max_pool2x2_backward(const scalar_t*, const scalar_t*, const int64_t*,       \
+                                          scalar_t*, int64_t, int64_t, int64_t, int64_t*);
+LENET_EXT_INSTANTIATE(float)
+LENET_EXT_INSTANTIATE(double)
+#undef LENET_EXT_INSTANTIATE
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> conv2d_relu_max_pool2d_cpu(const at::Tensor& input,
+                                                              const at::Tensor& weight,
+                                                              const at::Tensor& bias) {
+  constexpr const char* op = "conv2d_relu_max_pool2d";
+  const BlockShape s = check_conv2d_relu_max_pool2d_args(input, weight, op);
+  check_same_dtype_device(op, "bias", bias, "input", input);
+  check_same_shape(op, "bias", bias, {weight.size(0)});
+  const int64_t batch = input.size(0);
+  auto output = at::empty(s.output_sizes(batch), input.options());
+  auto indices = at::empty(s.output_sizes(batch), input.options().dtype(at::kLong));
+  const auto x = input.expect_contiguous();
+  const auto w = weight.expect_contiguous();
+  const auto b = bias.expect_contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d", [&] {
+    std::vector<scalar_t> conv(batch * s.conv.output_block());
+    conv2d_forward(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
+                   b->const_data_ptr<scalar_t>(), conv.data(), batch, 1, s.conv);
+    relu_max_pool2x2(conv.data(), output.mutable_data_ptr<scalar_t>(),
+                     indices.mutable_data_ptr<int64_t>(), batch * s.conv.out_channels,
+                     s.conv.out_h, s.conv.out_w);
+  });
+  return {output, indices};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_max_pool2d_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& indices,
+    const at::Tensor& input, const at::Tensor& weight, std::array<bool, 3> output_mask) {
+  constexpr const char* op = "conv2d_relu_max_pool2d_backward";
+  const BlockShape s = check_conv2d_relu_max_pool2d_args(input, weight, op);
+  const int64_t batch = input.size(0);
+  const auto output_sizes = s.output_sizes(batch);
+  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
+  check_same_shape(op, "grad_output", grad_output, output_sizes);
+  check_same_dtype_device(op, "output", output, "input", input);
+  check_same_shape(op, "output", output, output_sizes);
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "lenet_ext.", op,
+                   ": expected indices to have dtype int64, but got ", indices.scalar_type());
+  TORCH_CHECK(indices.device() == input.device(), "lenet_ext.", op, ": expected indices to be on "
+              "the same device as input (", input.device(), "), but got ", indices.device());
+  check_same_shape(op, "indices", indices, output_sizes);
+
+  const auto grad = grad_output.expect_contiguous();
+  const auto y = output.expect_contiguous();
+  const auto idx = indices.expect_contiguous();
+  const auto x = input.expect_contiguous();
+  const auto w = weight.expect_contiguous();
+  at::Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
+  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
+  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
+  int64_t bad_index = 0;
+  bool indices_ok = true;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d_backward", [&] {
+    std::vector<scalar_t> grad_conv(batch * s.conv.output_block());
+    indices_ok = relu_max_pool2x2_backward(
+        grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
+        idx->const_data_ptr<int64_t>(), grad_conv.data(), batch * s.conv.out_channels,
+        s.conv.positions(), s.out_h * s.out_w, &bad_index);
+    if (!indices_ok) return;
+    const auto out_ptr = [](at::Tensor& t) {
+      return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
+    };
+    conv2d_backward(grad_conv.data(), x->const_data_ptr<scalar_t>(),
+                    w->const_data_ptr<scalar_t>(), out_ptr(grad_input), out_ptr(grad_weight),
+                    out_ptr(grad_bias), batch, 1, s.conv);
+  });
+  TORCH_CHECK(indices_ok, "lenet_ext.", op, ": expected indices in [0, conv_h * conv_w) = [0, ",
+              s.conv.positions(), "), but got ", bad_index);
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
+  m.impl("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d_cpu);
+  m.impl("conv2d_relu_max_pool2d_backward", &conv2d_relu_max_pool2d_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace lenet_ext
