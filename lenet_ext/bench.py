@@ -45,6 +45,9 @@ LENET_OPS = {
 OP_KWARGS = {"max_pool2d": {"kernel_size": 2}}
 OP_MODES = ("forward", "forward+backward")
 LENET_MODES = ("inference", "training step")
+# row name -> our network in lenet_ext.models, timed against StockLeNet: per-op LeNet, and
+# FusedLeNet (one op for the whole network)
+LENET_NETWORKS = {"lenet": "LeNet", "fused": "FusedLeNet"}
 TRAIN_LR = 1e-3  # small, so thousands of timed steps on one batch keep the weights in range
 UNIT_SCALE = {"GFLOP/s": 1e9, "GB/s": 1e9, "img/s": 1.0}
 
@@ -147,20 +150,22 @@ def op_pair(name: str, batch: int, device, mode: str, all_grads: bool = False) -
     return pair(forward_backward(ours), forward_backward(stock), labels, work)
 
 
-def lenet_twins(device):
-    """Our LeNet and the stock tutorial network with the same weights."""
+def lenet_twins(device, network: str = "LeNet"):
+    """One of our networks (lenet_ext.models.<network>) and the stock tutorial network with the
+    same weights."""
     from lenet_ext import models
 
-    ours = models.LeNet()
+    ours = getattr(models, network)()
     stock = models.StockLeNet()
     stock.load_state_dict(ours.state_dict())
     return ours.to(device), stock.to(device)
 
 
-def lenet_pair(batch: int, device, mode: str) -> Pair:
+def lenet_pair(batch: int, device, mode: str, name: str = "lenet") -> Pair:
     """The whole LeNet on random 32x32 images: inference (no_grad forward) or one training step
-    (forward, cross-entropy, backward, SGD step), which returns the loss and every gradient."""
-    ours_net, stock_net = lenet_twins(device)
+    (forward, cross-entropy, backward, SGD step), which returns the loss and every gradient.
+    `name` (a key of LENET_NETWORKS) picks our network; stock is always StockLeNet."""
+    ours_net, stock_net = lenet_twins(device, LENET_NETWORKS[name])
     images = torch.randn(batch, 1, 32, 32, device=device)
 
     if mode == "inference":
@@ -185,7 +190,7 @@ def lenet_pair(batch: int, device, mode: str) -> Pair:
                 return (loss.detach(), *(p.grad for p in parameters))
             return train_step
         labels = ("loss", *(f"grad {n}" for n, _ in ours_net.named_parameters()))
-    return Pair("lenet", mode, batch, "1x32x32 -> 10", make(ours_net), make(stock_net), labels,
+    return Pair(name, mode, batch, "1x32x32 -> 10", make(ours_net), make(stock_net), labels,
                 batch, "img/s")
 
 
@@ -197,9 +202,10 @@ def op_pairs(batch_sizes: Iterable[int], device) -> Iterable[Pair]:
 
 
 def lenet_pairs(batch_sizes: Iterable[int], device) -> Iterable[Pair]:
-    for mode in LENET_MODES:
-        for batch in batch_sizes:
-            yield lenet_pair(batch, device, mode)
+    for name in LENET_NETWORKS:
+        for mode in LENET_MODES:
+            for batch in batch_sizes:
+                yield lenet_pair(batch, device, mode, name)
 
 
 # checking and timing -------------------------------------------------------------------------

@@ -162,3 +162,86 @@ def _conv2d_backward(ctx, grad_output):
 
 torch.library.register_autograd("lenet_ext::conv2d", _conv2d_backward,
                                 setup_context=_conv2d_setup_context)
+
+
+# fused: conv2d_relu_max_pool2d and the whole-network lenet (CPU only) ---------------------------
+
+@torch.library.register_fake("lenet_ext::conv2d_relu_max_pool2d")
+def _conv2d_relu_max_pool2d_fake(input, weight, bias):
+    torch._check(input.dim() == 4 and weight.dim() == 4 and input.shape[1] == weight.shape[1],
+                 lambda: f"lenet_ext.conv2d_relu_max_pool2d: input {tuple(input.shape)} and weight "
+                         f"{tuple(weight.shape)} do not match")
+    out_h, out_w = ((input.shape[d] - weight.shape[d] + 1) // 2 for d in (2, 3))
+    shape = (input.shape[0], weight.shape[0], out_h, out_w)
+    return _empty(shape, input), input.new_empty(shape, dtype=torch.int64)
+
+
+@torch.library.register_fake("lenet_ext::conv2d_relu_max_pool2d_backward")
+def _conv2d_relu_max_pool2d_backward_fake(grad_output, output, indices, input, weight, output_mask):
+    return (_empty(input.shape, input) if output_mask[0] else None,
+            _empty(weight.shape, weight) if output_mask[1] else None,
+            _empty((weight.shape[0],), weight) if output_mask[2] else None)
+
+
+# (shape after the batch dimension, dtype is the input's) of lenet's outputs after the logits
+_LENET_ACTIVATIONS = (((6, 14, 14), None), ((6, 14, 14), torch.int64), ((16, 5, 5), None),
+                      ((16, 5, 5), torch.int64), ((120,), None), ((84,), None))
+
+
+@torch.library.register_fake("lenet_ext::lenet")
+def _lenet_fake(input, *parameters):
+    torch._check(input.dim() == 4 and tuple(input.shape[1:]) == (1, 32, 32),
+                 lambda: f"lenet_ext.lenet: expected input of shape (N, 1, 32, 32), but got "
+                         f"{tuple(input.shape)}")
+    batch = input.shape[0]
+    return (_empty((batch, 10), input),
+            *(input.new_empty((batch, *shape), dtype=dtype or input.dtype)
+              for shape, dtype in _LENET_ACTIVATIONS))
+
+
+@torch.library.register_fake("lenet_ext::lenet_backward")
+def _lenet_backward_fake(grad_logits, input, *weights_and_activations_and_mask):
+    *weights, output_mask = weights_and_activations_and_mask[:5] + weights_and_activations_and_mask[-1:]
+    shapes = [input.shape]
+    for weight in weights:
+        shapes += [weight.shape, (weight.shape[0],)]
+    return tuple(_empty(shape, input) if wanted else None for shape, wanted in zip(shapes, output_mask))
+
+
+def _conv2d_relu_max_pool2d_setup_context(ctx, inputs, output):
+    input, weight, _ = inputs
+    pooled, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(pooled, indices, input, weight)
+
+
+def _conv2d_relu_max_pool2d_backward(ctx, grad_output, grad_indices):
+    if grad_output is None:
+        return None, None, None
+    return lib.conv2d_relu_max_pool2d_backward(grad_output, *ctx.saved_tensors,
+                                               list(ctx.needs_input_grad))
+
+
+torch.library.register_autograd("lenet_ext::conv2d_relu_max_pool2d",
+                                _conv2d_relu_max_pool2d_backward,
+                                setup_context=_conv2d_relu_max_pool2d_setup_context)
+
+
+def _lenet_setup_context(ctx, inputs, output):
+    input, conv1_weight, _, conv2_weight, _, fc1_weight, _, fc2_weight, _, fc3_weight, _ = inputs
+    activations = output[1:]
+    ctx.mark_non_differentiable(*activations)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, conv1_weight, conv2_weight, fc1_weight, fc2_weight, fc3_weight,
+                          *activations)
+
+
+def _lenet_backward(ctx, grad_logits, *grad_activations):
+    if grad_logits is None:
+        return (None,) * 11
+    return lib.lenet_backward(grad_logits, *ctx.saved_tensors, list(ctx.needs_input_grad))
+
+
+torch.library.register_autograd("lenet_ext::lenet", _lenet_backward,
+                                setup_context=_lenet_setup_context)
