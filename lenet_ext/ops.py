@@ -166,8 +166,18 @@ torch.library.register_autograd("lenet_ext::conv2d", _conv2d_backward,
 
 # fused: conv2d_relu_max_pool2d and the whole-network lenet (CPU only) ---------------------------
 
+def _check_same_device(op, input, **tensors):
+    # A call whose tensors sit on different devices is dispatched here (the fake kernel), not to
+    # the C++ kernel that would refuse it, so the fake kernel refuses it too.
+    for name, tensor in tensors.items():
+        torch._check(tensor.device == input.device,
+                     lambda: f"lenet_ext.{op}: expected {name} to be on the same device as input "
+                             f"({input.device}), but got {tensor.device}")
+
+
 @torch.library.register_fake("lenet_ext::conv2d_relu_max_pool2d")
 def _conv2d_relu_max_pool2d_fake(input, weight, bias):
+    _check_same_device("conv2d_relu_max_pool2d", input, weight=weight, bias=bias)
     torch._check(input.dim() == 4 and weight.dim() == 4 and input.shape[1] == weight.shape[1],
                  lambda: f"lenet_ext.conv2d_relu_max_pool2d: input {tuple(input.shape)} and weight "
                          f"{tuple(weight.shape)} do not match")
@@ -178,33 +188,45 @@ def _conv2d_relu_max_pool2d_fake(input, weight, bias):
 
 @torch.library.register_fake("lenet_ext::conv2d_relu_max_pool2d_backward")
 def _conv2d_relu_max_pool2d_backward_fake(grad_output, output, indices, input, weight, output_mask):
+    _check_same_device("conv2d_relu_max_pool2d_backward", input, grad_output=grad_output,
+                       output=output, indices=indices, weight=weight)
     return (_empty(input.shape, input) if output_mask[0] else None,
             _empty(weight.shape, weight) if output_mask[1] else None,
             _empty((weight.shape[0],), weight) if output_mask[2] else None)
 
 
-# (shape after the batch dimension, dtype is the input's) of lenet's outputs after the logits
-_LENET_ACTIVATIONS = (((6, 14, 14), None), ((6, 14, 14), torch.int64), ((16, 5, 5), None),
-                      ((16, 5, 5), torch.int64), ((120,), None), ((84,), None))
+_LENET_PARAMETERS = ("conv1_weight", "conv1_bias", "conv2_weight", "conv2_bias", "fc1_weight",
+                     "fc1_bias", "fc2_weight", "fc2_bias", "fc3_weight", "fc3_bias")
+# lenet's outputs after the logits: name, shape after the batch dimension, dtype (None: input's)
+_LENET_ACTIVATIONS = (("pool1", (6, 14, 14), None), ("pool1_indices", (6, 14, 14), torch.int64),
+                      ("pool2", (16, 5, 5), None), ("pool2_indices", (16, 5, 5), torch.int64),
+                      ("fc1_relu", (120,), None), ("fc2_relu", (84,), None))
 
 
 @torch.library.register_fake("lenet_ext::lenet")
 def _lenet_fake(input, *parameters):
+    _check_same_device("lenet", input, **dict(zip(_LENET_PARAMETERS, parameters)))
     torch._check(input.dim() == 4 and tuple(input.shape[1:]) == (1, 32, 32),
                  lambda: f"lenet_ext.lenet: expected input of shape (N, 1, 32, 32), but got "
                          f"{tuple(input.shape)}")
     batch = input.shape[0]
     return (_empty((batch, 10), input),
             *(input.new_empty((batch, *shape), dtype=dtype or input.dtype)
-              for shape, dtype in _LENET_ACTIVATIONS))
+              for _, shape, dtype in _LENET_ACTIVATIONS))
 
 
 @torch.library.register_fake("lenet_ext::lenet_backward")
-def _lenet_backward_fake(grad_logits, input, *weights_and_activations_and_mask):
-    *weights, output_mask = weights_and_activations_and_mask[:5] + weights_and_activations_and_mask[-1:]
+def _lenet_backward_fake(grad_logits, input, conv1_weight, conv2_weight, fc1_weight, fc2_weight,
+                         fc3_weight, pool1, pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu,
+                         output_mask):
+    weights = (conv1_weight, conv2_weight, fc1_weight, fc2_weight, fc3_weight)
+    activations = (pool1, pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu)
+    _check_same_device("lenet_backward", input, grad_logits=grad_logits,
+                       **dict(zip(_LENET_PARAMETERS[::2], weights)),
+                       **{name: t for (name, _, _), t in zip(_LENET_ACTIVATIONS, activations)})
     shapes = [input.shape]
     for weight in weights:
-        shapes += [weight.shape, (weight.shape[0],)]
+        shapes += [weight.shape, weight.shape[:1]]
     return tuple(_empty(shape, input) if wanted else None for shape, wanted in zip(shapes, output_mask))
 
 
