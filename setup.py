@@ -26,7 +26,7 @@ def want_cuda():
 
 
 cuda = want_cuda()
-sources = ["csrc/lenet_ext.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+sources = ["csrc/lenet_ext.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
 cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=fast", "-fdiagnostics-color=always"]
 if os.environ.get("LENET_EXT_NATIVE", "1") != "0":
     cxx_flags.append("-march=native")

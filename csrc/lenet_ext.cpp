@@ -1,6 +1,6 @@
 // The schemas of every lenet_ext op, in one block, and the stub Python module that loads them.
 // Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/ (registered by csrc/cuda/registration.cpp);
-// fake kernels and autograd are registered from Python (lenet_ext/ops.py).
+// autograd in csrc/autograd.cpp; fake kernels are registered from Python (lenet_ext/ops.py).
 #include <Python.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
