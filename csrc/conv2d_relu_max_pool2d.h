@@ -57,7 +57,7 @@ void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, int64_t* indices, 
 template <typename scalar_t>
 bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* output,
                                const int64_t* indices, scalar_t* grad_conv, int64_t planes,
-                               int64_t conv_plane, int64_t out_plane, int64_t* bad_index);
+                               int64_t conv_h, int64_t conv_w, int64_t* bad_index);
 
 }  // namespace cpu
 }  // namespace lenet_ext

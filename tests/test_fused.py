@@ -94,6 +94,23 @@ def test_block_ties_nan_and_negative_inputs_match_stock(case, dtype):
         assert output.eq(0).all() and all(g.eq(0).all() for g in grads)
 
 
+def test_block_backward_scatters_hand_made_indices_anywhere_in_the_plane(dtype):
+    # The kernel writes whole windows when each index lies in its window; others take torch's
+    # scatter-add: the gradient of each output that passed the ReLU lands where its index points.
+    x, w, b = (torch.randn(s, dtype=dtype) for s in ((2, 3, 9, 11), (4, 3, 3, 3), (4,)))
+    output, indices = _block(x, w, b)
+    indices = indices.flip(-1)  # each points into another window of the plane
+    grad = torch.randn_like(output)
+    grads = ops.conv2d_relu_max_pool2d_backward(grad, output, indices, x, w, [True] * 3)
+    x, w, b = (t.requires_grad_() for t in (x, w, b))
+    conv = TF.conv2d(x, w, b)
+    passed = torch.where(output <= 0, torch.zeros_like(grad), grad)
+    grad_conv = torch.zeros_like(conv).flatten(2).scatter_add_(2, indices.flatten(2), passed.flatten(2))
+    expected = torch.autograd.grad(conv, (x, w, b), grad_conv.view_as(conv))
+    for ours, reference in zip(grads, expected):
+        torch.testing.assert_close(ours, reference, **_tolerances(dtype, output=False))
+
+
 def test_block_gradcheck():
     opts = dict(dtype=torch.float64, requires_grad=True)
     x, w, b = torch.randn(2, 2, 7, 8, **opts), torch.randn(3, 2, 3, 3, **opts), torch.randn(3, **opts)

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -116,24 +117,90 @@ void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, int64_t* indices, 
   });
 }
 
+namespace {
+
+// One row of windows backward, eight at a time: every cell of a window gets the output gradient
+// at the argmax (after the ReLU mask) and 0 elsewhere, and the two cell rows are written
+// interleaved, so the plane needs no zeroing pass and nothing branches on the data. Returns false,
+// writing nothing, if an index is not in its window (only a hand-made one can be).
+template <typename scalar_t>
+bool relu_max_pool_row_backward(const scalar_t* grad, const scalar_t* out, const int64_t* idx,
+                                scalar_t* top, int64_t conv_w, int64_t corner, int64_t out_w) {
+  using O = Octet<scalar_t>;
+  using Values = typename O::Values;
+  using Offsets = typename O::Offsets;
+  using index_t = typename O::index_t;
+  constexpr int64_t L = O::kLanes;
+  const index_t cell_offsets[4] = {0, 1, static_cast<index_t>(conv_w),
+                                   static_cast<index_t>(conv_w + 1)};
+  for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
+    const int64_t count = std::min(L, out_w - ow0);
+    Values g = {}, y = {};
+    Offsets offset = {};
+    bool in_window = true;
+    for (int64_t i = 0; i < count; ++i) {
+      g[i] = grad[ow0 + i], y[i] = out[ow0 + i];
+      const int64_t cell = idx[ow0 + i] - (corner + 2 * (ow0 + i));
+      in_window &= cell == 0 || cell == 1 || cell == conv_w || cell == conv_w + 1;
+      offset[i] = static_cast<index_t>(cell);
+    }
+    if (!in_window) return false;
+    const Values zero = {};
+    g = y <= zero ? zero : g;  // the ReLU: y <= 0 (not > 0) blocks, so a NaN output passes
+    Values cells[4];
+    for (int k = 0; k < 4; ++k) cells[k] = offset == cell_offsets[k] ? g : zero;
+    const Values rows[4] = {
+        __builtin_shufflevector(cells[0], cells[1], 0, 8, 1, 9, 2, 10, 3, 11),
+        __builtin_shufflevector(cells[0], cells[1], 4, 12, 5, 13, 6, 14, 7, 15),
+        __builtin_shufflevector(cells[2], cells[3], 0, 8, 1, 9, 2, 10, 3, 11),
+        __builtin_shufflevector(cells[2], cells[3], 4, 12, 5, 13, 6, 14, 7, 15)};
+    scalar_t upper[2 * L], lower[2 * L];
+    std::memcpy(upper, rows, sizeof(upper));
+    std::memcpy(lower, rows + 2, sizeof(lower));
+    std::copy(upper, upper + 2 * count, top + 2 * ow0);
+    std::copy(lower, lower + 2 * count, top + conv_w + 2 * ow0);
+  }
+  return true;
+}
+
+}  // namespace
+
 template <typename scalar_t>
 bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* output,
                                const int64_t* indices, scalar_t* grad_conv, int64_t planes,
-                               int64_t conv_plane, int64_t out_plane, int64_t* bad_index) {
+                               int64_t conv_h, int64_t conv_w, int64_t* bad_index) {
+  const int64_t out_h = conv_h / 2, out_w = conv_w / 2;
+  const int64_t conv_plane = conv_h * conv_w, out_plane = out_h * out_w;
   std::atomic<bool> ok{true};
   std::atomic<int64_t> bad{0};
   at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, conv_plane)),
                    [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       scalar_t* plane_grad = grad_conv + p * conv_plane;
+      const scalar_t* grad = grad_output + p * out_plane;
+      const scalar_t* out = output + p * out_plane;
+      const int64_t* idx = indices + p * out_plane;
+      bool in_windows = true;
+      for (int64_t oh = 0; oh < out_h && in_windows; ++oh) {
+        const int64_t corner = 2 * oh * conv_w;
+        in_windows = relu_max_pool_row_backward(grad + oh * out_w, out + oh * out_w,
+                                                idx + oh * out_w, plane_grad + corner, conv_w,
+                                                corner, out_w);
+        // an odd last column is in no window
+        for (int64_t w = 2 * out_w; w < conv_w; ++w)
+          plane_grad[corner + w] = plane_grad[corner + conv_w + w] = scalar_t(0);
+      }
+      // an odd last row is in no window
+      std::fill(plane_grad + 2 * out_h * conv_w, plane_grad + conv_plane, scalar_t(0));
+      if (in_windows) continue;
+      // Indices made by hand may point anywhere in the plane: torch's scatter-add then.
       std::fill(plane_grad, plane_grad + conv_plane, scalar_t(0));
-      for (int64_t o = p * out_plane; o < (p + 1) * out_plane; ++o) {
-        // output <= 0 (not > 0) blocks, so that a NaN output passes its gradient, as torch's relu
-        const scalar_t grad = output[o] <= scalar_t(0) ? scalar_t(0) : grad_output[o];
-        if (static_cast<uint64_t>(indices[o]) < static_cast<uint64_t>(conv_plane)) {
-          plane_grad[indices[o]] += grad;
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const scalar_t g = out[o] <= scalar_t(0) ? scalar_t(0) : grad[o];
+        if (static_cast<uint64_t>(idx[o]) < static_cast<uint64_t>(conv_plane)) {
+          plane_grad[idx[o]] += g;
         } else {
-          bad.store(indices[o], std::memory_order_relaxed);
+          bad.store(idx[o], std::memory_order_relaxed);
           ok.store(false, std::memory_order_relaxed);
         }
       }
@@ -167,10 +234,11 @@ std::tuple<at::Tensor, at::Tensor> conv2d_relu_max_pool2d_cpu(const at::Tensor& 
   const auto w = weight.expect_contiguous();
   const auto b = bias.expect_contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d", [&] {
-    std::vector<scalar_t> conv(batch * s.conv.output_block());
+    // not zeroed: the conv kernel writes every element
+    const std::unique_ptr<scalar_t[]> conv(new scalar_t[batch * s.conv.output_block()]);
     conv2d_forward(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
-                   b->const_data_ptr<scalar_t>(), conv.data(), batch, 1, s.conv);
-    relu_max_pool2x2(conv.data(), output.mutable_data_ptr<scalar_t>(),
+                   b->const_data_ptr<scalar_t>(), conv.get(), batch, 1, s.conv);
+    relu_max_pool2x2(conv.get(), output.mutable_data_ptr<scalar_t>(),
                      indices.mutable_data_ptr<int64_t>(), batch * s.conv.out_channels,
                      s.conv.out_h, s.conv.out_w);
   });
@@ -206,16 +274,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_max_pool2d_backward_c
   int64_t bad_index = 0;
   bool indices_ok = true;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d_backward", [&] {
-    std::vector<scalar_t> grad_conv(batch * s.conv.output_block());
+    // not zeroed: the scatter zeroes each plane it writes
+    const std::unique_ptr<scalar_t[]> grad_conv(new scalar_t[batch * s.conv.output_block()]);
     indices_ok = relu_max_pool2x2_backward(
         grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
-        idx->const_data_ptr<int64_t>(), grad_conv.data(), batch * s.conv.out_channels,
-        s.conv.positions(), s.out_h * s.out_w, &bad_index);
+        idx->const_data_ptr<int64_t>(), grad_conv.get(), batch * s.conv.out_channels,
+        s.conv.out_h, s.conv.out_w, &bad_index);
     if (!indices_ok) return;
     const auto out_ptr = [](at::Tensor& t) {
       return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
     };
-    conv2d_backward(grad_conv.data(), x->const_data_ptr<scalar_t>(),
+    conv2d_backward(grad_conv.get(), x->const_data_ptr<scalar_t>(),
                     w->const_data_ptr<scalar_t>(), out_ptr(grad_input), out_ptr(grad_weight),
                     out_ptr(grad_bias), batch, 1, s.conv);
   });
