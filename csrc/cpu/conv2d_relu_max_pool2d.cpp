@@ -50,10 +50,17 @@ struct Octet {
   // of the values' width, so that a compare's mask selects offsets too
   typedef index_t Offsets __attribute__((vector_size(kLanes * sizeof(index_t))));
 
-  static Values load(const scalar_t* p) {
-    Values v;
+  typedef int64_t Indices __attribute__((vector_size(kLanes * sizeof(int64_t))));
+
+  template <typename Vector = Values>
+  static Vector load(const void* p) {
+    Vector v;
     std::memcpy(&v, p, sizeof(v));
     return v;
+  }
+  // plane offsets of the top-left cells of eight windows side by side, the first at `first`
+  static Indices window_corners(int64_t first) {
+    return first + Indices{0, 2, 4, 6, 8, 10, 12, 14};
   }
   static Values left(Values a, Values b) { return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14); }
   static Values right(Values a, Values b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15); }
@@ -92,9 +99,13 @@ void relu_max_pool_row(const scalar_t* top, int64_t conv_w, int64_t corner, int6
       best = take ? cells[k] : best;
       offset = take ? Offsets{} + cell_offsets[k] : offset;
     }
-    for (int64_t i = 0; i < count; ++i) {
-      out[ow0 + i] = best[i];
-      idx[ow0 + i] = corner + 2 * (ow0 + i) + offset[i];
+    const typename O::Indices cell =
+        O::window_corners(corner + 2 * ow0) + __builtin_convertvector(offset, typename O::Indices);
+    if (count == L) {
+      std::memcpy(out + ow0, &best, sizeof(best));
+      std::memcpy(idx + ow0, &cell, sizeof(cell));
+    } else {
+      for (int64_t i = 0; i < count; ++i) out[ow0 + i] = best[i], idx[ow0 + i] = cell[i];
     }
   }
 }
@@ -135,16 +146,26 @@ bool relu_max_pool_row_backward(const scalar_t* grad, const scalar_t* out, const
                                    static_cast<index_t>(conv_w + 1)};
   for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
     const int64_t count = std::min(L, out_w - ow0);
-    Values g = {}, y = {};
-    Offsets offset = {};
-    bool in_window = true;
-    for (int64_t i = 0; i < count; ++i) {
-      g[i] = grad[ow0 + i], y[i] = out[ow0 + i];
-      const int64_t cell = idx[ow0 + i] - (corner + 2 * (ow0 + i));
-      in_window &= cell == 0 || cell == 1 || cell == conv_w || cell == conv_w + 1;
-      offset[i] = static_cast<index_t>(cell);
+    const typename O::Indices corners = O::window_corners(corner + 2 * ow0);
+    const scalar_t *grad_at = grad + ow0, *out_at = out + ow0;
+    const int64_t* idx_at = idx + ow0;
+    scalar_t grad_padded[L] = {}, out_padded[L] = {};  // the last group of a row
+    int64_t idx_padded[L];
+    if (count < L) {
+      std::memcpy(idx_padded, &corners, sizeof(corners));
+      std::copy(grad_at, grad_at + count, grad_padded);
+      std::copy(out_at, out_at + count, out_padded);
+      std::copy(idx_at, idx_at + count, idx_padded);
+      grad_at = grad_padded, out_at = out_padded, idx_at = idx_padded;
     }
-    if (!in_window) return false;
+    Values g = O::load(grad_at);
+    const Values y = O::load(out_at);
+    const auto cell = O::template load<typename O::Indices>(idx_at) - corners;
+    const auto in_window = (cell == 0) | (cell == 1) | (cell == conv_w) | (cell == conv_w + 1);
+    int64_t all_in_window = -1;
+    for (int64_t i = 0; i < L; ++i) all_in_window &= in_window[i];
+    if (!all_in_window) return false;
+    const Offsets offset = __builtin_convertvector(cell, Offsets);
     const Values zero = {};
     g = y <= zero ? zero : g;  // the ReLU: y <= 0 (not > 0) blocks, so a NaN output passes
     Values cells[4];
@@ -154,11 +175,16 @@ bool relu_max_pool_row_backward(const scalar_t* grad, const scalar_t* out, const
         __builtin_shufflevector(cells[0], cells[1], 4, 12, 5, 13, 6, 14, 7, 15),
         __builtin_shufflevector(cells[2], cells[3], 0, 8, 1, 9, 2, 10, 3, 11),
         __builtin_shufflevector(cells[2], cells[3], 4, 12, 5, 13, 6, 14, 7, 15)};
-    scalar_t upper[2 * L], lower[2 * L];
-    std::memcpy(upper, rows, sizeof(upper));
-    std::memcpy(lower, rows + 2, sizeof(lower));
-    std::copy(upper, upper + 2 * count, top + 2 * ow0);
-    std::copy(lower, lower + 2 * count, top + conv_w + 2 * ow0);
+    if (count == L) {
+      std::memcpy(top + 2 * ow0, rows, 2 * sizeof(Values));
+      std::memcpy(top + conv_w + 2 * ow0, rows + 2, 2 * sizeof(Values));
+    } else {
+      scalar_t upper[2 * L], lower[2 * L];
+      std::memcpy(upper, rows, sizeof(upper));
+      std::memcpy(lower, rows + 2, sizeof(lower));
+      std::copy(upper, upper + 2 * count, top + 2 * ow0);
+      std::copy(lower, lower + 2 * count, top + conv_w + 2 * ow0);
+    }
   }
   return true;
 }
