@@ -298,6 +298,26 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
   return {output, indices};
 }
 
+// Zeroes one plane's gradient and adds each output gradient at its argmax, in output order. False,
+// with *bad_index set, if an index lies outside the plane. Pointers come by value: captured by
+// reference (as OpenMP's outlined function takes them) they would be reloaded after every store.
+template <typename scalar_t>
+bool scatter_plane(const scalar_t* grad, const int64_t* where, int64_t out_plane,
+                   scalar_t* plane_grad, int64_t in_plane, int64_t* bad_index) {
+  std::fill(plane_grad, plane_grad + in_plane, scalar_t(0));
+  bool ok = true;
+  for (int64_t o = 0; o < out_plane; ++o) {
+    // unsigned compare: negative indices fail it too
+    if (static_cast<uint64_t>(where[o]) < static_cast<uint64_t>(in_plane)) {
+      plane_grad[where[o]] += grad[o];
+    } else {
+      *bad_index = where[o];
+      ok = false;
+    }
+  }
+  return ok;
+}
+
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& indices,
                                    at::IntArrayRef input_size) {
   check_max_pool2d_backward_args(grad_output, indices, input_size);
@@ -316,16 +336,11 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
     at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, in_plane)),
                      [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
-        scalar_t* plane_grad = gi + plane * in_plane;
-        std::fill(plane_grad, plane_grad + in_plane, scalar_t(0));
-        for (int64_t o = plane * out_plane; o < (plane + 1) * out_plane; ++o) {
-          // unsigned compare: negative indices fail it too
-          if (static_cast<uint64_t>(where[o]) < static_cast<uint64_t>(in_plane)) {
-            plane_grad[where[o]] += g[o];
-          } else {
-            bad_index.store(where[o], std::memory_order_relaxed);
-            found_bad_index.store(true, std::memory_order_relaxed);
-          }
+        int64_t bad;
+        if (!scatter_plane(g + plane * out_plane, where + plane * out_plane, out_plane,
+                           gi + plane * in_plane, in_plane, &bad)) {
+          bad_index.store(bad, std::memory_order_relaxed);
+          found_bad_index.store(true, std::memory_order_relaxed);
         }
       }
     });
