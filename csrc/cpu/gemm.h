@@ -42,10 +42,11 @@ struct Vec {
   }
 };
 
-// Tiles of ~64k multiply-adds per task: a task dispatch costs microseconds, and the two threads
-// share one core's FMA units, so smaller tasks only add overhead.
+// ~256k multiply-adds (a few microseconds) per task: a task dispatch costs microseconds, and on a
+// machine whose threads share one core's FMA units a second thread gains nothing measurable at
+// linear's sizes (benchmarks/notes/linear.md), so small products run inline.
 inline int64_t grain_for(int64_t multiply_adds_per_item) {
-  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, multiply_adds_per_item));
+  return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, multiply_adds_per_item));
 }
 
 // ---- gemm --------------------------------------------------------------------------------------
@@ -232,20 +233,12 @@ inline void dot_tile(const scalar_t* a, const scalar_t* b, const scalar_t* bias,
 
 }  // namespace gemm_detail
 
+// Needs k_size >= kLanes (a shorter k is a plain gemm's job).
 template <typename scalar_t>
 void gemm_nt(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
              int64_t m_size, int64_t k_size, int64_t n_size) {
   using namespace gemm_detail;
   constexpr int L = Vec<scalar_t>::kLanes;
-  if (k_size < L) {  // too short for one vector: plain dot products, k in order
-    for (int64_t m = 0; m < m_size; ++m)
-      for (int64_t n = 0; n < n_size; ++n) {
-        scalar_t sum = bias ? bias[n] : scalar_t(0);
-        for (int64_t k = 0; k < k_size; ++k) sum += a[m * k_size + k] * b[n * k_size + k];
-        c[m * n_size + n] = sum;
-      }
-    return;
-  }
   // full blocks of kRows rows use kRows x kCols tiles; the rows left over (all of them at batch
   // 1) are GEMVs, 1 x kLanes tiles, so no lanes are wasted on rows that do not exist
   constexpr int kRows = 4, kCols = L / kRows;
