@@ -80,16 +80,20 @@ inline void tile(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* 
   }
 }
 
+// B is read as column panels of kCols: the panel of columns n0.. starts at b + n0 / kCols *
+// panel_step with row stride ldb (a plain matrix: panel_step = kCols; packed panels: panel_step =
+// k_size * kCols, ldb = kCols); the narrower last panel is zero-padded to kCols at tail_b (row
+// stride kCols), so the tile never reads past a row.
 template <typename scalar_t, int ROWS>
 inline void row_block(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
-                      int64_t ldb, const scalar_t* bias, const scalar_t* tail_b,
-                      const scalar_t* tail_bias, scalar_t* c, int64_t ldc, int64_t k_size,
-                      int64_t n_size) {
+                      int64_t panel_step, int64_t ldb, const scalar_t* tail_b,
+                      const scalar_t* bias, const scalar_t* tail_bias, scalar_t* c, int64_t ldc,
+                      int64_t k_size, int64_t n_size) {
   constexpr int64_t kCols = 2 * Vec<scalar_t>::kLanes;
   int64_t n0 = 0;
   for (; n0 + kCols <= n_size; n0 += kCols)
-    tile<scalar_t, ROWS, 2>(a, a_row, a_k, b + n0, ldb, bias ? bias + n0 : nullptr, c + n0, ldc,
-                            k_size, kCols);
+    tile<scalar_t, ROWS, 2>(a, a_row, a_k, b + n0 / kCols * panel_step, ldb,
+                            bias ? bias + n0 : nullptr, c + n0, ldc, k_size, kCols);
   const int64_t tail = n_size - n0;
   if (tail > kCols / 2)
     tile<scalar_t, ROWS, 2>(a, a_row, a_k, tail_b, kCols, tail_bias, c + n0, ldc, k_size, tail);
@@ -97,24 +101,15 @@ inline void row_block(const scalar_t* a, int64_t a_row, int64_t a_k, const scala
     tile<scalar_t, ROWS, 1>(a, a_row, a_k, tail_b, kCols, tail_bias, c + n0, ldc, k_size, tail);
 }
 
-}  // namespace gemm_detail
-
-// C[m, n] = bias[n] + sum_k a[m * a_row + k * a_k] * b[k * ldb + n], C row-major with ldc.
 template <typename scalar_t>
-void gemm(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int64_t ldb,
-          const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size,
-          int64_t n_size) {
-  using namespace gemm_detail;
+void gemm_panels(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
+                 int64_t panel_step, int64_t ldb, const scalar_t* tail_b, const scalar_t* bias,
+                 scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size, int64_t n_size) {
   constexpr int64_t kRows = 6;  // 6 rows x 2 vectors = 12 accumulator registers + 2 for B
   constexpr int64_t kCols = 2 * Vec<scalar_t>::kLanes;
-  // the columns past the last full tile, zero-padded to a full tile (B and bias)
-  const int64_t tail = n_size % kCols, tail_n0 = n_size - tail;
-  std::vector<scalar_t> tail_b(tail ? k_size * kCols : 0), tail_bias(tail && bias ? kCols : 0);
-  for (int64_t k = 0; tail && k < k_size; ++k)
-    std::copy(b + k * ldb + tail_n0, b + k * ldb + n_size, tail_b.data() + k * kCols);
-  if (tail && bias) std::copy(bias + tail_n0, bias + n_size, tail_bias.data());
-  const scalar_t* tail_bias_ptr = bias ? tail_bias.data() : nullptr;
-
+  const int64_t tail = n_size % kCols;
+  scalar_t tail_bias[kCols] = {};
+  if (bias) std::copy(bias + n_size - tail, bias + n_size, tail_bias);
   const int64_t row_blocks = (m_size + kRows - 1) / kRows;
   at::parallel_for(0, row_blocks, grain_for(kRows * k_size * n_size), [&](int64_t begin,
                                                                           int64_t end) {
@@ -122,9 +117,9 @@ void gemm(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int6
       const int64_t m0 = block * kRows;
       const scalar_t* a_rows = a + m0 * a_row;
       scalar_t* c_rows = c + m0 * ldc;
-#define LENET_EXT_ROW_BLOCK(ROWS)                                                             \
-  row_block<scalar_t, ROWS>(a_rows, a_row, a_k, b, ldb, bias, tail_b.data(), tail_bias_ptr, \
-                            c_rows, ldc, k_size, n_size)
+#define LENET_EXT_ROW_BLOCK(ROWS)                                                          \
+  row_block<scalar_t, ROWS>(a_rows, a_row, a_k, b, panel_step, ldb, tail_b, bias,         \
+                            bias ? tail_bias : nullptr, c_rows, ldc, k_size, n_size)
       switch (std::min(kRows, m_size - m0)) {  // the row remainder gets its own compiled tile
         case 6: LENET_EXT_ROW_BLOCK(6); break;
         case 5: LENET_EXT_ROW_BLOCK(5); break;
@@ -136,6 +131,40 @@ void gemm(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int6
 #undef LENET_EXT_ROW_BLOCK
     }
   });
+}
+
+}  // namespace gemm_detail
+
+// C[m, n] = bias[n] + sum_k a[m * a_row + k * a_k] * b[k * ldb + n], C row-major with ldc.
+template <typename scalar_t>
+void gemm(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int64_t ldb,
+          const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size,
+          int64_t n_size) {
+  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  const int64_t tail = n_size % kCols, tail_n0 = n_size - tail;
+  std::vector<scalar_t> tail_b(tail ? k_size * kCols : 0);
+  for (int64_t k = 0; tail && k < k_size; ++k)
+    std::copy(b + k * ldb + tail_n0, b + k * ldb + n_size, tail_b.data() + k * kCols);
+  gemm_detail::gemm_panels(a, a_row, a_k, b, kCols, ldb, tail_b.data(), bias, c, ldc, m_size,
+                           k_size, n_size);
+}
+
+// Size of pack_transposed's result: ceil(n_size / kCols) panels of k_size x kCols.
+template <typename scalar_t>
+int64_t packed_size(int64_t k_size, int64_t n_size) {
+  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  return (n_size + kCols - 1) / kCols * kCols * k_size;
+}
+
+// gemm with B given as pack_transposed's panels.
+template <typename scalar_t>
+void gemm_packed(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* panels,
+                 const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size,
+                 int64_t n_size) {
+  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  gemm_detail::gemm_panels(a, a_row, a_k, panels, k_size * kCols, kCols,
+                           panels + n_size / kCols * k_size * kCols, bias, c, ldc, m_size,
+                           k_size, n_size);
 }
 
 // C[M,N] = A[M,K] * B[K,N] (+ bias[N]), all contiguous row-major.
@@ -301,6 +330,32 @@ void transpose(const scalar_t* in, scalar_t* out, int64_t rows, int64_t cols) {
     }
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = i < full_rows ? full_cols : 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
+}
+
+// B = W^T for W [n_size, k_size] as gemm_packed's panels: panels[p][k][j] = W[p * kCols + j][k],
+// zero past n_size. Transposing and padding in one pass, kLanes x kLanes blocks in registers.
+template <typename scalar_t>
+void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_t k_size) {
+  using V = gemm_detail::Vec<scalar_t>;
+  constexpr int64_t L = V::kLanes, kCols = 2 * L;
+  const int64_t full_k = k_size / L * L;
+  for (int64_t n0 = 0; n0 < n_size; n0 += L) {  // L rows of W -> L columns of one panel
+    scalar_t* out = panels + n0 / kCols * k_size * kCols + n0 % kCols;
+    const int64_t rows = std::min(L, n_size - n0);
+    for (int64_t k0 = 0; k0 < full_k; k0 += L) {
+      typename V::type block[L];
+      for (int r = 0; r < L; ++r) block[r] = r < rows ? V::load(w + (n0 + r) * k_size + k0)
+                                                      : typename V::type{};
+      gemm_detail::transpose_block<scalar_t>(block);
+      for (int r = 0; r < L; ++r) V::store(out + (k0 + r) * kCols, block[r]);
+    }
+    for (int64_t k = full_k; k < k_size; ++k)
+      for (int64_t r = 0; r < L; ++r) out[k * kCols + r] = r < rows ? w[(n0 + r) * k_size + k] : 0;
+  }
+  // a last panel with no more than L columns: its second half is all padding
+  if (const int64_t last = n_size % kCols; last > 0 && last <= L)
+    for (int64_t k = 0; k < k_size; ++k)
+      std::fill_n(panels + (n_size / kCols * k_size + k) * kCols + L, L, scalar_t(0));
 }
 
 }  // namespace lenet_ext

@@ -42,9 +42,10 @@ void linear_forward(const scalar_t* input, const scalar_t* weight, const scalar_
     gemm_nt(input, weight, bias, output, rows, in_features, out_features);
     return;
   }
-  std::vector<scalar_t> weight_t(in_features * out_features);
-  transpose(weight, weight_t.data(), out_features, in_features);
-  gemm(input, weight_t.data(), bias, output, rows, in_features, out_features);
+  std::vector<scalar_t> weight_t(packed_size<scalar_t>(in_features, out_features));
+  pack_transposed(weight, weight_t.data(), out_features, in_features);
+  gemm_packed(input, in_features, 1, weight_t.data(), bias, output, out_features, rows,
+              in_features, out_features);
 }
 
 template <typename scalar_t>
