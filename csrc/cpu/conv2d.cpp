@@ -130,18 +130,36 @@ struct Lanes {
   static void store(scalar_t* p, const type& v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
+// dst[0, count) = src[0, count) for the short rows of the direct kernels: whole vectors, then
+// single elements. (std::copy becomes a memmove call per row, which costs more than the copy.)
+template <typename scalar_t>
+inline void copy_row(const scalar_t* src, int64_t count, scalar_t* dst) {
+  using V = Lanes<scalar_t>;
+  int64_t j = 0;
+  for (; j + V::kCount <= count; j += V::kCount) V::store(dst + j, V::load(src + j));
+  for (; j < count; ++j) {
+    dst[j] = src[j];
+    asm("");  // keeps GCC from recognising the loop as a memcpy
+  }
+}
+
 constexpr int kMaxRowTile = 14;  // accumulators of the forward tile; 28-wide rows split in two
 constexpr int64_t kDirectKernelW = 5;  // grad_weight's tap tile is compiled for this kernel width
 
 template <typename scalar_t>
-bool direct_forward_fits(const ConvShape& s) {
+bool direct_fits(const ConvShape& s) {
   return s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
          s.pad_h == 0 && s.pad_w == 0 && s.out_channels <= Lanes<scalar_t>::kCount;
 }
 
 template <typename scalar_t>
+bool direct_forward_fits(const ConvShape& s) {
+  return direct_fits<scalar_t>(s) && 2 * s.out_channels > Lanes<scalar_t>::kCount;
+}
+
+template <typename scalar_t>
 bool direct_grad_weight_fits(const ConvShape& s) {
-  return direct_forward_fits<scalar_t>(s) && s.kernel_w == kDirectKernelW;
+  return direct_fits<scalar_t>(s) && s.kernel_w == kDirectKernelW;
 }
 
 // weight [out_channels, taps] of one group -> [taps][lanes], lanes past out_channels zero
@@ -258,7 +276,7 @@ namespace {
 // weight a broadcast from memory). Kernel rows that fall outside grad_output are skipped.
 template <typename scalar_t>
 bool direct_grad_input_fits(const ConvShape& s) {
-  return direct_forward_fits<scalar_t>(s) && s.in_w <= Lanes<scalar_t>::kCount;
+  return direct_fits<scalar_t>(s) && s.in_w <= Lanes<scalar_t>::kCount;
 }
 
 constexpr int kMaxChannelTile = 8;
@@ -287,7 +305,7 @@ void grad_input_row(const scalar_t* grad_rows, int64_t row_stride, const scalar_
   for (int j = 0; j < CB; ++j) {
     scalar_t lanes[L];
     V::store(lanes, acc[j]);
-    std::copy(lanes, lanes + s.in_w, grad_input + j * plane);
+    copy_row(lanes, s.in_w, grad_input + j * plane);
   }
 }
 
@@ -322,8 +340,7 @@ void direct_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* grad = grad_output + i * s.output_block();
       for (int64_t row = 0; row < s.out_channels * s.out_h; ++row)
-        std::copy(grad + row * s.out_w, grad + (row + 1) * s.out_w,
-                  grad_rows.data() + row * row_stride + s.kernel_w - 1);
+        copy_row(grad + row * s.out_w, s.out_w, grad_rows.data() + row * row_stride + s.kernel_w - 1);
       const scalar_t* w = weight_b.data() + (i % groups) * s.weight_block();
       scalar_t* out = grad_input + i * s.input_block();
       for (int64_t c0 = 0; c0 < s.channels; c0 += kMaxChannelTile)
@@ -430,9 +447,105 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
       }
 }
 
+// grad_weight for few output channels (at most half the lanes, conv1's 6), where lanes over
+// output channels would sit mostly idle: an output row (at most two vectors, zero-padded) is the
+// vector instead, and each (channel, tap) accumulates a vector of row partial sums over the rows of
+// the part's images, reduced across lanes once at the end. Rows come from zero-padded per-image
+// copies, so the padding lanes hold 0 * 0 and vectors never read past a buffer.
+template <typename scalar_t>
+bool row_grad_weight_fits(const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kCount;
+  return direct_fits<scalar_t>(s) && 2 * s.out_channels <= L && s.out_w <= 2 * L &&
+         s.kernel_w == kDirectKernelW;
+}
+
+// OCB output channels x kDirectKernelW taps of kernel row kh, over every output row of one image:
+// grad_rows [out_channels][out_h][2L] from channel oc0, image_rows [channels * in_h][row_stride]
+// from (c, kh), sums [out_channels][taps][L] at (oc0, tap (c, kh, 0)).
+template <typename scalar_t, int OCB>
+void row_grad_weight_tile(const scalar_t* grad_rows, const scalar_t* image_rows,
+                          int64_t row_stride, scalar_t* sums, const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kCount;
+  constexpr int KW = kDirectKernelW;
+  typename V::type acc[OCB][KW] = {};
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    typename V::type grad[OCB][2];
+    for (int j = 0; j < OCB; ++j) {
+      const scalar_t* row = grad_rows + (j * s.out_h + oh) * 2 * L;
+      grad[j][0] = V::load(row), grad[j][1] = V::load(row + L);
+    }
+    const scalar_t* x = image_rows + oh * row_stride;
+    for (int kw = 0; kw < KW; ++kw) {
+      typename V::type x0 = V::load(x + kw), x1 = V::load(x + kw + L);
+      asm("" : "+v"(x0), "+v"(x1));  // one (unaligned) load each, not one folded into every FMA
+      for (int j = 0; j < OCB; ++j) {  // two FMAs (a sum of products would be mul, fma, add)
+        acc[j][kw] += grad[j][0] * x0;
+        acc[j][kw] += grad[j][1] * x1;
+      }
+    }
+  }
+  for (int j = 0; j < OCB; ++j)
+    for (int kw = 0; kw < KW; ++kw) {
+      scalar_t* p = sums + (j * s.taps() + kw) * L;
+      V::store(p, V::load(p) + acc[j][kw]);
+    }
+}
+
+template <typename scalar_t>
+void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
+                     int64_t batch, int64_t groups, const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kCount;
+  const int64_t sums_block = s.weight_block() * L;  // one group's [out_channels][taps][lanes]
+  const int64_t parts = std::min(batch, kWeightParts);
+  std::vector<scalar_t> partials(parts * groups * sums_block, scalar_t(0));
+  const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
+  const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
+  const int64_t row_stride = kDirectKernelW - 1 + 2 * L;
+  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+    // zero-padded copies; the padding is written once and stays zero
+    std::vector<scalar_t> grad_rows(s.out_channels * s.out_h * 2 * L, scalar_t(0));
+    std::vector<scalar_t> image_rows(s.channels * s.in_h * row_stride, scalar_t(0));
+    for (int64_t part = begin; part < end; ++part)
+      for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = n * groups + g;
+          const scalar_t* grad = grad_output + i * s.output_block();
+          for (int64_t row = 0; row < s.out_channels * s.out_h; ++row)
+            copy_row(grad + row * s.out_w, s.out_w, grad_rows.data() + row * 2 * L);
+          const scalar_t* image = input + i * s.input_block();
+          for (int64_t row = 0; row < s.channels * s.in_h; ++row)
+            copy_row(image + row * s.in_w, s.in_w, image_rows.data() + row * row_stride);
+          scalar_t* sums = partials.data() + (part * groups + g) * sums_block;
+          for (int64_t oc0 = 0; oc0 < s.out_channels; oc0 += 3)
+            for (int64_t c = 0; c < s.channels; ++c)
+              for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+                const scalar_t* grad_from = grad_rows.data() + oc0 * s.out_h * 2 * L;
+                const scalar_t* image_from = image_rows.data() + (c * s.in_h + kh) * row_stride;
+                scalar_t* sums_at = sums + (oc0 * s.taps() + (c * s.kernel_h + kh) * kDirectKernelW) * L;
+                const int64_t block = std::min<int64_t>(3, s.out_channels - oc0);
+                if (block == 3)
+                  row_grad_weight_tile<scalar_t, 3>(grad_from, image_from, row_stride, sums_at, s);
+                else if (block == 2)
+                  row_grad_weight_tile<scalar_t, 2>(grad_from, image_from, row_stride, sums_at, s);
+                else
+                  row_grad_weight_tile<scalar_t, 1>(grad_from, image_from, row_stride, sums_at, s);
+              }
+        }
+  });
+  for (int64_t k = 0; k < groups * s.weight_block(); ++k) {  // k = (g, oc, tap), as grad_weight
+    scalar_t sum = 0;
+    for (int64_t part = 0; part < parts; ++part)
+      for (int lane = 0; lane < L; ++lane) sum += partials[part * groups * sums_block + k * L + lane];
+    grad_weight[k] = sum;
+  }
+}
+
 template <typename scalar_t>
 void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
                         int64_t batch, int64_t groups, const ConvShape& s) {
+  if (row_grad_weight_fits<scalar_t>(s))
+    return row_grad_weight(grad_output, input, grad_weight, batch, groups, s);
   if (direct_grad_weight_fits<scalar_t>(s))
     return direct_grad_weight(grad_output, input, grad_weight, batch, groups, s);
   const int64_t weight_numel = groups * s.weight_block();
