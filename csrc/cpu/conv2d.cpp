@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <tuple>
 #include <utility>
@@ -355,7 +356,11 @@ void direct_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
 template <typename scalar_t>
 void conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
                        int64_t batch, int64_t groups, const ConvShape& s) {
-  if (direct_grad_input_fits<scalar_t>(s))
+  // The direct path multiplies weights by grad_output's zero padding, where the general path
+  // multiplies nothing; the two agree only if 0 * weight is 0.
+  if (direct_grad_input_fits<scalar_t>(s) &&
+      std::all_of(weight, weight + groups * s.weight_block(),
+                  [](scalar_t w) { return std::isfinite(w); }))
     return direct_grad_input(grad_output, weight, grad_input, batch, groups, s);
   // weight^T per group, [taps, out_channels], so that the GEMM reads contiguous rows
   std::vector<scalar_t> weight_t(groups * s.weight_block());
@@ -469,6 +474,12 @@ void row_grad_weight_tile(const scalar_t* grad_rows, const scalar_t* image_rows,
   constexpr int L = V::kCount;
   constexpr int KW = kDirectKernelW;
   typename V::type acc[OCB][KW] = {};
+  // Lanes past the row's end meet grad_output's zero padding, but 0 * inf is NaN: they must add
+  // exactly nothing, so the inputs there are masked to zero too.
+  typename V::type keep0, keep1;
+  for (int lane = 0; lane < L; ++lane)
+    keep0[lane] = lane < s.out_w ? scalar_t(1) : scalar_t(0),
+    keep1[lane] = lane + L < s.out_w ? scalar_t(1) : scalar_t(0);
   for (int64_t oh = 0; oh < s.out_h; ++oh) {
     typename V::type grad[OCB][2];
     for (int j = 0; j < OCB; ++j) {
@@ -478,6 +489,7 @@ void row_grad_weight_tile(const scalar_t* grad_rows, const scalar_t* image_rows,
     const scalar_t* x = image_rows + oh * row_stride;
     for (int kw = 0; kw < KW; ++kw) {
       typename V::type x0 = V::load(x + kw), x1 = V::load(x + kw + L);
+      x0 = keep0 != 0 ? x0 : 0, x1 = keep1 != 0 ? x1 : 0;
       asm("" : "+v"(x0), "+v"(x1));  // one (unaligned) load each, not one folded into every FMA
       for (int j = 0; j < OCB; ++j) {  // two FMAs (a sum of products would be mul, fma, add)
         acc[j][kw] += grad[j][0] * x0;
