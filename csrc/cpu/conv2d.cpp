@@ -186,6 +186,23 @@ void forward_row_tile(const scalar_t* image, const scalar_t* weight_lanes,
   for (int64_t c = 0; c < s.channels; ++c)
     for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
       const scalar_t* row = image + (c * s.in_h + kh) * s.in_w;
+      if (s.kernel_w == kDirectKernelW) {
+        // The kernel row's weights stay in registers and each of the R + KW - 1 inputs is
+        // broadcast once for every tap that reads it: a load per ~4 FMAs instead of one per FMA
+        // (the loads, not the FMAs, bounded the one-tap-at-a-time loop below).
+        constexpr int KW = kDirectKernelW;
+        typename V::type wv[KW];
+        for (int kw = 0; kw < KW; ++kw) wv[kw] = V::load(w + kw * L);
+        w += KW * L;
+#pragma GCC unroll 32
+        for (int i = 0; i < R + KW - 1; ++i) {
+          const scalar_t input = row[i];
+#pragma GCC unroll 8
+          for (int kw = 0; kw < KW; ++kw)
+            if (i - kw >= 0 && i - kw < R) acc[i - kw] += input * wv[kw];
+        }
+        continue;
+      }
       for (int64_t kw = 0; kw < s.kernel_w; ++kw, w += L) {
         const typename V::type wv = V::load(w);
         // Hidden from the optimiser: it would otherwise carry the R inputs from one kw to the
