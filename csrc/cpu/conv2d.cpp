@@ -507,7 +507,9 @@ void row_grad_weight_tile(const scalar_t* grad_rows, const scalar_t* image_rows,
     for (int kw = 0; kw < KW; ++kw) {
       typename V::type x0 = V::load(x + kw), x1 = V::load(x + kw + L);
       x0 = keep0 != 0 ? x0 : 0, x1 = keep1 != 0 ? x1 : 0;
-      asm("" : "+v"(x0), "+v"(x1));  // one (unaligned) load each, not one folded into every FMA
+#ifdef __AVX512F__  // one (unaligned) load each, not one folded into every FMA; only AVX-512
+      asm("" : "+v"(x0), "+v"(x1));  // holds a 64-byte vector in one register
+#endif
       for (int j = 0; j < OCB; ++j) {  // two FMAs (a sum of products would be mul, fma, add)
         acc[j][kw] += grad[j][0] * x0;
         acc[j][kw] += grad[j][1] * x1;
