@@ -4,6 +4,9 @@
 // weight[group] x columns writes that group's output planes straight into NCHW. Backward reuses the
 // unrolling: grad_input = col2im(weight^T x grad_output); grad_weight = sum over images of
 // grad_output x columns^T, in a fixed order (see conv2d_grad_weight); grad_bias a sum per channel.
+// Small stride-1 unpadded convs (LeNet's) take direct kernels instead, chosen by shape (see "Direct
+// path" below): at M = 6 or 16 output channels the GEMM's tiles sit half empty and the columns
+// cost as much traffic as the products, while a direct loop keeps whole rows in registers.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -145,7 +148,7 @@ inline void copy_row(const scalar_t* src, int64_t count, scalar_t* dst) {
 }
 
 constexpr int kMaxRowTile = 14;  // accumulators of the forward tile; 28-wide rows split in two
-constexpr int64_t kDirectKernelW = 5;  // grad_weight's tap tile is compiled for this kernel width
+constexpr int64_t kDirectKernelW = 5;  // kernel width the unrolled tap tiles are compiled for
 
 template <typename scalar_t>
 bool direct_fits(const ConvShape& s) {
