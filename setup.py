@@ -30,6 +30,12 @@ sources = ["csrc/lenet_ext.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/c
 cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=fast", "-fdiagnostics-color=always"]
 if os.environ.get("LENET_EXT_NATIVE", "1") != "0":
     cxx_flags.append("-march=native")
+link_flags = []
+if torch._C.has_openmp:
+    # at::parallel_for is a header template: without -fopenmp it compiles to a serial loop. The
+    # loader resolves libgomp.so.1 to the copy torch already loaded, so both share one thread pool.
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 extra = {"cxx": cxx_flags}
 define_macros = []
 if cuda:
@@ -53,6 +59,7 @@ setup(
             "lenet_ext._C",
             sources,
             extra_compile_args=extra,
+            extra_link_args=link_flags,
             define_macros=define_macros,
             py_limited_api=True,
         )

@@ -6,18 +6,22 @@ from torch import Tensor
 
 from .ops import lib
 
+# The ops' single overloads, bound once: calling an OpOverload skips the packet's overload lookup.
+_relu, _linear = lib.relu.default, lib.linear.default
+_max_pool2d, _conv2d = lib.max_pool2d.default, lib.conv2d.default
+
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """Like torch.nn.functional.relu. ``inplace=True`` writes the result back into ``input``
     (and, like torch, refuses a leaf that requires grad)."""
     if inplace:
-        return input.copy_(lib.relu(input))
-    return lib.relu(input)
+        return input.copy_(_relu(input))
+    return _relu(input)
 
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """Like torch.nn.functional.linear: input (*, in_features), weight (out_features, in_features)."""
-    return lib.linear(input, weight, bias)
+    return _linear(input, weight, bias)
 
 
 def _pair(value):
@@ -36,7 +40,7 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     plane."""
     kernel_size = _pair(kernel_size)
     stride = kernel_size if stride is None else (_pair(stride) or kernel_size)  # torch: [] too
-    output, indices = lib.max_pool2d(input, kernel_size, stride, _pair(padding), _pair(dilation),
+    output, indices = _max_pool2d(input, kernel_size, stride, _pair(padding), _pair(dilation),
                                      ceil_mode)
     return (output, indices) if return_indices else output
 
@@ -52,7 +56,7 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
         input = input.unsqueeze(0)
     if isinstance(padding, str):
         padding, input = _string_padding(padding, input, weight, stride, dilation)
-    output = lib.conv2d(input, weight, bias, stride, _pair(padding), dilation, groups)
+    output = _conv2d(input, weight, bias, stride, _pair(padding), dilation, groups)
     return output.squeeze(0) if unbatched else output
 
 

@@ -174,6 +174,88 @@ def test_results_do_not_depend_on_the_thread_count(device):
         assert torch.equal(one, two)
 
 
+# special paths chosen by shape -------------------------------------------------------------------
+# Stride-1, undilated, unpadded convs with at most one vector of output channels (16 float32 or 8
+# float64 lanes) take direct kernels: the forward when they fill more than half the lanes,
+# grad_weight for 5-wide kernels (output channels as lanes, or output rows as lanes for at most
+# half a vector of channels and rows up to two vectors wide), grad_input for input rows up to one
+# vector wide and finite weights. Each case is (batch, in_channels, out_channels, size, kernel,
+# groups, padding), sizes in lanes, with the cases beside each boundary.
+def _lanes(dtype):
+    return 64 // torch.empty((), dtype=dtype).element_size()
+
+
+SPECIAL_PATH_CASES = {
+    "lenet_conv2": lambda L: (3, 6, 16 * L // 16, (14, 14), (5, 5), 1, 0),
+    "lenet_conv1": lambda L: (3, 1, 6 * L // 16, (32, 32), (5, 5), 1, 0),
+    "all_lanes": lambda L: (2, 3, L, (9, 11), (5, 5), 1, 0),
+    "one_lane_too_many": lambda L: (2, 3, L + 1, (9, 11), (5, 5), 1, 0),
+    "over_half_the_lanes": lambda L: (2, 2, L // 2 + 1, (8, 9), (3, 5), 1, 0),
+    "half_the_lanes": lambda L: (2, 2, L // 2, (8, 9), (5, 5), 1, 0),
+    "one_channel_out": lambda L: (2, 2, 1, (8, 9), (5, 5), 1, 0),
+    "grouped": lambda L: (2, 4, 2 * L, (9, 9), (5, 5), 2, 0),
+    "grouped_narrow": lambda L: (2, 4, 6, (9, 9), (5, 5), 2, 0),
+    "kernel_4_wide": lambda L: (2, 3, L, (9, 11), (5, 4), 1, 0),
+    "kernel_6_wide": lambda L: (2, 3, 3, (9, 11), (3, 6), 1, 0),
+    "row_one_vector": lambda L: (2, 2, L, (7, L), (5, 5), 1, 0),
+    "row_over_one_vector": lambda L: (2, 2, L, (7, L + 1), (5, 5), 1, 0),
+    "output_row_two_vectors": lambda L: (2, 1, 3, (6, 2 * L + 4), (5, 5), 1, 0),
+    "output_row_over_two_vectors": lambda L: (2, 1, 3, (6, 2 * L + 5), (5, 5), 1, 0),
+    "output_row_three_tiles": lambda L: (1, 2, L, (5, 33), (2, 5), 1, 0),
+    "many_input_channels": lambda L: (2, 11, L, (7, 9), (5, 5), 1, 0),
+    "kernel_taller_than_output": lambda L: (2, 2, L, (6, 9), (5, 5), 1, 0),
+    "padded": lambda L: (2, 3, L, (9, 11), (5, 5), 1, 1),
+}
+
+
+@pytest.mark.parametrize("case", SPECIAL_PATH_CASES)
+def test_special_path_shapes_match_stock(device, dtype, case):
+    batch, in_channels, out_channels, size, kernel, groups, padding = \
+        SPECIAL_PATH_CASES[case](_lanes(dtype))
+    x, w, b = random_conv(batch, in_channels, out_channels, size, kernel, groups, device=device,
+                          dtype=dtype)
+    assert_matches_stock(x, w, b, padding=padding, groups=groups)
+
+
+@pytest.mark.parametrize("case", ["lenet_conv1", "lenet_conv2", "grouped_narrow",
+                                  "output_row_two_vectors"])
+def test_special_path_results_do_not_depend_on_the_thread_count(device, case):
+    _, in_channels, out_channels, size, kernel, groups, padding = SPECIAL_PATH_CASES[case](16)
+    x, w, b = random_conv(37, in_channels, out_channels, size, kernel, groups, device=device)
+    grad_output = torch.randn_like(F.conv2d(x, w, b, padding=padding, groups=groups))
+
+    def run(threads):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = F.conv2d(x, w, b, padding=padding, groups=groups)
+            return (out, *torch.autograd.grad(out, (x, w, b), grad_output))
+        finally:
+            torch.set_num_threads(before)
+
+    for one, two in zip(run(1), run(2)):
+        assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("where", ["input", "weight"])
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("case", ["lenet_conv1", "lenet_conv2"])
+def test_special_path_non_finite_values_spread_as_in_stock(device, where, value, case):
+    batch, in_channels, out_channels, size, kernel, groups, padding = SPECIAL_PATH_CASES[case](16)
+    x, w, b = random_conv(batch, in_channels, out_channels, size, kernel, groups, device=device)
+    with torch.no_grad():  # the last column is outside some taps' reach, the corner tap reaches few
+        (x[1, 0, 3, -1] if where == "input" else w[2, 0, 0, 0]).fill_(value)
+    ours = F.conv2d(x, w, b)
+    stock = TF.conv2d(x, w, b)
+    grad_output = torch.randn_like(stock)
+    ours_grads = torch.autograd.grad(ours, (x, w, b), grad_output)
+    stock_grads = torch.autograd.grad(stock, (x, w, b), grad_output)
+    for o, s in zip((ours, *ours_grads), (stock, *stock_grads)):
+        assert torch.equal(o.isnan(), s.isnan()) and torch.equal(o.isinf(), s.isinf())
+        finite = o.isfinite()
+        assert_close(o[finite], s[finite])
+
+
 # torch.library and torch.compile ----------------------------------------------------------------
 
 @pytest.mark.parametrize("stride, padding, dilation, groups, bias", [

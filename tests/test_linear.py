@@ -25,6 +25,38 @@ def test_matches_stock(input_shape, out_features, bias, device, dtype):
                          **sum_tolerance(dtype, reduction))
 
 
+# (rows, in_features, out_features) on both sides of each kernel choice of the CPU linear: in_features
+# below, at and just past one vector (16 floats, 8 doubles) and with a partial last vector (the dot
+# products' masked step); rows and out_features leaving remainders of the 4 x 4 dot-product tiles,
+# the 16-wide GEMV tiles and the 32-wide gemm tiles (grad_input's and grad_weight's columns are
+# in_features); rows on both sides of the switch to transposing weight (fc1 43/44 in float32, 32/33
+# in float64; fc2 10/11; fc3 6/7).
+KERNEL_CASES = [(1, 400, 120), (3, 400, 120), (5, 400, 120), (32, 400, 120), (33, 400, 120),
+                (43, 400, 120), (44, 400, 120), (10, 120, 84), (11, 120, 84), (1, 84, 10),
+                (6, 84, 10), (7, 84, 10), (2, 7, 5), (9, 8, 7), (9, 9, 7), (2, 15, 5), (2, 16, 5),
+                (2, 17, 5), (1, 16, 17), (6, 31, 33), (1, 32, 16), (5, 33, 3), (13, 48, 64)]
+
+
+@pytest.mark.parametrize("rows,in_features,out_features", KERNEL_CASES, ids=str)
+def test_matches_stock_around_kernel_boundaries(rows, in_features, out_features, device, dtype):
+    x = torch.randn(rows, in_features, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(out_features, in_features, device=device, dtype=dtype, requires_grad=True)
+    b = torch.randn(out_features, device=device, dtype=dtype, requires_grad=True)
+    assert_matches_stock(F.linear, torch.nn.functional.linear, [x, w, b],
+                         **sum_tolerance(dtype, max(rows, in_features, out_features)))
+
+
+@pytest.mark.parametrize("rows", [1, 64], ids=["dot_products", "transposed_weight"])
+@pytest.mark.parametrize("in_features", [20, 84])  # the last vector overlaps the one before
+def test_non_finite_inputs_propagate_like_stock(rows, in_features, device, dtype):
+    x = torch.randn(rows, in_features, device=device, dtype=dtype)
+    w = torch.randn(10, in_features, device=device, dtype=dtype)
+    x[0, 5] = float("inf")  # inside the overlap: counted once, never multiplied by a masked zero
+    x[-1, in_features - 1] = float("nan")
+    torch.testing.assert_close(F.linear(x, w), torch.nn.functional.linear(x, w), equal_nan=True,
+                               **sum_tolerance(dtype, in_features))
+
+
 @pytest.mark.parametrize("layout", ["transposed_input", "expanded_input", "transposed_weight",
                                     "strided_bias"])
 def test_non_contiguous_arguments(layout, device, dtype):
@@ -160,9 +192,11 @@ def test_module_is_drop_in(bias, device, dtype):
     torch.testing.assert_close(stock(x), other(x))
 
 
-def test_bitwise_identical_across_thread_counts():
-    x, w, b = torch.randn(256, 400), torch.randn(120, 400), torch.randn(120)
-    grad = torch.randn(256, 120)
+# fc1 at batch 256 (weight transposed, gemm) and a long dot-product case with enough tiles to split
+@pytest.mark.parametrize("rows,in_features,out_features", [(256, 400, 120), (8, 4000, 120)], ids=str)
+def test_bitwise_identical_across_thread_counts(rows, in_features, out_features):
+    x, w = torch.randn(rows, in_features), torch.randn(out_features, in_features)
+    b, grad = torch.randn(out_features), torch.randn(rows, out_features)
     previous = torch.get_num_threads()
     results = []
     try:

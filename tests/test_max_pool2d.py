@@ -113,6 +113,22 @@ def test_lenet_pools(plane, batch, device):
                      (2, None, 0, 1, False, plane[1:]))
 
 
+# LeNet's 2x2, stride 2 pool runs on vectors of 16, 8 or 4 floats (8, 4 or 2 doubles) along an
+# output row, the last block overlapping its neighbour, and on a scalar loop below the narrowest:
+# output widths at, just below and just above each vector width; odd input widths and heights.
+@pytest.mark.parametrize("out_w", [1, 2, 3, 4, 5, 7, 8, 9, 14, 15, 16, 17, 33])
+@pytest.mark.parametrize("values", ["random", "ties", "nan"])
+def test_2x2_stride_2_at_every_vector_width(out_w, values, device, dtype):
+    shape = (2, 3, 4 + out_w % 2, 2 * out_w + out_w % 2)
+    if values == "random":
+        input = torch.randn(shape, device=device, dtype=dtype)
+    else:
+        input = torch.randint(0, 3, shape, device=device).to(dtype)
+        if values == "nan":
+            input[torch.rand_like(input) < 0.2] = float("nan")
+    assert_same_pool(input, (2, None, 0, 1, False, shape[-2:]))
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
 def test_gradcheck(config, device):
     # distinct values, far apart next to gradcheck's step, so no perturbation changes an argmax

@@ -4,6 +4,9 @@
 // weight[group] x columns writes that group's output planes straight into NCHW. Backward reuses the
 // unrolling: grad_input = col2im(weight^T x grad_output); grad_weight = sum over images of
 // grad_output x columns^T, in a fixed order (see conv2d_grad_weight); grad_bias a sum per channel.
+// Small stride-1 unpadded convs (LeNet's) take direct kernels instead, chosen by shape (see "Direct
+// path" below): at M = 6 or 16 output channels the GEMM's tiles sit half empty and the columns
+// cost as much traffic as the products, while a direct loop keeps whole rows in registers.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -12,6 +15,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <cstring>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -109,12 +114,163 @@ void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
   });
 }
 
+// Direct path for small stride-1 convolutions (LeNet's): the output channels of a group (at most
+// one vector's lanes) are the vector lanes, so nothing is unrolled into columns. The forward keeps a
+// row segment of up to kMaxRowTile output positions in registers, one vector per position, and runs
+// every (c, kh, kw) tap over it: a weight vector load feeds kMaxRowTile FMAs whose other operand is
+// an input element broadcast straight from the image (no im2col traffic, full lanes for 16 output
+// channels). grad_weight is the same product with positions as the reduction: grad_output is
+// transposed once per image to [position][lane], and a tile of taps (two kernel rows) accumulates in
+// registers over the image's positions.
+template <typename scalar_t>
+struct Lanes {
+  static constexpr int kCount = 64 / sizeof(scalar_t);  // one 512-bit register
+  typedef scalar_t type __attribute__((vector_size(64)));
+  static type load(const scalar_t* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(scalar_t* p, const type& v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
+// dst[0, count) = src[0, count) for the short rows of the direct kernels: whole vectors, then
+// single elements. (std::copy becomes a memmove call per row, which costs more than the copy.)
+template <typename scalar_t>
+inline void copy_row(const scalar_t* src, int64_t count, scalar_t* dst) {
+  using V = Lanes<scalar_t>;
+  int64_t j = 0;
+  for (; j + V::kCount <= count; j += V::kCount) V::store(dst + j, V::load(src + j));
+  for (; j < count; ++j) {
+    dst[j] = src[j];
+    asm("");  // keeps GCC from recognising the loop as a memcpy
+  }
+}
+
+constexpr int kMaxRowTile = 14;  // accumulators of the forward tile; 28-wide rows split in two
+constexpr int64_t kDirectKernelW = 5;  // kernel width the unrolled tap tiles are compiled for
+
+template <typename scalar_t>
+bool direct_fits(const ConvShape& s) {
+  return s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
+         s.pad_h == 0 && s.pad_w == 0 && s.out_channels <= Lanes<scalar_t>::kCount;
+}
+
+template <typename scalar_t>
+bool direct_forward_fits(const ConvShape& s) {
+  return direct_fits<scalar_t>(s) && 2 * s.out_channels > Lanes<scalar_t>::kCount;
+}
+
+template <typename scalar_t>
+bool direct_grad_weight_fits(const ConvShape& s) {
+  return direct_fits<scalar_t>(s) && s.kernel_w == kDirectKernelW;
+}
+
+// weight [out_channels, taps] of one group -> [taps][lanes], lanes past out_channels zero
+template <typename scalar_t>
+void weight_to_lanes(const scalar_t* weight, scalar_t* lanes, const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kCount;
+  std::fill(lanes, lanes + s.taps() * L, scalar_t(0));
+  for (int64_t oc = 0; oc < s.out_channels; ++oc)
+    for (int64_t tap = 0; tap < s.taps(); ++tap) lanes[tap * L + oc] = weight[oc * s.taps() + tap];
+}
+
+// R consecutive outputs of one row, all channels: image points at input (oh, ow0), out at (oh, ow0)
+// of output channel 0.
+template <typename scalar_t, int R>
+void forward_row_tile(const scalar_t* image, const scalar_t* weight_lanes,
+                      const typename Lanes<scalar_t>::type& init, scalar_t* out,
+                      const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kCount;
+  typename V::type acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = init;
+  const scalar_t* w = weight_lanes;
+  for (int64_t c = 0; c < s.channels; ++c)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      const scalar_t* row = image + (c * s.in_h + kh) * s.in_w;
+      if (s.kernel_w == kDirectKernelW) {
+        // The kernel row's weights stay in registers and each of the R + KW - 1 inputs is
+        // broadcast once for every tap that reads it: a load per ~4 FMAs instead of one per FMA
+        // (the loads, not the FMAs, bounded the one-tap-at-a-time loop below).
+        constexpr int KW = kDirectKernelW;
+        typename V::type wv[KW];
+        for (int kw = 0; kw < KW; ++kw) wv[kw] = V::load(w + kw * L);
+        w += KW * L;
+#pragma GCC unroll 32
+        for (int i = 0; i < R + KW - 1; ++i) {
+          const scalar_t input = row[i];
+#pragma GCC unroll 8
+          for (int kw = 0; kw < KW; ++kw)
+            if (i - kw >= 0 && i - kw < R) acc[i - kw] += input * wv[kw];
+        }
+        continue;
+      }
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw, w += L) {
+        const typename V::type wv = V::load(w);
+        // Hidden from the optimiser: it would otherwise carry the R inputs from one kw to the
+        // next in registers (shuffles and spills); a broadcast straight from L1 is free.
+        const scalar_t* inputs = row + kw;
+        asm("" : "+r"(inputs));
+        for (int r = 0; r < R; ++r) acc[r] += inputs[r] * wv;
+      }
+    }
+  scalar_t tile[R][L];
+  for (int r = 0; r < R; ++r) V::store(tile[r], acc[r]);
+  for (int64_t oc = 0; oc < s.out_channels; ++oc)
+    for (int r = 0; r < R; ++r) out[oc * s.positions() + r] = tile[r][oc];
+}
+
+template <typename scalar_t, int R = kMaxRowTile>
+void forward_row_tile_of_width(int64_t width, const scalar_t* image, const scalar_t* weight_lanes,
+                               const typename Lanes<scalar_t>::type& init, scalar_t* out,
+                               const ConvShape& s) {
+  if constexpr (R > 1) {
+    if (width < R)
+      return forward_row_tile_of_width<scalar_t, R - 1>(width, image, weight_lanes, init, out, s);
+  }
+  forward_row_tile<scalar_t, R>(image, weight_lanes, init, out, s);
+}
+
+template <typename scalar_t>
+void direct_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                    scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kCount;
+  std::vector<scalar_t> weight_lanes(groups * s.taps() * L);
+  std::vector<typename V::type> inits(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    weight_to_lanes(weight + g * s.weight_block(), weight_lanes.data() + g * s.taps() * L, s);
+    scalar_t init[L] = {};
+    for (int64_t oc = 0; oc < s.out_channels && bias; ++oc) init[oc] = bias[g * s.out_channels + oc];
+    inits[g] = V::load(init);
+  }
+  const int64_t tiles_per_row = (s.out_w + kMaxRowTile - 1) / kMaxRowTile;
+  at::parallel_for(0, batch * groups, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i % groups;
+      const scalar_t* image = input + i * s.input_block();
+      scalar_t* out = output + i * s.output_block();
+      for (int64_t oh = 0; oh < s.out_h; ++oh)
+        for (int64_t t = 0; t < tiles_per_row; ++t) {  // even split: 28 -> 14 + 14
+          const int64_t ow0 = t * s.out_w / tiles_per_row;
+          const int64_t ow1 = (t + 1) * s.out_w / tiles_per_row;
+          forward_row_tile_of_width(ow1 - ow0, image + oh * s.in_w + ow0,
+                                    weight_lanes.data() + g * s.taps() * L, inits[g],
+                                    out + oh * s.out_w + ow0, s);
+        }
+    }
+  });
+}
+
 }  // namespace
 
 // Block i = image * groups + group of input, output and their gradients is contiguous in NCHW.
 template <typename scalar_t>
 void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
+  if (direct_forward_fits<scalar_t>(s))
+    return direct_forward(input, weight, bias, output, batch, groups, s);
   const int64_t steps = batch * groups;
   at::parallel_for(0, steps, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> columns(s.taps() * s.positions());
@@ -135,9 +291,97 @@ void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_
 
 namespace {
 
+// grad_input of the direct path as the full correlation of grad_output with the flipped kernel,
+// vectorised along an input row (at most one vector wide): each grad_output row segment, shifted
+// by kw, is loaded once from a zero-padded copy and feeds every input channel of the block (the
+// weight a broadcast from memory). Kernel rows that fall outside grad_output are skipped.
+template <typename scalar_t>
+bool direct_grad_input_fits(const ConvShape& s) {
+  return direct_fits<scalar_t>(s) && s.in_w <= Lanes<scalar_t>::kCount;
+}
+
+constexpr int kMaxChannelTile = 8;
+
+// One input row ih of CB channels: weight_b is [out_channels][kh][kw][channels] from channel c0,
+// grad_rows the padded grad_output ([out_channels][out_h][row_stride], ow at column kernel_w - 1
+// + ow), grad_input points at (c0, ih).
+template <typename scalar_t, int CB>
+void grad_input_row(const scalar_t* grad_rows, int64_t row_stride, const scalar_t* weight_b,
+                    scalar_t* grad_input, int64_t ih, const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kCount;
+  typename V::type acc[CB] = {};
+  const int64_t kh_first = std::max<int64_t>(0, ih - s.out_h + 1);
+  const int64_t kh_last = std::min<int64_t>(s.kernel_h - 1, ih);
+  for (int64_t oc = 0; oc < s.out_channels; ++oc)
+    for (int64_t kh = kh_first; kh <= kh_last; ++kh) {
+      const scalar_t* row = grad_rows + (oc * s.out_h + ih - kh) * row_stride + s.kernel_w - 1;
+      const scalar_t* w = weight_b + (oc * s.kernel_h + kh) * s.kernel_w * s.channels;
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw, w += s.channels) {
+        const typename V::type shifted = V::load(row - kw);  // lane iw holds row[iw - kw]
+        for (int j = 0; j < CB; ++j) acc[j] += w[j] * shifted;
+      }
+    }
+  const int64_t plane = s.in_h * s.in_w;
+  for (int j = 0; j < CB; ++j) {
+    scalar_t lanes[L];
+    V::store(lanes, acc[j]);
+    copy_row(lanes, s.in_w, grad_input + j * plane);
+  }
+}
+
+template <typename scalar_t, int CB = kMaxChannelTile>
+void grad_input_row_of_channels(int64_t channels, const scalar_t* grad_rows, int64_t row_stride,
+                                const scalar_t* weight_b, scalar_t* grad_input, int64_t ih,
+                                const ConvShape& s) {
+  if constexpr (CB > 1) {
+    if (channels < CB)
+      return grad_input_row_of_channels<scalar_t, CB - 1>(channels, grad_rows, row_stride,
+                                                          weight_b, grad_input, ih, s);
+  }
+  grad_input_row<scalar_t, CB>(grad_rows, row_stride, weight_b, grad_input, ih, s);
+}
+
+template <typename scalar_t>
+void direct_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
+                       int64_t batch, int64_t groups, const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kCount;
+  // weight[oc][c][kh][kw] -> [oc][kh][kw][c] per group: the channels of a tap side by side
+  std::vector<scalar_t> weight_b(groups * s.weight_block());
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t oc = 0; oc < s.out_channels; ++oc)
+      for (int64_t c = 0; c < s.channels; ++c)
+        for (int64_t k = 0; k < s.kernel_h * s.kernel_w; ++k)
+          weight_b[g * s.weight_block() + (oc * s.kernel_h * s.kernel_w + k) * s.channels + c] =
+              weight[g * s.weight_block() + (oc * s.channels + c) * s.kernel_h * s.kernel_w + k];
+  // kernel_w - 1 zeros left of each row, and enough right of it that a vector never leaves it
+  const int64_t row_stride = s.kernel_w - 1 + L;
+  at::parallel_for(0, batch * groups, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> grad_rows(s.out_channels * s.out_h * row_stride, scalar_t(0));
+    for (int64_t i = begin; i < end; ++i) {
+      const scalar_t* grad = grad_output + i * s.output_block();
+      for (int64_t row = 0; row < s.out_channels * s.out_h; ++row)
+        copy_row(grad + row * s.out_w, s.out_w, grad_rows.data() + row * row_stride + s.kernel_w - 1);
+      const scalar_t* w = weight_b.data() + (i % groups) * s.weight_block();
+      scalar_t* out = grad_input + i * s.input_block();
+      for (int64_t c0 = 0; c0 < s.channels; c0 += kMaxChannelTile)
+        for (int64_t ih = 0; ih < s.in_h; ++ih)
+          grad_input_row_of_channels(std::min<int64_t>(kMaxChannelTile, s.channels - c0),
+                                     grad_rows.data(), row_stride, w + c0,
+                                     out + (c0 * s.in_h + ih) * s.in_w, ih, s);
+    }
+  });
+}
+
 template <typename scalar_t>
 void conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
                        int64_t batch, int64_t groups, const ConvShape& s) {
+  // The direct path multiplies weights by grad_output's zero padding, where the general path
+  // multiplies nothing; the two agree only if 0 * weight is 0.
+  if (direct_grad_input_fits<scalar_t>(s) &&
+      std::all_of(weight, weight + groups * s.weight_block(),
+                  [](scalar_t w) { return std::isfinite(w); }))
+    return direct_grad_input(grad_output, weight, grad_input, batch, groups, s);
   // weight^T per group, [taps, out_channels], so that the GEMM reads contiguous rows
   std::vector<scalar_t> weight_t(groups * s.weight_block());
   for (int64_t g = 0; g < groups; ++g)
@@ -160,9 +404,184 @@ void conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
 // added in part order, so grad_weight is bitwise the same however the parts are spread on threads.
 constexpr int64_t kWeightParts = 16;
 
+// ROWS kernel rows x kDirectKernelW taps of one input channel, summed over one image's positions:
+// image points at (channel, kernel row kh0), partial at tap (channel, kh0, 0) of [taps][lanes].
+template <typename scalar_t, int ROWS>
+void grad_weight_tap_tile(const scalar_t* grad_lanes, const scalar_t* image, scalar_t* partial,
+                          const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kCount;
+  constexpr int KW = kDirectKernelW;
+  typename V::type acc[ROWS][KW] = {};
+  for (int64_t oh = 0; oh < s.out_h; ++oh)
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      const typename V::type grad = V::load(grad_lanes + (oh * s.out_w + ow) * L);
+      for (int j = 0; j < ROWS; ++j) {
+        const scalar_t* x = image + (oh + j) * s.in_w + ow;
+        asm("" : "+r"(x));  // as in forward_row_tile: broadcast from L1, no register rotation
+        for (int kw = 0; kw < KW; ++kw) acc[j][kw] += x[kw] * grad;
+      }
+    }
+  for (int j = 0; j < ROWS; ++j)
+    for (int kw = 0; kw < KW; ++kw) {
+      scalar_t* p = partial + (j * KW + kw) * L;
+      V::store(p, V::load(p) + acc[j][kw]);
+    }
+}
+
+template <typename scalar_t>
+void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
+                        int64_t batch, int64_t groups, const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kCount;
+  const int64_t lanes_block = s.taps() * L;  // one group's [taps][lanes]
+  const int64_t parts = std::min(batch, kWeightParts);
+  std::vector<scalar_t> partials(parts * groups * lanes_block, scalar_t(0));
+  const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
+  const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
+  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> grad_lanes(s.positions() * L, scalar_t(0));  // lanes >= out_channels stay 0
+    for (int64_t part = begin; part < end; ++part)
+      for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = n * groups + g;
+          const scalar_t* grad = grad_output + i * s.output_block();
+          for (int64_t oc = 0; oc < s.out_channels; ++oc)
+            for (int64_t p = 0; p < s.positions(); ++p)
+              grad_lanes[p * L + oc] = grad[oc * s.positions() + p];
+          scalar_t* partial = partials.data() + (part * groups + g) * lanes_block;
+          for (int64_t c = 0; c < s.channels; ++c)
+            for (int64_t kh0 = 0; kh0 < s.kernel_h;) {
+              const int64_t left = s.kernel_h - kh0;
+              const int64_t rows = left == 4 ? 2 : std::min<int64_t>(3, left);
+              const scalar_t* image = input + i * s.input_block() + (c * s.in_h + kh0) * s.in_w;
+              scalar_t* tile = partial + (c * s.kernel_h + kh0) * kDirectKernelW * L;
+              if (rows == 3) grad_weight_tap_tile<scalar_t, 3>(grad_lanes.data(), image, tile, s);
+              else if (rows == 2) grad_weight_tap_tile<scalar_t, 2>(grad_lanes.data(), image, tile, s);
+              else grad_weight_tap_tile<scalar_t, 1>(grad_lanes.data(), image, tile, s);
+              kh0 += rows;
+            }
+        }
+  });
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t oc = 0; oc < s.out_channels; ++oc)
+      for (int64_t tap = 0; tap < s.taps(); ++tap) {
+        scalar_t sum = 0;
+        for (int64_t part = 0; part < parts; ++part)
+          sum += partials[(part * groups + g) * lanes_block + tap * L + oc];
+        grad_weight[g * s.weight_block() + oc * s.taps() + tap] = sum;
+      }
+}
+
+// grad_weight for few output channels (at most half the lanes, conv1's 6), where lanes over
+// output channels would sit mostly idle: an output row (at most two vectors, zero-padded) is the
+// vector instead, and each (channel, tap) accumulates a vector of row partial sums over the rows of
+// the part's images, reduced across lanes once at the end. Rows come from zero-padded per-image
+// copies, so the padding lanes hold 0 * 0 and vectors never read past a buffer.
+template <typename scalar_t>
+bool row_grad_weight_fits(const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kCount;
+  return direct_fits<scalar_t>(s) && 2 * s.out_channels <= L && s.out_w <= 2 * L &&
+         s.kernel_w == kDirectKernelW;
+}
+
+// OCB output channels x kDirectKernelW taps of kernel row kh, over every output row of one image:
+// grad_rows [out_channels][out_h][2L] from channel oc0, image_rows [channels * in_h][row_stride]
+// from (c, kh), sums [out_channels][taps][L] at (oc0, tap (c, kh, 0)).
+template <typename scalar_t, int OCB>
+void row_grad_weight_tile(const scalar_t* grad_rows, const scalar_t* image_rows,
+                          int64_t row_stride, scalar_t* sums, const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kCount;
+  constexpr int KW = kDirectKernelW;
+  typename V::type acc[OCB][KW] = {};
+  // Lanes past the row's end meet grad_output's zero padding, but 0 * inf is NaN: they must add
+  // exactly nothing, so the inputs there are masked to zero too.
+  typename V::type keep0, keep1;
+  for (int lane = 0; lane < L; ++lane)
+    keep0[lane] = lane < s.out_w ? scalar_t(1) : scalar_t(0),
+    keep1[lane] = lane + L < s.out_w ? scalar_t(1) : scalar_t(0);
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    typename V::type grad[OCB][2];
+    for (int j = 0; j < OCB; ++j) {
+      const scalar_t* row = grad_rows + (j * s.out_h + oh) * 2 * L;
+      grad[j][0] = V::load(row), grad[j][1] = V::load(row + L);
+    }
+    const scalar_t* x = image_rows + oh * row_stride;
+    for (int kw = 0; kw < KW; ++kw) {
+      typename V::type x0 = V::load(x + kw), x1 = V::load(x + kw + L);
+      x0 = keep0 != 0 ? x0 : 0, x1 = keep1 != 0 ? x1 : 0;
+#ifdef __AVX512F__  // one (unaligned) load each, not one folded into every FMA; only AVX-512
+      asm("" : "+v"(x0), "+v"(x1));  // holds a 64-byte vector in one register
+#endif
+      for (int j = 0; j < OCB; ++j) {  // two FMAs (a sum of products would be mul, fma, add)
+        acc[j][kw] += grad[j][0] * x0;
+        acc[j][kw] += grad[j][1] * x1;
+      }
+    }
+  }
+  for (int j = 0; j < OCB; ++j)
+    for (int kw = 0; kw < KW; ++kw) {
+      scalar_t* p = sums + (j * s.taps() + kw) * L;
+      V::store(p, V::load(p) + acc[j][kw]);
+    }
+}
+
+template <typename scalar_t>
+void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
+                     int64_t batch, int64_t groups, const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kCount;
+  const int64_t sums_block = s.weight_block() * L;  // one group's [out_channels][taps][lanes]
+  const int64_t parts = std::min(batch, kWeightParts);
+  std::vector<scalar_t> partials(parts * groups * sums_block, scalar_t(0));
+  const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
+  const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
+  const int64_t row_stride = kDirectKernelW - 1 + 2 * L;
+  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+    // zero-padded copies; the padding is written once and stays zero
+    std::vector<scalar_t> grad_rows(s.out_channels * s.out_h * 2 * L, scalar_t(0));
+    std::vector<scalar_t> image_rows(s.channels * s.in_h * row_stride, scalar_t(0));
+    for (int64_t part = begin; part < end; ++part)
+      for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = n * groups + g;
+          const scalar_t* grad = grad_output + i * s.output_block();
+          for (int64_t row = 0; row < s.out_channels * s.out_h; ++row)
+            copy_row(grad + row * s.out_w, s.out_w, grad_rows.data() + row * 2 * L);
+          const scalar_t* image = input + i * s.input_block();
+          for (int64_t row = 0; row < s.channels * s.in_h; ++row)
+            copy_row(image + row * s.in_w, s.in_w, image_rows.data() + row * row_stride);
+          scalar_t* sums = partials.data() + (part * groups + g) * sums_block;
+          for (int64_t oc0 = 0; oc0 < s.out_channels; oc0 += 3)
+            for (int64_t c = 0; c < s.channels; ++c)
+              for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+                const scalar_t* grad_from = grad_rows.data() + oc0 * s.out_h * 2 * L;
+                const scalar_t* image_from = image_rows.data() + (c * s.in_h + kh) * row_stride;
+                scalar_t* sums_at = sums + (oc0 * s.taps() + (c * s.kernel_h + kh) * kDirectKernelW) * L;
+                const int64_t block = std::min<int64_t>(3, s.out_channels - oc0);
+                if (block == 3)
+                  row_grad_weight_tile<scalar_t, 3>(grad_from, image_from, row_stride, sums_at, s);
+                else if (block == 2)
+                  row_grad_weight_tile<scalar_t, 2>(grad_from, image_from, row_stride, sums_at, s);
+                else
+                  row_grad_weight_tile<scalar_t, 1>(grad_from, image_from, row_stride, sums_at, s);
+              }
+        }
+  });
+  for (int64_t k = 0; k < groups * s.weight_block(); ++k) {  // k = (g, oc, tap), as grad_weight
+    scalar_t sum = 0;
+    for (int64_t part = 0; part < parts; ++part)
+      for (int lane = 0; lane < L; ++lane) sum += partials[part * groups * sums_block + k * L + lane];
+    grad_weight[k] = sum;
+  }
+}
+
 template <typename scalar_t>
 void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
                         int64_t batch, int64_t groups, const ConvShape& s) {
+  if (row_grad_weight_fits<scalar_t>(s))
+    return row_grad_weight(grad_output, input, grad_weight, batch, groups, s);
+  if (direct_grad_weight_fits<scalar_t>(s))
+    return direct_grad_weight(grad_output, input, grad_weight, batch, groups, s);
   const int64_t weight_numel = groups * s.weight_block();
   const int64_t parts = std::min(batch, kWeightParts);
   std::vector<scalar_t> partials(parts * weight_numel, scalar_t(0));

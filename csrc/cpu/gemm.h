@@ -1,16 +1,25 @@
-// C[M,N] = A[M,K] * B[K,N] (+ bias[N]), row-major with leading dimensions: the one matrix product
-// behind linear (forward and both backward products) and any op that lowers to a GEMM.
-// A register tile of kRows x (2 vectors) of C accumulates over k: each B row segment loaded from L1
-// serves kRows rows of A (a broadcast each), so the loop is bound by FMA throughput, not loads.
-// GCC vector extensions (not intrinsics) keep it portable: the same code is AVX-512 with
-// -march=native and SSE without. Each C element is summed over k in order by one thread, so
-// results are bitwise the same for any thread count.
+// The matrix products behind linear (and any op that lowers to one), in two forms:
+// - gemm: C[M,N] = A[M,K] * B[K,N] (+ bias[N]), B row-major, A with any row and k strides (so A
+//   may be a transpose read as stored). A register tile of ROWS x VECS vectors of C accumulates
+//   over k: each B row segment loaded serves ROWS rows of A (a broadcast each), so the loop is
+//   bound by FMA throughput. B is read as panels two vectors wide: a plain matrix's last,
+//   narrower panel is a zero-padded copy, and pack_transposed builds all panels of a W^T at once
+//   (gemm_packed), so the tile never reads past a row and stores only the columns that exist.
+// - gemm_nt: C[M,N] = A[M,K] * B[N,K]^T (+ bias[N]), both operands contiguous along k (linear's
+//   forward: input times weight as stored). No transpose, no packing: a tile of ROWS x COLS dot
+//   products accumulates kLanes-wide partial sums along k, and one butterfly folds the kLanes
+//   accumulators into one vector of kLanes results. ROWS = 1 is the GEMV of batch 1.
+// GCC vector extensions (not intrinsics) keep both portable: AVX-512 with -march=native, SSE without.
+// Each C element is summed in an order fixed by the shapes alone, by one thread, so results are
+// bitwise the same for any thread count.
 #pragma once
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 namespace lenet_ext {
 namespace gemm_detail {
@@ -19,99 +28,335 @@ template <typename scalar_t>
 struct Vec {
   static constexpr int kLanes = 64 / sizeof(scalar_t);  // one 512-bit register
   typedef scalar_t type __attribute__((vector_size(64)));
+  using index_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+  typedef index_t index_type __attribute__((vector_size(64)));
   static type load(const scalar_t* p) {
     type v;
     std::memcpy(&v, p, sizeof(v));
     return v;
   }
   static void store(scalar_t* p, const type& v) { std::memcpy(p, &v, sizeof(v)); }
+  static index_type lane_index() {
+    index_type index;
+    for (int lane = 0; lane < kLanes; ++lane) index[lane] = lane;
+    return index;
+  }
 };
 
-// Full-width tile: ROWS rows x 2 vectors of columns, all bounds known at compile time so the
-// accumulators live in registers.
-template <typename scalar_t, int ROWS>
-inline void tile(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb,
-                 const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t k_size) {
+// ~256k multiply-adds (a few microseconds) per task: a task dispatch costs microseconds, and on a
+// machine whose threads share one core's FMA units a second thread gains nothing measurable at
+// linear's sizes (benchmarks/notes/linear.md), so small products run inline.
+inline int64_t grain_for(int64_t multiply_adds_per_item) {
+  return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, multiply_adds_per_item));
+}
+
+// ---- gemm --------------------------------------------------------------------------------------
+
+// A tile of ROWS rows x VECS vectors of C, all bounds known at compile time so the accumulators
+// live in registers; store_cols < VECS * kLanes stores only that many columns.
+template <typename scalar_t, int ROWS, int VECS>
+inline void tile(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int64_t ldb,
+                 const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t k_size,
+                 int64_t store_cols) {
   using V = Vec<scalar_t>;
   constexpr int L = V::kLanes;
-  typename V::type acc[ROWS][2];
-  const typename V::type init0 = bias ? V::load(bias) : typename V::type{};
-  const typename V::type init1 = bias ? V::load(bias + L) : typename V::type{};
-  for (int r = 0; r < ROWS; ++r) acc[r][0] = init0, acc[r][1] = init1;
+  typename V::type acc[ROWS][VECS];
+  for (int v = 0; v < VECS; ++v) {
+    const typename V::type init = bias ? V::load(bias + v * L) : typename V::type{};
+    for (int r = 0; r < ROWS; ++r) acc[r][v] = init;
+  }
   for (int64_t k = 0; k < k_size; ++k) {
-    const typename V::type b0 = V::load(b + k * ldb), b1 = V::load(b + k * ldb + L);
+    typename V::type b_k[VECS];
+    for (int v = 0; v < VECS; ++v) b_k[v] = V::load(b + k * ldb + v * L);
     for (int r = 0; r < ROWS; ++r) {
-      const scalar_t a_rk = a[r * lda + k];
-      acc[r][0] += a_rk * b0;
-      acc[r][1] += a_rk * b1;
+      const scalar_t a_rk = a[r * a_row + k * a_k];
+      for (int v = 0; v < VECS; ++v) acc[r][v] += a_rk * b_k[v];
     }
   }
-  for (int r = 0; r < ROWS; ++r) V::store(c + r * ldc, acc[r][0]), V::store(c + r * ldc + L, acc[r][1]);
-}
-
-// Column remainder narrower than a full tile: plain loops, the compiler vectorises what it can.
-template <typename scalar_t>
-inline void edge(const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb,
-                 const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t rows, int64_t cols,
-                 int64_t k_size) {
-  constexpr int kMaxCols = 2 * Vec<scalar_t>::kLanes;
-  for (int64_t r = 0; r < rows; ++r) {
-    scalar_t acc[kMaxCols];
-    for (int64_t j = 0; j < cols; ++j) acc[j] = bias ? bias[j] : scalar_t(0);
-    for (int64_t k = 0; k < k_size; ++k) {
-      const scalar_t a_rk = a[r * lda + k];
-      for (int64_t j = 0; j < cols; ++j) acc[j] += a_rk * b[k * ldb + j];
-    }
-    std::copy(acc, acc + cols, c + r * ldc);
+  if (store_cols == VECS * L) {
+    for (int r = 0; r < ROWS; ++r)
+      for (int v = 0; v < VECS; ++v) V::store(c + r * ldc + v * L, acc[r][v]);
+  } else {
+    for (int r = 0; r < ROWS; ++r) std::memcpy(c + r * ldc, acc[r], store_cols * sizeof(scalar_t));
   }
 }
 
+// B is read as column panels of kCols: the panel of columns n0.. starts at b + n0 / kCols *
+// panel_step with row stride ldb (a plain matrix: panel_step = kCols; packed panels: panel_step =
+// k_size * kCols, ldb = kCols); the narrower last panel is zero-padded to kCols at tail_b (row
+// stride kCols), so the tile never reads past a row.
 template <typename scalar_t, int ROWS>
-inline void row_block(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
+inline void row_block(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
+                      int64_t panel_step, int64_t ldb, const scalar_t* tail_b,
+                      const scalar_t* bias, const scalar_t* tail_bias, scalar_t* c, int64_t ldc,
                       int64_t k_size, int64_t n_size) {
   constexpr int64_t kCols = 2 * Vec<scalar_t>::kLanes;
   int64_t n0 = 0;
   for (; n0 + kCols <= n_size; n0 += kCols)
-    tile<scalar_t, ROWS>(a, k_size, b + n0, n_size, bias ? bias + n0 : nullptr, c + n0, n_size,
-                         k_size);
-  if (n0 < n_size)
-    edge(a, k_size, b + n0, n_size, bias ? bias + n0 : nullptr, c + n0, n_size, ROWS,
-         n_size - n0, k_size);
+    tile<scalar_t, ROWS, 2>(a, a_row, a_k, b + n0 / kCols * panel_step, ldb,
+                            bias ? bias + n0 : nullptr, c + n0, ldc, k_size, kCols);
+  const int64_t tail = n_size - n0;
+  if (tail > kCols / 2)
+    tile<scalar_t, ROWS, 2>(a, a_row, a_k, tail_b, kCols, tail_bias, c + n0, ldc, k_size, tail);
+  else if (tail > 0)
+    tile<scalar_t, ROWS, 1>(a, a_row, a_k, tail_b, kCols, tail_bias, c + n0, ldc, k_size, tail);
+}
+
+template <typename scalar_t>
+void gemm_panels(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
+                 int64_t panel_step, int64_t ldb, const scalar_t* tail_b, const scalar_t* bias,
+                 scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size, int64_t n_size) {
+  constexpr int64_t kRows = 6;  // 6 rows x 2 vectors = 12 accumulator registers + 2 for B
+  constexpr int64_t kCols = 2 * Vec<scalar_t>::kLanes;
+  const int64_t tail = n_size % kCols;
+  scalar_t tail_bias[kCols] = {};
+  if (bias) std::copy(bias + n_size - tail, bias + n_size, tail_bias);
+  const int64_t row_blocks = (m_size + kRows - 1) / kRows;
+  at::parallel_for(0, row_blocks, grain_for(kRows * k_size * n_size), [&](int64_t begin,
+                                                                          int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t m0 = block * kRows;
+      const scalar_t* a_rows = a + m0 * a_row;
+      scalar_t* c_rows = c + m0 * ldc;
+#define LENET_EXT_ROW_BLOCK(ROWS)                                                          \
+  row_block<scalar_t, ROWS>(a_rows, a_row, a_k, b, panel_step, ldb, tail_b, bias,         \
+                            bias ? tail_bias : nullptr, c_rows, ldc, k_size, n_size)
+      switch (std::min(kRows, m_size - m0)) {  // the row remainder gets its own compiled tile
+        case 6: LENET_EXT_ROW_BLOCK(6); break;
+        case 5: LENET_EXT_ROW_BLOCK(5); break;
+        case 4: LENET_EXT_ROW_BLOCK(4); break;
+        case 3: LENET_EXT_ROW_BLOCK(3); break;
+        case 2: LENET_EXT_ROW_BLOCK(2); break;
+        default: LENET_EXT_ROW_BLOCK(1); break;
+      }
+#undef LENET_EXT_ROW_BLOCK
+    }
+  });
 }
 
 }  // namespace gemm_detail
 
+// C[m, n] = bias[n] + sum_k a[m * a_row + k * a_k] * b[k * ldb + n], C row-major with ldc.
+template <typename scalar_t>
+void gemm(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int64_t ldb,
+          const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size,
+          int64_t n_size) {
+  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  const int64_t tail = n_size % kCols, tail_n0 = n_size - tail;
+  std::vector<scalar_t> tail_b(tail ? k_size * kCols : 0);
+  for (int64_t k = 0; tail && k < k_size; ++k)
+    std::copy(b + k * ldb + tail_n0, b + k * ldb + n_size, tail_b.data() + k * kCols);
+  gemm_detail::gemm_panels(a, a_row, a_k, b, kCols, ldb, tail_b.data(), bias, c, ldc, m_size,
+                           k_size, n_size);
+}
+
+// Size of pack_transposed's result: ceil(n_size / kCols) panels of k_size x kCols.
+template <typename scalar_t>
+int64_t packed_size(int64_t k_size, int64_t n_size) {
+  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  return (n_size + kCols - 1) / kCols * kCols * k_size;
+}
+
+// gemm with B given as pack_transposed's panels.
+template <typename scalar_t>
+void gemm_packed(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* panels,
+                 const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size,
+                 int64_t n_size) {
+  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  gemm_detail::gemm_panels(a, a_row, a_k, panels, k_size * kCols, kCols,
+                           panels + n_size / kCols * k_size * kCols, bias, c, ldc, m_size,
+                           k_size, n_size);
+}
+
+// C[M,N] = A[M,K] * B[K,N] (+ bias[N]), all contiguous row-major.
 template <typename scalar_t>
 void gemm(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c, int64_t m_size,
           int64_t k_size, int64_t n_size) {
+  gemm(a, k_size, 1, b, n_size, bias, c, n_size, m_size, k_size, n_size);
+}
+
+// ---- gemm_nt -----------------------------------------------------------------------------------
+
+namespace gemm_detail {
+
+// Folds kLanes vectors into one: result[i] = sum of the lanes of acc[i]. Each level adds the two
+// halves of every item's lanes, packing two vectors' items into one (x's items, then y's), so
+// after log2(kLanes) levels the items sit in order, one lane each.
+template <typename scalar_t, int HALF>
+inline typename Vec<scalar_t>::type fold(const typename Vec<scalar_t>::type& x,
+                                         const typename Vec<scalar_t>::type& y) {
+  using V = Vec<scalar_t>;
+  constexpr int L = V::kLanes, items = L / (2 * HALF);  // items in x (and in y)
+  typename V::index_type low;
+  for (int lane = 0; lane < L; ++lane) {
+    const int item = lane / HALF, offset = lane % HALF;
+    low[lane] = item < items ? item * 2 * HALF + offset : L + (item - items) * 2 * HALF + offset;
+  }
+  return __builtin_shuffle(x, y, low) + __builtin_shuffle(x, y, low + HALF);
+}
+
+template <typename scalar_t, int HALF = Vec<scalar_t>::kLanes / 2>
+inline typename Vec<scalar_t>::type fold_all(typename Vec<scalar_t>::type* acc) {
+  for (int i = 0; i < HALF; ++i)  // 2 * HALF vectors in, HALF out
+    acc[i] = fold<scalar_t, HALF>(acc[2 * i], acc[2 * i + 1]);
+  if constexpr (HALF == 1) {
+    return acc[0];
+  } else {
+    return fold_all<scalar_t, HALF / 2>(acc);
+  }
+}
+
+// Keeps a loaded vector in a register: left alone, GCC folds the load into each of the ROWS (or
+// COLS) multiply-adds that use it, and the extra loads, not the FMAs, bound the loop.
+template <typename vector_t>
+inline vector_t pin(vector_t v) {
+#if defined(__x86_64__) && defined(__AVX512F__)
+  __asm__("" : "+v"(v));
+#endif
+  return v;
+}
+
+// ROWS x COLS dot products (ROWS * COLS = kLanes) of rows of A and rows of B over k_size >= kLanes
+// elements, kLanes at a time; the last, partial step re-reads the final kLanes elements and masks
+// off the lanes already counted (masking both operands, so an inf there cannot make a NaN).
+// Rows past a_rows / b_rows repeat the last row and are not stored.
+template <typename scalar_t, int ROWS, int COLS>
+inline void dot_tile(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
+                     int64_t ldc, int64_t a_rows, int64_t b_rows, int64_t k_size) {
+  using V = Vec<scalar_t>;
+  constexpr int L = V::kLanes;
+  static_assert(ROWS * COLS == L);
+  const scalar_t* a_row[ROWS];
+  const scalar_t* b_row[COLS];
+  for (int r = 0; r < ROWS; ++r) a_row[r] = a + std::min<int64_t>(r, a_rows - 1) * k_size;
+  for (int j = 0; j < COLS; ++j) b_row[j] = b + std::min<int64_t>(j, b_rows - 1) * k_size;
+  typename V::type acc[L] = {};
+  for (int64_t k = 0; k < k_size; k += L) {
+    // the last step starts at k_size - L and masks off the lanes the previous step counted
+    const int64_t start = std::min(k, k_size - L);
+    const typename V::index_type counted =
+        V::lane_index() < static_cast<typename V::index_t>(k - start);
+    const auto load = [&](const scalar_t* row) {
+      return pin(counted ? typename V::type{} : V::load(row + start));
+    };
+    typename V::type a_k[ROWS];
+    for (int r = 0; r < ROWS; ++r) a_k[r] = load(a_row[r]);
+    for (int j = 0; j < COLS; ++j) {
+      const typename V::type b_k = load(b_row[j]);
+      for (int r = 0; r < ROWS; ++r) acc[r * COLS + j] += a_k[r] * b_k;
+    }
+  }
+  typename V::type sums = fold_all<scalar_t>(acc);
+  if (bias) {
+    typename V::type bias_lanes;
+    for (int lane = 0; lane < L; ++lane)
+      bias_lanes[lane] = bias[std::min<int64_t>(lane % COLS, b_rows - 1)];
+    sums += bias_lanes;
+  }
+  if (a_rows >= ROWS && b_rows >= COLS) {
+    for (int r = 0; r < ROWS; ++r) std::memcpy(c + r * ldc, &sums[r * COLS], sizeof(scalar_t) * COLS);
+  } else {
+    for (int r = 0; r < std::min<int64_t>(ROWS, a_rows); ++r)
+      for (int j = 0; j < std::min<int64_t>(COLS, b_rows); ++j) c[r * ldc + j] = sums[r * COLS + j];
+  }
+}
+
+}  // namespace gemm_detail
+
+// Needs k_size >= kLanes (a shorter k is a plain gemm's job).
+template <typename scalar_t>
+void gemm_nt(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
+             int64_t m_size, int64_t k_size, int64_t n_size) {
   using namespace gemm_detail;
-  constexpr int64_t kRows = 6;  // 6 rows x 2 vectors = 12 accumulator registers + 2 for B
-  const int64_t row_blocks = (m_size + kRows - 1) / kRows;
-  // enough rows per task that a task is worth ~64k multiply-adds
-  const int64_t grain =
-      std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, kRows * k_size * n_size));
-  at::parallel_for(0, row_blocks, grain, [&](int64_t block_begin, int64_t block_end) {
-    for (int64_t block = block_begin; block < block_end; ++block) {
-      const int64_t m0 = block * kRows;
-      const scalar_t* a_rows = a + m0 * k_size;
-      scalar_t* c_rows = c + m0 * n_size;
-      switch (std::min(kRows, m_size - m0)) {  // the row remainder gets its own compiled tile
-        case 6: row_block<scalar_t, 6>(a_rows, b, bias, c_rows, k_size, n_size); break;
-        case 5: row_block<scalar_t, 5>(a_rows, b, bias, c_rows, k_size, n_size); break;
-        case 4: row_block<scalar_t, 4>(a_rows, b, bias, c_rows, k_size, n_size); break;
-        case 3: row_block<scalar_t, 3>(a_rows, b, bias, c_rows, k_size, n_size); break;
-        case 2: row_block<scalar_t, 2>(a_rows, b, bias, c_rows, k_size, n_size); break;
-        default: row_block<scalar_t, 1>(a_rows, b, bias, c_rows, k_size, n_size); break;
+  constexpr int L = Vec<scalar_t>::kLanes;
+  // full blocks of kRows rows use kRows x kCols tiles; the rows left over (all of them at batch
+  // 1) are GEMVs, 1 x kLanes tiles, so no lanes are wasted on rows that do not exist
+  constexpr int kRows = 4, kCols = L / kRows;
+  const int64_t full_rows = m_size / kRows * kRows;
+  const int64_t tiles_n = (n_size + kCols - 1) / kCols, gemv_n = (n_size + L - 1) / L;
+  const int64_t tasks = full_rows / kRows * tiles_n + (m_size - full_rows) * gemv_n;
+  at::parallel_for(0, tasks, grain_for(L * k_size), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      if (task < full_rows / kRows * tiles_n) {
+        const int64_t m0 = task / tiles_n * kRows, n0 = task % tiles_n * kCols;
+        dot_tile<scalar_t, kRows, kCols>(a + m0 * k_size, b + n0 * k_size,
+                                         bias ? bias + n0 : nullptr, c + m0 * n_size + n0, n_size,
+                                         kRows, n_size - n0, k_size);
+      } else {
+        const int64_t rest = task - full_rows / kRows * tiles_n;
+        const int64_t m = full_rows + rest / gemv_n, n0 = rest % gemv_n * L;
+        dot_tile<scalar_t, 1, L>(a + m * k_size, b + n0 * k_size, bias ? bias + n0 : nullptr,
+                                 c + m * n_size + n0, n_size, 1, n_size - n0, k_size);
       }
     }
   });
 }
 
-// out[cols, rows] = in[rows, cols]^T
+namespace gemm_detail {
+
+// Transposes a kLanes x kLanes block held in kLanes vectors: at each level, rows i and i + HALF
+// swap their off-diagonal HALF x HALF sub-blocks.
+template <typename scalar_t, int HALF = Vec<scalar_t>::kLanes / 2>
+inline void transpose_block(typename Vec<scalar_t>::type* rows) {
+  using V = Vec<scalar_t>;
+  constexpr int L = V::kLanes;
+  typename V::index_type keep_low, keep_high;  // (row i, row i + HALF) -> new row i / i + HALF
+  for (int lane = 0; lane < L; ++lane) {
+    keep_low[lane] = lane & HALF ? L + lane - HALF : lane;
+    keep_high[lane] = lane & HALF ? L + lane : lane + HALF;
+  }
+  for (int i = 0; i < L; ++i) {
+    if (i & HALF) continue;
+    const typename V::type low = rows[i], high = rows[i + HALF];
+    rows[i] = __builtin_shuffle(low, high, keep_low);
+    rows[i + HALF] = __builtin_shuffle(low, high, keep_high);
+  }
+  if constexpr (HALF > 1) transpose_block<scalar_t, HALF / 2>(rows);
+}
+
+}  // namespace gemm_detail
+
+// out[cols, rows] = in[rows, cols]^T, kLanes x kLanes blocks in registers, scalar at the edges.
 template <typename scalar_t>
 void transpose(const scalar_t* in, scalar_t* out, int64_t rows, int64_t cols) {
+  using V = gemm_detail::Vec<scalar_t>;
+  constexpr int L = V::kLanes;
+  const int64_t full_rows = rows / L * L, full_cols = cols / L * L;
+  for (int64_t i = 0; i < full_rows; i += L)
+    for (int64_t j = 0; j < full_cols; j += L) {
+      typename V::type block[L];
+      for (int r = 0; r < L; ++r) block[r] = V::load(in + (i + r) * cols + j);
+      gemm_detail::transpose_block<scalar_t>(block);
+      for (int r = 0; r < L; ++r) V::store(out + (j + r) * rows + i, block[r]);
+    }
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
+    for (int64_t j = i < full_rows ? full_cols : 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
+}
+
+// B = W^T for W [n_size, k_size] as gemm_packed's panels: panels[p][k][j] = W[p * kCols + j][k],
+// zero past n_size. Transposing and padding in one pass, kLanes x kLanes blocks in registers.
+template <typename scalar_t>
+void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_t k_size) {
+  using V = gemm_detail::Vec<scalar_t>;
+  constexpr int64_t L = V::kLanes, kCols = 2 * L;
+  const int64_t full_k = k_size / L * L;
+  for (int64_t n0 = 0; n0 < n_size; n0 += L) {  // L rows of W -> L columns of one panel
+    scalar_t* out = panels + n0 / kCols * k_size * kCols + n0 % kCols;
+    const int64_t rows = std::min(L, n_size - n0);
+    for (int64_t k0 = 0; k0 < full_k; k0 += L) {
+      typename V::type block[L];
+      for (int r = 0; r < L; ++r) block[r] = r < rows ? V::load(w + (n0 + r) * k_size + k0)
+                                                      : typename V::type{};
+      gemm_detail::transpose_block<scalar_t>(block);
+      for (int r = 0; r < L; ++r) V::store(out + (k0 + r) * kCols, block[r]);
+    }
+    for (int64_t k = full_k; k < k_size; ++k)
+      for (int64_t r = 0; r < L; ++r) out[k * kCols + r] = r < rows ? w[(n0 + r) * k_size + k] : 0;
+  }
+  // a last panel with no more than L columns: its second half is all padding
+  if (const int64_t last = n_size % kCols; last > 0 && last <= L)
+    for (int64_t k = 0; k < k_size; ++k)
+      std::fill_n(panels + (n_size / kCols * k_size + k) * kCols + L, L, scalar_t(0));
 }
 
 }  // namespace lenet_ext

@@ -1,12 +1,15 @@
-// linear on CPU: out = input * weight^T + bias as one GEMM (gemm.h) over input flattened to
-// [rows, in_features]. Forward transposes weight once (out*in elements) so the GEMM streams
-// contiguous rows; backward is two more GEMMs (grad_input = grad_out * W, grad_weight =
-// grad_out^T * input) and a column sum for grad_bias, each computed only when output_mask asks.
+// linear on CPU, three matrix products of gemm.h. The forward is gemm_nt, dot products of input
+// rows with weight rows as stored, unless enough rows amortise transposing weight once for gemm,
+// which has no per-tile fold (a cycle estimate decides: forward_transposes). grad_input =
+// grad_output * weight and grad_weight = grad_output^T * input are gemm reading grad_output as
+// stored (row stride 1, k stride out_features for the transpose), so backward copies nothing;
+// grad_bias is a column sum. Only what output_mask asks is computed.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -17,28 +20,45 @@
 namespace lenet_ext {
 namespace cpu {
 
+namespace {
+
+// Estimated cycles per row of input (one FMA vector a cycle): gemm_nt's 4 x 4 tiles take
+// ceil(in / kLanes) steps of 16 FMAs plus ~100 cycles to fold and store; gemm takes one FMA per
+// kLanes output columns per in_feature, but needs weight^T first (~half a cycle per element).
+bool forward_transposes(int64_t rows, int64_t in_features, int64_t out_features, int64_t lanes) {
+  const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  const int64_t dot_row = ceil_div(out_features, 4) * (4 * ceil_div(in_features, lanes) + 25);
+  const int64_t gemm_row = ceil_div(out_features, lanes) * in_features;
+  return out_features * in_features / 2 + rows * gemm_row < rows * dot_row;
+}
+
+}  // namespace
+
 template <typename scalar_t>
 void linear_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t rows, int64_t in_features, int64_t out_features) {
-  std::vector<scalar_t> weight_t(in_features * out_features);
-  transpose(weight, weight_t.data(), out_features, in_features);
-  gemm(input, weight_t.data(), bias, output, rows, in_features, out_features);
+  constexpr int64_t lanes = gemm_detail::Vec<scalar_t>::kLanes;
+  if (in_features >= lanes && !forward_transposes(rows, in_features, out_features, lanes)) {
+    gemm_nt(input, weight, bias, output, rows, in_features, out_features);
+    return;
+  }
+  std::vector<scalar_t> weight_t(packed_size<scalar_t>(in_features, out_features));
+  pack_transposed(weight, weight_t.data(), out_features, in_features);
+  gemm_packed(input, in_features, 1, weight_t.data(), bias, output, out_features, rows,
+              in_features, out_features);
 }
 
 template <typename scalar_t>
 void linear_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
                      scalar_t* grad_input, scalar_t* grad_weight, scalar_t* grad_bias,
                      int64_t rows, int64_t in_features, int64_t out_features) {
-  if (grad_input) {
-    gemm(grad_output, weight, static_cast<const scalar_t*>(nullptr), grad_input, rows,
+  const scalar_t* no_bias = nullptr;
+  if (grad_input)  // [rows, in] = [rows, out] * [out, in]
+    gemm(grad_output, out_features, 1, weight, in_features, no_bias, grad_input, in_features, rows,
          out_features, in_features);
-  }
-  if (grad_weight) {
-    std::vector<scalar_t> grad_t(rows * out_features);
-    transpose(grad_output, grad_t.data(), rows, out_features);
-    gemm(grad_t.data(), input, static_cast<const scalar_t*>(nullptr), grad_weight, out_features,
-         rows, in_features);
-  }
+  if (grad_weight)  // [out, in] = [rows, out]^T * [rows, in]
+    gemm(grad_output, 1, out_features, input, in_features, no_bias, grad_weight, in_features,
+         out_features, rows, in_features);
   if (grad_bias) {
     // rows in order, columns vectorised: the same sum whatever the thread count
     std::fill(grad_bias, grad_bias + out_features, scalar_t(0));
