@@ -144,7 +144,7 @@ def test_block_opcheck(dtype):
 
 # lenet ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("batch", [1, 7, 64, 0])
 def test_fused_lenet_matches_stock(batch, device, dtype):
     fused, stock = _twins(dtype, device)
     x = torch.randn(batch, 1, 32, 32, device=device, dtype=dtype, requires_grad=True)

@@ -140,6 +140,12 @@ bool lenet_backward(const scalar_t* grad_logits, const scalar_t* input,
   // Per-chunk partial gradients of the conv parameters, summed over chunks in order below.
   const int64_t chunks = chunk_count(batch);
   constexpr std::array<Param, 4> conv_params = {kConv1W, kConv1B, kConv2W, kConv2B};
+  if (chunks == 0) {  // an empty batch: the conv parameters' gradients are zero
+    for (const Param param : conv_params)
+      if (grads[1 + param])
+        std::fill_n(grads[1 + param], c10::multiply_integers(kParamShapes[param]), scalar_t(0));
+    return true;
+  }
   std::array<std::vector<scalar_t>, 4> partials;
   for (int64_t i = 0; i < 4; ++i)
     if (grads[1 + conv_params[i]])
