@@ -613,7 +613,8 @@ template <typename scalar_t>
 void conv2d_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, int64_t batch,
                       int64_t channels, int64_t positions) {
   constexpr int64_t kLanes = 16;
-  at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+  // a grain of one channel forked a thread even at batch 1 (100 additions a channel for conv2)
+  at::parallel_for(0, channels, grain_for(batch * positions), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       std::array<scalar_t, kLanes> lanes{};
       for (int64_t n = 0; n < batch; ++n) {
