@@ -43,11 +43,13 @@ struct Vec {
   }
 };
 
-// ~256k multiply-adds (a few microseconds) per task: a task dispatch costs microseconds, and on a
-// machine whose threads share one core's FMA units a second thread gains nothing measurable at
-// linear's sizes (benchmarks/notes/linear.md), so small products run inline.
+// One thread: on this machine's two hyperthreads of one core, splitting linear's products made
+// them 1.5-2x slower than one thread (fc1 at batch 64: 140 vs 73 µs; fc2: 49 vs 22 µs, measured
+// with OpenMP on; not yet explained: both threads share one L1 and one set of FMA units), so a
+// task is ~1G multiply-adds and every LeNet-sized product runs inline. Callers parallelise around it
+// (conv2d over images).
 inline int64_t grain_for(int64_t multiply_adds_per_item) {
-  return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, multiply_adds_per_item));
+  return std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, multiply_adds_per_item));
 }
 
 // ---- gemm --------------------------------------------------------------------------------------
