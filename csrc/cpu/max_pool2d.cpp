@@ -106,23 +106,27 @@ void max_pool_row(const scalar_t* in, scalar_t* out, int64_t* idx, offset_t<scal
   const int64_t inner_end = offsets_fit ? cols.inner_end() : inner_begin;
   const int64_t count = inner_end - inner_begin;
   for (int64_t ow = 0; ow < inner_begin; ++ow) scan_window(ow);
-  std::fill(out + inner_begin, out + inner_end, lowest);
-  std::fill(best_offset, best_offset + count, kh_begin * rows.dilation * width);
-  // cell of the top-left corner of column inner_begin's window; column ow's is stride further each
-  const int64_t corner = rows.start(oh) * width + cols.start(inner_begin);
-  for (int64_t kh = kh_begin; kh < kh_end; ++kh) {
-    for (int64_t kw = 0; kw < cols.kernel; ++kw) {
-      const int64_t offset = kh * rows.dilation * width + kw * cols.dilation;
-      const scalar_t* tap = in + (corner + offset);
-      scalar_t* best = out + inner_begin;
-      switch (cols.stride) {
-        case 1: take_tap<1>(tap, 1, offset, best, best_offset, count); break;
-        case 2: take_tap<2>(tap, 2, offset, best, best_offset, count); break;
-        default: take_tap<0>(tap, cols.stride, offset, best, best_offset, count);
+  // with no window inside the input, skip the tap loops: cols.kernel may be ~2^31 taps wide
+  if (count > 0) {
+    std::fill(out + inner_begin, out + inner_end, lowest);
+    std::fill(best_offset, best_offset + count, kh_begin * rows.dilation * width);
+    // cell of the top-left corner of column inner_begin's window; column ow's is stride further
+    const int64_t corner = rows.start(oh) * width + cols.start(inner_begin);
+    for (int64_t kh = kh_begin; kh < kh_end; ++kh) {
+      for (int64_t kw = 0; kw < cols.kernel; ++kw) {
+        const int64_t offset = kh * rows.dilation * width + kw * cols.dilation;
+        const scalar_t* tap = in + (corner + offset);
+        scalar_t* best = out + inner_begin;
+        switch (cols.stride) {
+          case 1: take_tap<1>(tap, 1, offset, best, best_offset, count); break;
+          case 2: take_tap<2>(tap, 2, offset, best, best_offset, count); break;
+          default: take_tap<0>(tap, cols.stride, offset, best, best_offset, count);
+        }
       }
     }
+    for (int64_t i = 0; i < count; ++i)
+      idx[inner_begin + i] = corner + i * cols.stride + best_offset[i];
   }
-  for (int64_t i = 0; i < count; ++i) idx[inner_begin + i] = corner + i * cols.stride + best_offset[i];
   for (int64_t ow = inner_end; ow < cols.output; ++ow) scan_window(ow);
 }
 
