@@ -20,7 +20,19 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
 
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """Like torch.nn.functional.linear: input (*, in_features), weight (out_features, in_features)."""
+    """Like torch.nn.functional.linear: input (*, in_features), weight (out_features, in_features).
+    A bias of another shape that expands to the output's, as torch allows, is added after our
+    product by torch's addition."""
+    if (bias is not None and weight.dim() == 2 and bias.shape != weight.shape[:1]
+            and (bias.dtype, bias.device) == (input.dtype, input.device)):
+        output = _linear(input, weight, None)
+        try:
+            bias = bias.expand(output.shape)  # torch's rule: the output's shape does not change
+        except RuntimeError:
+            raise RuntimeError(f"lenet_ext.linear: expected bias of shape [{weight.shape[0]}] "
+                               f"(out_features) or one that expands to the output's shape "
+                               f"{list(output.shape)}, but got shape {list(bias.shape)}") from None
+        return output + bias
     return _linear(input, weight, bias)
 
 

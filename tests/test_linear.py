@@ -25,6 +25,23 @@ def test_matches_stock(input_shape, out_features, bias, device, dtype):
                          **sum_tolerance(dtype, reduction))
 
 
+@pytest.mark.parametrize("bias_shape", [(), (1,), (1, 4), (3, 1), (3, 4)], ids=str)
+def test_bias_that_expands_to_the_output_matches_stock(bias_shape, device, dtype):
+    x = torch.randn(3, 5, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 5, device=device, dtype=dtype, requires_grad=True)
+    b = torch.randn(bias_shape, device=device, dtype=dtype, requires_grad=True)
+    assert_matches_stock(F.linear, torch.nn.functional.linear, [x, w, b], **sum_tolerance(dtype, 5))
+
+
+@pytest.mark.parametrize("bias_shape", [(5,), (2, 4), (2, 1, 4)], ids=str)
+def test_bias_that_does_not_expand_to_the_output_raises(bias_shape, device):
+    x, w = torch.randn(3, 5, device=device), torch.randn(4, 5, device=device)
+    with pytest.raises(RuntimeError, match=r"lenet_ext\.linear: expected bias of shape \[4\]"):
+        F.linear(x, w, torch.randn(bias_shape, device=device))
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.linear(x, w, torch.randn(bias_shape, device=device))
+
+
 # (rows, in_features, out_features) on both sides of each kernel choice of the CPU linear: in_features
 # below, at and just past one vector (16 floats, 8 doubles) and with a partial last vector (the dot
 # products' masked step); rows and out_features leaving remainders of the 4 x 4 dot-product tiles,
