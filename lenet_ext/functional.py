@@ -22,9 +22,11 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
 
 def _pair(value):
     """int or 1- or 2-sequence -> 2-tuple, as torch's convolutions and pooling accept; other
-    lengths pass through to the op's check, which names them."""
+    lengths and types pass through to the op's check, which names them."""
     if isinstance(value, (int, torch.SymInt)):
         return (value, value)
+    if not isinstance(value, (tuple, list)):
+        return value
     value = tuple(value)
     return value * 2 if len(value) == 1 else value
 
