@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-python -m pip install -q hypothesis pytest expecttest
+python -m pip install -q hypothesis pytest expecttest  # the test extras
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/safe_numerics.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -60,18 +61,17 @@ inline void check_int32_range(const char* op, const char* arg, at::IntArrayRef v
   }
 }
 
-// An output of 2^63 bytes or more cannot be allocated (nor indexed): refuse it by name rather than
-// leave the allocator to fail with a message that names no op.
+// An output of 2^63 bytes or more cannot be allocated (nor strided, even when a size is 0): refuse
+// it by name rather than leave the allocator to fail with a message that names no op.
 inline void check_output_fits(const char* op, at::IntArrayRef shape, const at::Tensor& like) {
   uint64_t bytes = like.element_size();
-  bool overflows = false, empty = false;
+  bool overflows = false;
   for (const int64_t size : shape) {
-    overflows |= c10::mul_overflows(bytes, static_cast<uint64_t>(size), &bytes);
-    empty |= size == 0;
+    overflows |= c10::mul_overflows(bytes, static_cast<uint64_t>(std::max<int64_t>(size, 1)), &bytes);
   }
-  TORCH_CHECK(empty || (!overflows && bytes <= std::numeric_limits<int64_t>::max()), "lenet_ext.",
-              op, ": expected an output of fewer than 2^63 bytes, but its shape would be ", shape,
-              " of ", like.scalar_type());
+  TORCH_CHECK(!overflows && bytes <= std::numeric_limits<int64_t>::max(), "lenet_ext.", op,
+              ": expected an output whose sizes (0 counted as 1) multiply to fewer than 2^63 bytes, "
+              "but its shape would be ", shape, " of ", like.scalar_type());
 }
 
 }  // namespace lenet_ext

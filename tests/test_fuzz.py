@@ -629,6 +629,9 @@ LAYOUTS = mostly(st.just("contiguous"), st.sampled_from(
     ["transposed", "sliced", "expanded", "overlapping", "channels_last"]), 40)
 FILLS = mostly(st.just("normal"), st.sampled_from(["nan", "inf", "nonfinite"]), 25)
 BAD_INTS = st.sampled_from([0, -1, -(2**31), -(2**63)] + EXTREME)
+# Module sizes: a constructor allocates its weights, so no sizes that would fit memory only just
+# (in_features 2^31 is an 8 GB weight): zero, negative, or past what 2^63 bytes hold.
+BAD_SIZES = st.sampled_from([0, -1, -(2**31), -(2**63), 2**62, INT64_MAX, 2**64])
 
 
 def tensor(draw, shape, dtype, grad=True):
@@ -698,8 +701,8 @@ def linear_cases(draw, target):
     bias = draw(mostly(st.sampled_from([None, (out_features,)]), st.sampled_from(
         [(out_features + 1,), (1,), (), (1, out_features)]), 5))
     if target == "nn.Linear":
-        ctor = {"in_features": draw(mostly(st.just(in_features), BAD_INTS, 3)),
-                "out_features": draw(mostly(st.just(out_features), BAD_INTS, 3)),
+        ctor = {"in_features": draw(mostly(st.just(in_features), BAD_SIZES, 3)),
+                "out_features": draw(mostly(st.just(out_features), BAD_SIZES, 3)),
                 "bias": bias is not None}
         if dtype == "float64":
             ctor["dtype"] = torch.float64
@@ -765,8 +768,8 @@ def conv_cases(draw, target):
     has_bias = draw(st.booleans())
     x = tensor(draw, x_shape, dtype)
     if target == "nn.Conv2d":
-        ctor = dict(in_channels=draw(mostly(st.just(in_channels), BAD_INTS, 3)),
-                    out_channels=draw(mostly(st.just(out_channels), BAD_INTS, 3)),
+        ctor = dict(in_channels=draw(mostly(st.just(in_channels), BAD_SIZES, 3)),
+                    out_channels=draw(mostly(st.just(out_channels), BAD_SIZES, 3)),
                     kernel_size=kernel, stride=stride, padding=padding, dilation=dilation,
                     groups=groups, bias=has_bias, padding_mode=padding_mode)
         if dtype == "float64":
@@ -898,6 +901,9 @@ HUGE_CASES = {
     "max_pool2d_backward-input-past-2^63-bytes": Case("op.max_pool2d_backward", (
         T((1, 1, 1, 1)), IndicesSpec((1, 1, 2, 2), ((2, 2), (2, 2), (0, 0), (1, 1), False)),
         [1, 1, 2**40, 2**40])),
+    "max_pool2d_backward-empty-input-strides-past-2^63": Case("op.max_pool2d_backward", (
+        T((0, 1, 1, 1)), IndicesSpec((0, 1, 2, 2), ((2, 2), (2, 2), (0, 0), (1, 1), False)),
+        [0, 1, 2**40, 2**40])),
     # expanded inputs of 2^33 or more elements, refused before anything is copied; stock is not
     # run: it would compute (relu of an int tensor) or copy first (tens of gigabytes)
     "relu-expanded-2^33-int32": Case("op.relu", (T((2**33,), "int32", "expanded"),),
