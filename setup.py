@@ -1,7 +1,10 @@
 """Builds lenet_ext._C: the C++ (CPU) kernels always, the CUDA kernels when PyTorch has CUDA and nvcc
 is found. LENET_EXT_CUDA=1 forces CUDA on (and fails loudly if it cannot be built), =0 forces it off.
 -march=native is on by default (the kernels are written to be auto-vectorised, and AVX-512 doubles
-their speed over baseline SSE); LENET_EXT_NATIVE=0 builds a portable binary instead."""
+their speed over baseline SSE); LENET_EXT_NATIVE=0 builds a portable binary instead.
+LENET_EXT_SANITIZE=1 builds the C++ sources with AddressSanitizer and UndefinedBehaviorSanitizer
+(-O1, any undefined behaviour fatal, signed overflow included); the library then needs libasan
+preloaded: .ci/sanitize.sh builds such a copy aside and runs the op tests under it."""
 import glob
 import os
 
@@ -36,6 +39,12 @@ if torch._C.has_openmp:
     # loader resolves libgomp.so.1 to the copy torch already loaded, so both share one thread pool.
     cxx_flags.append("-fopenmp")
     link_flags.append("-fopenmp")
+if os.environ.get("LENET_EXT_SANITIZE") == "1":
+    # -fno-wrapv undoes Python's -fwrapv, so that signed overflow in index arithmetic is reported
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                "-fno-omit-frame-pointer"]
+    cxx_flags += ["-O1", "-g", "-fno-wrapv"] + sanitize
+    link_flags += sanitize
 extra = {"cxx": cxx_flags}
 define_macros = []
 if cuda:

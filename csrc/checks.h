@@ -4,6 +4,11 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/safe_numerics.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
 
 namespace lenet_ext {
 
@@ -44,6 +49,29 @@ inline void check_same_shape(const char* op, const char* arg, const at::Tensor& 
 inline void check_array_size(const char* op, const char* arg, at::IntArrayRef values, size_t size) {
   TORCH_CHECK(values.size() == size, "lenet_ext.", op, ": expected ", arg, " to have ", size,
               " elements, but got ", values.size(), " (", values, ")");
+}
+
+// Kernel sizes, strides, paddings and dilations of at most 2^31 - 1, as torch's pooling requires:
+// the kernels' output-size and index arithmetic then stays inside int64 for any tensor (sizes below
+// 2^62), where a stride of 2^63 - 1 made it wrap and conv2d silently return zeros.
+inline void check_int32_range(const char* op, const char* arg, at::IntArrayRef values) {
+  for (const int64_t value : values) {
+    TORCH_CHECK(value <= std::numeric_limits<int32_t>::max(), "lenet_ext.", op, ": expected ", arg,
+                " to be at most 2147483647 (2^31 - 1), but got ", values);
+  }
+}
+
+// An output of 2^63 bytes or more cannot be allocated (nor strided, even when a size is 0): refuse
+// it by name rather than leave the allocator to fail with a message that names no op.
+inline void check_output_fits(const char* op, at::IntArrayRef shape, const at::Tensor& like) {
+  uint64_t bytes = like.element_size();
+  bool overflows = false;
+  for (const int64_t size : shape) {
+    overflows |= c10::mul_overflows(bytes, static_cast<uint64_t>(std::max<int64_t>(size, 1)), &bytes);
+  }
+  TORCH_CHECK(!overflows && bytes <= std::numeric_limits<int64_t>::max(), "lenet_ext.", op,
+              ": expected an output whose sizes (0 counted as 1) multiply to fewer than 2^63 bytes, "
+              "but its shape would be ", shape, " of ", like.scalar_type());
 }
 
 }  // namespace lenet_ext

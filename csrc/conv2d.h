@@ -33,6 +33,9 @@ inline std::vector<int64_t> check_conv2d_args(const at::Tensor& input, const at:
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "lenet_ext.", op,
               ": expected dilation to be positive, but got ", dilation);
   TORCH_CHECK(groups > 0, "lenet_ext.", op, ": expected groups to be positive, but got ", groups);
+  check_int32_range(op, "stride", stride);
+  check_int32_range(op, "padding", padding);
+  check_int32_range(op, "dilation", dilation);
 
   const int64_t out_channels = weight.size(0);
   TORCH_CHECK(out_channels > 0 && out_channels % groups == 0, "lenet_ext.", op, ": expected "
@@ -64,6 +67,7 @@ inline std::vector<int64_t> check_conv2d_args(const at::Tensor& input, const at:
     shape[2 + d] = conv_output_size(input.size(2 + d), weight.size(2 + d), stride[d], padding[d],
                                     dilation[d]);
   }
+  check_output_fits(op, shape, input);
   return shape;
 }
 

@@ -9,6 +9,18 @@
 
 namespace lenet_ext {
 
+// The rows of input flattened to [rows, in_features]: the product of its leading dimensions.
+inline int64_t linear_rows(const at::Tensor& input) {
+  return c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
+}
+
+// input.shape[:-1] + [out_features]
+inline std::vector<int64_t> linear_output_shape(const at::Tensor& input, const at::Tensor& weight) {
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end() - 1);
+  shape.push_back(weight.size(0));
+  return shape;
+}
+
 // input (*, in_features), weight (out_features, in_features), bias (out_features) or none.
 inline void check_linear_args(const at::Tensor& input, const at::Tensor& weight,
                               const std::optional<at::Tensor>& bias, const char* op = "linear") {
@@ -25,18 +37,7 @@ inline void check_linear_args(const at::Tensor& input, const at::Tensor& weight,
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "lenet_ext.", op, ": expected "
                 "bias of shape [", weight.size(0), "] (out_features), but got shape ", bias->sizes());
   }
-}
-
-// The rows of input flattened to [rows, in_features]: the product of its leading dimensions.
-inline int64_t linear_rows(const at::Tensor& input) {
-  return c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 1);
-}
-
-// input.shape[:-1] + [out_features]
-inline std::vector<int64_t> linear_output_shape(const at::Tensor& input, const at::Tensor& weight) {
-  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end() - 1);
-  shape.push_back(weight.size(0));
-  return shape;
+  check_output_fits(op, linear_output_shape(input, weight), input);
 }
 
 inline void check_linear_backward_args(const at::Tensor& grad_output, const at::Tensor& input,

@@ -30,6 +30,9 @@ inline std::vector<int64_t> check_max_pool2d_args(const at::Tensor& input,
               "positive, but got ", stride);
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "lenet_ext.max_pool2d: expected dilation to be "
               "positive, but got ", dilation);
+  check_int32_range(op, "kernel_size", kernel_size);
+  check_int32_range(op, "stride", stride);
+  check_int32_range(op, "dilation", dilation);
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0 && padding[0] <= kernel_size[0] / 2 &&
               padding[1] <= kernel_size[1] / 2, "lenet_ext.max_pool2d: expected padding to be "
               "non-negative and at most half of kernel_size ", kernel_size, ", but got ", padding);
@@ -75,6 +78,7 @@ inline void check_max_pool2d_backward_args(const at::Tensor& grad_output, const 
               "lenet_ext.max_pool2d_backward: expected input_size to match grad_output (shape ",
               grad_output.sizes(), ") in all but the last two dimensions and to be non-negative, "
               "but got ", input_size);
+  check_output_fits(op, input_size, grad_output);
 }
 
 }  // namespace lenet_ext

@@ -38,9 +38,11 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
 
 def _pair(value):
     """int or 1- or 2-sequence -> 2-tuple, as torch's convolutions and pooling accept; other
-    lengths pass through to the op's check, which names them."""
+    lengths and types pass through to the op's check, which names them."""
     if isinstance(value, (int, torch.SymInt)):
         return (value, value)
+    if not isinstance(value, (tuple, list)):
+        return value
     value = tuple(value)
     return value * 2 if len(value) == 1 else value
 
@@ -80,13 +82,16 @@ def _string_padding(padding, input, weight, stride, dilation):
     if padding != "same":
         raise RuntimeError(f"lenet_ext.conv2d: expected padding to be an int, a pair, 'valid' or "
                            f"'same', but got {padding!r}")
-    if any(s != 1 for s in stride):
+    if stride != (1, 1):
+        given = list(stride) if isinstance(stride, tuple) else repr(stride)
         raise RuntimeError(f"lenet_ext.conv2d: padding='same' is not supported for strided "
-                           f"convolutions: expected stride 1, but got stride {list(stride)}")
-    if weight.dim() != 4:
-        return [0, 0], input  # the op reports the weight's rank
+                           f"convolutions: expected stride 1, but got stride {given}")
+    if weight.dim() != 4 or not isinstance(dilation, tuple) or len(dilation) != 2:
+        return [0, 0], input  # the op reports the weight's rank or the dilation
     totals = [dilation[d] * (weight.shape[2 + d] - 1) for d in range(2)]
     extra_h, extra_w = (total % 2 for total in totals)
-    if extra_h or extra_w:
+    # only a valid input: the op refuses the others by name, and padding an empty plane of huge
+    # other sizes first would allocate them
+    if (extra_h or extra_w) and input.dim() == 4 and 0 not in input.shape[-2:]:
         input = torch.nn.functional.pad(input, (0, extra_w, 0, extra_h))
     return [total // 2 for total in totals], input
