@@ -30,7 +30,7 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
             bias = bias.expand(output.shape)  # torch's rule: the output's shape does not change
         except RuntimeError:
             raise RuntimeError(f"lenet_ext.linear: expected bias of shape [{weight.shape[0]}] "
-                               f"(out_features) or one that expands to the output's shape "
+                               f"(out_features), or one that expands to the output's shape "
                                f"{list(output.shape)}, but got shape {list(bias.shape)}") from None
         return output + bias
     return _linear(input, weight, bias)

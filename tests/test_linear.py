@@ -152,8 +152,10 @@ BAD_INPUTS = [
      RuntimeError, r"expected the last dimension of input to equal weight.size\(1\) = "
                    r"in_features = 6, but got input of shape \[3, 5\]"),
     ("bias shape", lambda d: _f32(3, 5, device=d), lambda d: _f32(4, 5, device=d),
-     lambda d: _f32(5, device=d), RuntimeError, r"expected bias of shape \[4\] \(out_features\), "
-                                                r"but got shape \[5\]"),
+     lambda d: _f32(5, device=d), RuntimeError,
+     # the functional also names the shapes it expands, as torch does
+     r"expected bias of shape \[4\] \(out_features\)(, or one that expands to the output's shape "
+     r"\[3, 4\])?, but got shape \[5\]"),
     ("integer input", lambda d: torch.ones(3, 5, dtype=torch.long, device=d),
      lambda d: _f32(4, 5, device=d), None, TypeError,
      r"expected input to have dtype float32 or float64, but got Long"),
