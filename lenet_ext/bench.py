@@ -384,6 +384,23 @@ def ratio_table(rows) -> str:
                               for (name, mode), by_batch in cells.items()], "ll" + "r" * len(batches))
 
 
+def before_after_table(before: list, after: list) -> str:
+    """Two runs' JSON rows (write_report's) side by side: one line per op and mode, one column per
+    batch size, each cell stock/ours before -> after."""
+    ratios = {}
+    for run, rows in enumerate((before, after)):
+        for r in rows:
+            ratios.setdefault((r["name"], r["mode"]), {}).setdefault(r["batch"], [None, None])[run] = \
+                r["stock_over_ours"]
+    batches = sorted({b for by_batch in ratios.values() for b in by_batch})
+    fmt = lambda ratio: "-" if ratio is None else f"{ratio:.3g}x"  # noqa: E731
+    lines = [(name, mode, *(" -> ".join(map(fmt, by_batch[b])) if b in by_batch else ""
+                            for b in batches))
+             for (name, mode), by_batch in ratios.items()]
+    return _markdown(("op", "mode", *(f"batch {b}: before -> after" for b in batches)), lines,
+                     "ll" + "r" * len(batches))
+
+
 LEGEND = ("Median times; stock/ours above 1 means ours is faster. Rates: GFLOP/s for conv and linear "
           "(backward counts one forward per input/weight gradient), GB/s for pool and relu (the tensors "
           "at the function's interface, read once and written once), images/s for LeNet.")

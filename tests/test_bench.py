@@ -115,3 +115,19 @@ def test_the_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatc
     paths = bench.write_report(rows, bench.environment("cpu", 1, "test"), tmp_path, "ops", "title")
     assert [p.name for p in paths] == ["ops.md", "ops.json"]
     assert "matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_compare_puts_two_runs_side_by_side(tmp_path):
+    def run(rows):
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.json"
+        path.write_text(json.dumps({"rows": [dict(name=n, mode=m, batch=b, stock_over_ours=r)
+                                             for n, m, b, r in rows]}))
+        return str(path)
+    before = run([("fc1", "forward", 1, 0.5), ("fc1", "forward", 64, 0.25)])
+    after = run([("fc1", "forward", 1, 2.0), ("fc1", "forward", 64, 1.5), ("fused", "forward", 1, 7.0)])
+    result = subprocess.run([sys.executable, "benchmarks/compare.py", before, after], capture_output=True,
+                            text=True, check=True, cwd=Path(__file__).parents[1])
+    lines = result.stdout.splitlines()
+    assert "batch 64: before -> after" in lines[0]
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[2:]]
+    assert cells == [["fc1", "forward", "0.5x -> 2x", "0.25x -> 1.5x"], ["fused", "forward", "- -> 7x", ""]]
