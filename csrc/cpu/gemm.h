@@ -43,13 +43,13 @@ struct Vec {
   }
 };
 
-// One thread: on this machine's two hyperthreads of one core, splitting linear's products made
-// them 1.5-2x slower than one thread (fc1 at batch 64: 140 vs 73 µs; fc2: 49 vs 22 µs, measured
-// with OpenMP on; not yet explained: both threads share one L1 and one set of FMA units), so a
-// task is ~1G multiply-adds and every LeNet-sized product runs inline. Callers parallelise around it
-// (conv2d over images).
+// ~4M multiply-adds per task. On this machine's two hyperthreads of one core, splitting a
+// product of LeNet's batch 64 made it 1.5-2x slower than one thread (fc1: 140 vs 73 µs; fc2: 49 vs
+// 22 µs, with OpenMP on; why is not established: both threads share one L1 and one set of FMA
+// units), while at batch 256 the split won (fc1 forward: 155 µs split, ~300 µs on one thread).
+// So products up to ~4M multiply-adds (fc1 at batch 64 has 3M) run inline.
 inline int64_t grain_for(int64_t multiply_adds_per_item) {
-  return std::max<int64_t>(1, (int64_t(1) << 30) / std::max<int64_t>(1, multiply_adds_per_item));
+  return std::max<int64_t>(1, (int64_t(1) << 22) / std::max<int64_t>(1, multiply_adds_per_item));
 }
 
 // ---- gemm --------------------------------------------------------------------------------------
