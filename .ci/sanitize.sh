@@ -24,4 +24,4 @@ export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 LD_PRELOAD="$runtimes" python -m pytest -q -p no:cacheprovider -x --capture=sys \
   tests/test_relu.py tests/test_linear.py tests/test_conv2d.py tests/test_max_pool2d.py \
-  tests/test_fuzz.py
+  tests/test_fuzz.py tests/test_fused.py

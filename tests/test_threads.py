@@ -1,5 +1,5 @@
 """Concurrency (issue #9): eight Python threads calling forward and backward of every op, and of the
-whole LeNet, at once get bitwise the results the same calls give one after another."""
+whole LeNet and FusedLeNet, at once get bitwise the results the same calls give one after another."""
 import threading
 
 import torch
@@ -24,10 +24,13 @@ def make_inputs(seed):
         "conv2d": (randn(4, 4, 12, 12), randn(6, 2, 3, 3), randn(6)),
         "max_pool2d": (randn(4, 6, 12, 11),),
         "lenet": (randn(4, 1, 32, 32),),
+        "conv2d_relu_max_pool2d": (randn(4, 2, 13, 12), randn(5, 2, 3, 3), randn(5)),
+        "fused_lenet": (randn(4, 1, 32, 32),),
     }
 
 
 NETWORK = lenet_ext.models.LeNet()  # one network shared by every thread, read only
+FUSED = lenet_ext.models.FusedLeNet()  # the whole network as one op, shared too
 
 
 def call(name, inputs):
@@ -39,14 +42,17 @@ def call(name, inputs):
         return F.conv2d(*inputs, stride=(1, 2), padding=1, groups=2)
     if name == "max_pool2d":
         return F.max_pool2d(*inputs, 3, stride=2, padding=1, return_indices=True)[0]
-    return NETWORK(*inputs)
+    if name == "conv2d_relu_max_pool2d":
+        return torch.ops.lenet_ext.conv2d_relu_max_pool2d(*inputs)[0]
+    return (FUSED if name == "fused_lenet" else NETWORK)(*inputs)
 
 
 def forward_backward(name, inputs):
     """Output and gradients with respect to the inputs (and the shared network's parameters);
     torch.autograd.grad, so that no thread accumulates into another's .grad."""
     output = call(name, inputs)
-    wrt = list(inputs) + (list(NETWORK.parameters()) if name == "lenet" else [])
+    network = {"lenet": NETWORK, "fused_lenet": FUSED}.get(name)
+    wrt = list(inputs) + (list(network.parameters()) if network else [])
     grad_output = torch.ones_like(output) / output.numel()
     return [output.detach(), *torch.autograd.grad(output, wrt, grad_output)]
 
