@@ -21,6 +21,7 @@
 #include <utility>
 #include <vector>
 
+#include "../backward.h"
 #include "../conv2d.h"
 #include "gemm.h"
 #include "kernels.h"
@@ -685,16 +686,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   const auto x = input.expect_contiguous();
   const auto w = weight.expect_contiguous();
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
-  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
-  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
+  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
-    const auto out_ptr = [](at::Tensor& t) {
-      return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
-    };
     conv2d_backward(grad->const_data_ptr<scalar_t>(), x->const_data_ptr<scalar_t>(),
-                    w->const_data_ptr<scalar_t>(), out_ptr(grad_input), out_ptr(grad_weight),
-                    out_ptr(grad_bias), batch, groups, s);
+                    w->const_data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_input),
+                    data_or_null<scalar_t>(grad_weight), data_or_null<scalar_t>(grad_bias),
+                    batch, groups, s);
   });
   return {grad_input, grad_weight, grad_bias};
 }

@@ -21,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../backward.h"
 #include "../conv2d_relu_max_pool2d.h"
 
 namespace lenet_ext {
@@ -294,9 +295,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_max_pool2d_backward_c
   const auto x = input.expect_contiguous();
   const auto w = weight.expect_contiguous();
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
-  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
-  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
+  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
   int64_t bad_index = 0;
   bool indices_ok = true;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d_backward", [&] {
@@ -307,12 +306,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_max_pool2d_backward_c
         idx->const_data_ptr<int64_t>(), grad_conv.get(), batch * s.conv.out_channels,
         s.conv.out_h, s.conv.out_w, &bad_index);
     if (!indices_ok) return;
-    const auto out_ptr = [](at::Tensor& t) {
-      return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
-    };
     conv2d_backward(grad_conv.get(), x->const_data_ptr<scalar_t>(),
-                    w->const_data_ptr<scalar_t>(), out_ptr(grad_input), out_ptr(grad_weight),
-                    out_ptr(grad_bias), batch, 1, s.conv);
+                    w->const_data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_input),
+                    data_or_null<scalar_t>(grad_weight), data_or_null<scalar_t>(grad_bias),
+                    batch, 1, s.conv);
   });
   TORCH_CHECK(indices_ok, "lenet_ext.", op, ": expected indices in [0, conv_h * conv_w) = [0, ",
               s.conv.positions(), "), but got ", bad_index);

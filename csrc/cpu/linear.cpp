@@ -13,6 +13,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../backward.h"
 #include "../linear.h"
 #include "gemm.h"
 #include "kernels.h"
@@ -102,16 +103,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   const auto x = input.expect_contiguous();
   const auto w = weight.expect_contiguous();
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
-  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
-  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
+  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear_backward", [&] {
-    const auto out_ptr = [](at::Tensor& t) {
-      return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
-    };
     linear_backward(grad->const_data_ptr<scalar_t>(), x->const_data_ptr<scalar_t>(),
-                    w->const_data_ptr<scalar_t>(), out_ptr(grad_input), out_ptr(grad_weight),
-                    out_ptr(grad_bias), linear_rows(input), weight.size(1), weight.size(0));
+                    w->const_data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_input),
+                    data_or_null<scalar_t>(grad_weight), data_or_null<scalar_t>(grad_bias),
+                    linear_rows(input), weight.size(1), weight.size(0));
   });
   return {grad_input, grad_weight, grad_bias};
 }

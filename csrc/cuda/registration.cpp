@@ -18,6 +18,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../backward.h"
 #include "../checks.h"
 #include "../conv2d.h"
 #include "../linear.h"
@@ -100,9 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   const auto x = input.expect_contiguous();
   const auto w = weight.expect_contiguous();
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
-  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
-  if (output_mask[2]) grad_bias = at::empty({out_features}, weight.options());
+  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear_backward", [&] {
     const scalar_t* g = grad->const_data_ptr<scalar_t>();
@@ -173,9 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   const auto x = input.expect_contiguous();
   const auto w = weight.expect_contiguous();
   at::Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[0]) grad_input = at::empty(input.sizes(), input.options());
-  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options());
-  if (output_mask[2]) grad_bias = at::empty({weight.size(0)}, weight.options());
+  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
     const scalar_t* g = grad->const_data_ptr<scalar_t>();
