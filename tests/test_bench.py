@@ -131,3 +131,18 @@ def test_compare_puts_two_runs_side_by_side(tmp_path):
     assert "batch 64: before -> after" in lines[0]
     cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[2:]]
     assert cells == [["fc1", "forward", "0.5x -> 2x", "0.25x -> 1.5x"], ["fused", "forward", "- -> 7x", ""]]
+
+
+def test_floor_times_a_network_that_computes_nothing_next_to_stock_and_fused():
+    result = _run("benchmarks/floor.py", *TINY_RUN, "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    row = [cell.strip() for cell in result.stdout.splitlines()[-1].split("|")[1:-1]]
+    assert row[0] == "1" and len(row) == 6 and all(cell.endswith("x") for cell in row[4:])
+    # and the zero-work network really has LeNet's parameters and gradients of their shapes
+    spec = importlib.util.spec_from_file_location("floor", REPO / "benchmarks" / "floor.py")
+    floor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(floor)
+    net = floor.ZeroWorkLeNet()
+    torch.nn.functional.cross_entropy(net(torch.randn(2, 1, 32, 32)), torch.tensor([1, 2])).backward()
+    assert [(n, p.grad.shape) for n, p in net.named_parameters()] == \
+        [(n, p.shape) for n, p in lenet_ext.models.LeNet().named_parameters()]
