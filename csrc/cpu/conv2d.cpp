@@ -122,18 +122,9 @@ void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
 // an input element broadcast straight from the image (no im2col traffic, full lanes for 16 output
 // channels). grad_weight is the same product with positions as the reduction: grad_output is
 // transposed once per image to [position][lane], and a tile of taps (two kernel rows) accumulates in
-// registers over the image's positions.
+// registers over the image's positions. A vector is gemm.h's: one 512-bit register.
 template <typename scalar_t>
-struct Lanes {
-  static constexpr int kCount = 64 / sizeof(scalar_t);  // one 512-bit register
-  typedef scalar_t type __attribute__((vector_size(64)));
-  static type load(const scalar_t* p) {
-    type v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  static void store(scalar_t* p, const type& v) { std::memcpy(p, &v, sizeof(v)); }
-};
+using Lanes = gemm_detail::Vec<scalar_t>;
 
 // dst[0, count) = src[0, count) for the short rows of the direct kernels: whole vectors, then
 // single elements. (std::copy becomes a memmove call per row, which costs more than the copy.)
@@ -141,7 +132,7 @@ template <typename scalar_t>
 inline void copy_row(const scalar_t* src, int64_t count, scalar_t* dst) {
   using V = Lanes<scalar_t>;
   int64_t j = 0;
-  for (; j + V::kCount <= count; j += V::kCount) V::store(dst + j, V::load(src + j));
+  for (; j + V::kLanes <= count; j += V::kLanes) V::store(dst + j, V::load(src + j));
   for (; j < count; ++j) {
     dst[j] = src[j];
     asm("");  // keeps GCC from recognising the loop as a memcpy
@@ -154,12 +145,12 @@ constexpr int64_t kDirectKernelW = 5;  // kernel width the unrolled tap tiles ar
 template <typename scalar_t>
 bool direct_fits(const ConvShape& s) {
   return s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
-         s.pad_h == 0 && s.pad_w == 0 && s.out_channels <= Lanes<scalar_t>::kCount;
+         s.pad_h == 0 && s.pad_w == 0 && s.out_channels <= Lanes<scalar_t>::kLanes;
 }
 
 template <typename scalar_t>
 bool direct_forward_fits(const ConvShape& s) {
-  return direct_fits<scalar_t>(s) && 2 * s.out_channels > Lanes<scalar_t>::kCount;
+  return direct_fits<scalar_t>(s) && 2 * s.out_channels > Lanes<scalar_t>::kLanes;
 }
 
 template <typename scalar_t>
@@ -170,7 +161,7 @@ bool direct_grad_weight_fits(const ConvShape& s) {
 // weight [out_channels, taps] of one group -> [taps][lanes], lanes past out_channels zero
 template <typename scalar_t>
 void weight_to_lanes(const scalar_t* weight, scalar_t* lanes, const ConvShape& s) {
-  constexpr int L = Lanes<scalar_t>::kCount;
+  constexpr int L = Lanes<scalar_t>::kLanes;
   std::fill(lanes, lanes + s.taps() * L, scalar_t(0));
   for (int64_t oc = 0; oc < s.out_channels; ++oc)
     for (int64_t tap = 0; tap < s.taps(); ++tap) lanes[tap * L + oc] = weight[oc * s.taps() + tap];
@@ -183,7 +174,7 @@ void forward_row_tile(const scalar_t* image, const scalar_t* weight_lanes,
                       const typename Lanes<scalar_t>::type& init, scalar_t* out,
                       const ConvShape& s) {
   using V = Lanes<scalar_t>;
-  constexpr int L = V::kCount;
+  constexpr int L = V::kLanes;
   typename V::type acc[R];
   for (int r = 0; r < R; ++r) acc[r] = init;
   const scalar_t* w = weight_lanes;
@@ -237,7 +228,7 @@ template <typename scalar_t>
 void direct_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
   using V = Lanes<scalar_t>;
-  constexpr int L = V::kCount;
+  constexpr int L = V::kLanes;
   std::vector<scalar_t> weight_lanes(groups * s.taps() * L);
   std::vector<typename V::type> inits(groups);
   for (int64_t g = 0; g < groups; ++g) {
@@ -298,7 +289,7 @@ namespace {
 // weight a broadcast from memory). Kernel rows that fall outside grad_output are skipped.
 template <typename scalar_t>
 bool direct_grad_input_fits(const ConvShape& s) {
-  return direct_fits<scalar_t>(s) && s.in_w <= Lanes<scalar_t>::kCount;
+  return direct_fits<scalar_t>(s) && s.in_w <= Lanes<scalar_t>::kLanes;
 }
 
 constexpr int kMaxChannelTile = 8;
@@ -310,7 +301,7 @@ template <typename scalar_t, int CB>
 void grad_input_row(const scalar_t* grad_rows, int64_t row_stride, const scalar_t* weight_b,
                     scalar_t* grad_input, int64_t ih, const ConvShape& s) {
   using V = Lanes<scalar_t>;
-  constexpr int L = V::kCount;
+  constexpr int L = V::kLanes;
   typename V::type acc[CB] = {};
   const int64_t kh_first = std::max<int64_t>(0, ih - s.out_h + 1);
   const int64_t kh_last = std::min<int64_t>(s.kernel_h - 1, ih);
@@ -346,7 +337,7 @@ void grad_input_row_of_channels(int64_t channels, const scalar_t* grad_rows, int
 template <typename scalar_t>
 void direct_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
                        int64_t batch, int64_t groups, const ConvShape& s) {
-  constexpr int L = Lanes<scalar_t>::kCount;
+  constexpr int L = Lanes<scalar_t>::kLanes;
   // weight[oc][c][kh][kw] -> [oc][kh][kw][c] per group: the channels of a tap side by side
   std::vector<scalar_t> weight_b(groups * s.weight_block());
   for (int64_t g = 0; g < groups; ++g)
@@ -411,7 +402,7 @@ template <typename scalar_t, int ROWS>
 void grad_weight_tap_tile(const scalar_t* grad_lanes, const scalar_t* image, scalar_t* partial,
                           const ConvShape& s) {
   using V = Lanes<scalar_t>;
-  constexpr int L = V::kCount;
+  constexpr int L = V::kLanes;
   constexpr int KW = kDirectKernelW;
   typename V::type acc[ROWS][KW] = {};
   for (int64_t oh = 0; oh < s.out_h; ++oh)
@@ -433,7 +424,7 @@ void grad_weight_tap_tile(const scalar_t* grad_lanes, const scalar_t* image, sca
 template <typename scalar_t>
 void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
                         int64_t batch, int64_t groups, const ConvShape& s) {
-  constexpr int L = Lanes<scalar_t>::kCount;
+  constexpr int L = Lanes<scalar_t>::kLanes;
   const int64_t lanes_block = s.taps() * L;  // one group's [taps][lanes]
   const int64_t parts = std::min(batch, kWeightParts);
   std::vector<scalar_t> partials(parts * groups * lanes_block, scalar_t(0));
@@ -480,7 +471,7 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
 // copies, so the padding lanes hold 0 * 0 and vectors never read past a buffer.
 template <typename scalar_t>
 bool row_grad_weight_fits(const ConvShape& s) {
-  constexpr int L = Lanes<scalar_t>::kCount;
+  constexpr int L = Lanes<scalar_t>::kLanes;
   return direct_fits<scalar_t>(s) && 2 * s.out_channels <= L && s.out_w <= 2 * L &&
          s.kernel_w == kDirectKernelW;
 }
@@ -492,7 +483,7 @@ template <typename scalar_t, int OCB>
 void row_grad_weight_tile(const scalar_t* grad_rows, const scalar_t* image_rows,
                           int64_t row_stride, scalar_t* sums, const ConvShape& s) {
   using V = Lanes<scalar_t>;
-  constexpr int L = V::kCount;
+  constexpr int L = V::kLanes;
   constexpr int KW = kDirectKernelW;
   typename V::type acc[OCB][KW] = {};
   // Lanes past the row's end meet grad_output's zero padding, but 0 * inf is NaN: they must add
@@ -530,7 +521,7 @@ void row_grad_weight_tile(const scalar_t* grad_rows, const scalar_t* image_rows,
 template <typename scalar_t>
 void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
                      int64_t batch, int64_t groups, const ConvShape& s) {
-  constexpr int L = Lanes<scalar_t>::kCount;
+  constexpr int L = Lanes<scalar_t>::kLanes;
   const int64_t sums_block = s.weight_block() * L;  // one group's [out_channels][taps][lanes]
   const int64_t parts = std::min(batch, kWeightParts);
   std::vector<scalar_t> partials(parts * groups * sums_block, scalar_t(0));
@@ -668,7 +659,7 @@ at::Tensor conv2d_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (bias.has_value()) b = bias->contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d", [&] {
     conv2d_forward(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
-                   b ? b->const_data_ptr<scalar_t>() : nullptr,
+                   optional_data<scalar_t>(b),
                    output.mutable_data_ptr<scalar_t>(), input.size(0), groups, s);
   });
   return output;

@@ -19,7 +19,6 @@
 #include <memory>
 #include <tuple>
 #include <type_traits>
-#include <vector>
 
 #include "../backward.h"
 #include "../conv2d_relu_max_pool2d.h"
@@ -53,9 +52,8 @@ struct Octet {
 
   typedef int64_t Indices __attribute__((vector_size(kLanes * sizeof(int64_t))));
 
-  template <typename Vector = Values>
-  static Vector load(const void* p) {
-    Vector v;
+  static Values load(const void* p) {
+    Values v;
     std::memcpy(&v, p, sizeof(v));
     return v;
   }

@@ -90,7 +90,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
   if (bias.has_value()) b = bias->contiguous();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear", [&] {
     linear_forward(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
-                   b ? b->const_data_ptr<scalar_t>() : nullptr, output.mutable_data_ptr<scalar_t>(),
+                   optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(),
                    linear_rows(input), weight.size(1), weight.size(0));
   });
   return output;

@@ -31,11 +31,6 @@ namespace {
 // The current stream of the current device: call it after the device guard.
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 
-template <typename scalar_t>
-const scalar_t* optional_data(const std::optional<at::Tensor>& t) {
-  return t ? t->const_data_ptr<scalar_t>() : nullptr;
-}
-
 // relu --------------------------------------------------------------------------------------------
 
 at::Tensor relu_cuda(const at::Tensor& input) {
