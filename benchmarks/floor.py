@@ -42,17 +42,6 @@ class ZeroWorkLeNet(models.LeNet):
         return _NoArithmetic.apply(input, *self.parameters())
 
 
-def train_step(net, batch):
-    images, targets = torch.randn(batch, 1, 32, 32), torch.randint(10, (batch,))
-    optimizer = torch.optim.SGD(net.parameters(), lr=bench.TRAIN_LR)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(images), targets).backward()
-        optimizer.step()
-    return step
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -65,8 +54,10 @@ def main():
     print("| batch | stock | FusedLeNet | zero-work | stock/fused | stock/zero-work |")
     print("| ----: | ----: | ---------: | --------: | ----------: | --------------: |")
     for batch in args.batch_sizes:
-        steps = {name: train_step(ZeroWorkLeNet() if name == "ZeroWorkLeNet"
-                                  else getattr(models, name)(), batch) for name in names}
+        images, targets = torch.randn(batch, 1, 32, 32), torch.randint(10, (batch,))
+        steps = {name: bench.training_step(ZeroWorkLeNet() if name == "ZeroWorkLeNet"
+                                           else getattr(models, name)(), images, targets)
+                 for name in names}
         runs = {name: [] for name in names}
         for name in (*names, *reversed(names)):  # ABC CBA: a drift hits all alike
             steps[name]()

@@ -161,6 +161,21 @@ def lenet_twins(device, network: str = "LeNet"):
     return ours.to(device), stock.to(device)
 
 
+def training_step(net, images, targets) -> Callable[[], tuple]:
+    """One training step of `net` on one batch, as a callable: zero_grad, forward, cross-entropy,
+    backward, SGD step. Returns the loss and every parameter's gradient."""
+    parameters = list(net.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=TRAIN_LR)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(images), targets)
+        loss.backward()
+        optimizer.step()
+        return (loss.detach(), *(p.grad for p in parameters))
+    return step
+
+
 def lenet_pair(batch: int, device, mode: str, name: str = "lenet") -> Pair:
     """The whole LeNet on random 32x32 images: inference (no_grad forward) or one training step
     (forward, cross-entropy, backward, SGD step), which returns the loss and every gradient.
@@ -179,16 +194,7 @@ def lenet_pair(batch: int, device, mode: str, name: str = "lenet") -> Pair:
         targets = torch.randint(10, (batch,), device=device)
 
         def make(net):
-            parameters = list(net.parameters())
-            optimizer = torch.optim.SGD(parameters, lr=TRAIN_LR)
-
-            def train_step():
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(net(images), targets)
-                loss.backward()
-                optimizer.step()
-                return (loss.detach(), *(p.grad for p in parameters))
-            return train_step
+            return training_step(net, images, targets)
         labels = ("loss", *(f"grad {n}" for n, _ in ours_net.named_parameters()))
     return Pair(name, mode, batch, "1x32x32 -> 10", make(ours_net), make(stock_net), labels,
                 batch, "img/s")
