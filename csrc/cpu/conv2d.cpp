@@ -600,24 +600,30 @@ void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
 }
 
 // Per channel, over images in order; within a plane kLanes interleaved running sums (fixed, so
-// the result does not depend on threads) let the additions vectorise.
+// the result does not depend on threads) let the additions vectorise. The sums are one GCC vector,
+// added whole vectors at a time: a loop of variable width (min(kLanes, left)) did not vectorise and
+// ran at ~1 addition a cycle (conv1 at batch 64: 86 µs, as long as its grad_weight's FMAs).
 template <typename scalar_t>
 void conv2d_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, int64_t batch,
                       int64_t channels, int64_t positions) {
   constexpr int64_t kLanes = 16;
+  typedef scalar_t Sums __attribute__((vector_size(kLanes * sizeof(scalar_t))));
   // a grain of one channel forked a thread even at batch 1 (100 additions a channel for conv2)
   at::parallel_for(0, channels, grain_for(batch * positions), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      std::array<scalar_t, kLanes> lanes{};
+      Sums lanes = {};
       for (int64_t n = 0; n < batch; ++n) {
         const scalar_t* plane = grad_output + (n * channels + c) * positions;
-        for (int64_t p0 = 0; p0 < positions; p0 += kLanes) {
-          const int64_t width = std::min(kLanes, positions - p0);
-          for (int64_t j = 0; j < width; ++j) lanes[j] += plane[p0 + j];
+        int64_t p0 = 0;
+        for (; p0 + kLanes <= positions; p0 += kLanes) {
+          Sums values;
+          std::memcpy(&values, plane + p0, sizeof(values));
+          lanes += values;
         }
+        for (int64_t j = 0; p0 + j < positions; ++j) lanes[j] += plane[p0 + j];
       }
       scalar_t sum = 0;
-      for (const scalar_t lane : lanes) sum += lane;
+      for (int64_t j = 0; j < kLanes; ++j) sum += lanes[j];
       grad_bias[c] = sum;
     }
   });
