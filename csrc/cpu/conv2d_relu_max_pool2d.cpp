@@ -19,6 +19,7 @@
 #include <memory>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "../backward.h"
 #include "../conv2d_relu_max_pool2d.h"
@@ -38,58 +39,41 @@ using offset_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
 
 namespace {
 
-// Eight outputs of a row at a time as GCC vectors (AVX with -march=native, SSE without): each
-// input row's 16 cells are loaded as two vectors and split into the windows' left and right
-// columns, so ReLU, compare and take are vector selects, with no branch on the data (a scalar
-// loop compiled to branches, mispredicted on random signs, ran at ~5 ns an input cell).
-template <typename scalar_t>
-struct Octet {
-  static constexpr int kLanes = 8;
+// L outputs of a row at a time as GCC vectors (AVX with -march=native, SSE without): each input
+// row's 2L cells are loaded as two vectors and split into the windows' left and right columns, so
+// ReLU, compare and take are vector selects, with no branch on the data (a scalar loop compiled
+// to branches, mispredicted on random signs, ran at ~5 ns an input cell).
+template <typename scalar_t, int L>
+struct Group {
   using index_t = offset_t<scalar_t>;
-  typedef scalar_t Values __attribute__((vector_size(kLanes * sizeof(scalar_t))));
+  typedef scalar_t Values __attribute__((vector_size(L * sizeof(scalar_t))));
   // of the values' width, so that a compare's mask selects offsets too
-  typedef index_t Offsets __attribute__((vector_size(kLanes * sizeof(index_t))));
+  typedef index_t Offsets __attribute__((vector_size(L * sizeof(index_t))));
+  // (int64_t spelled as a dependent type: GCC drops vector_size from a non-dependent one here)
+  using int64 = std::enable_if_t<sizeof(scalar_t) != 0, int64_t>;
+  typedef int64 Indices __attribute__((vector_size(L * sizeof(int64_t))));
 
-  typedef int64_t Indices __attribute__((vector_size(kLanes * sizeof(int64_t))));
-
-  static Values load(const void* p) {
+  static Values load(const scalar_t* p) {
     Values v;
     std::memcpy(&v, p, sizeof(v));
     return v;
   }
-  // plane offsets of the top-left cells of eight windows side by side, the first at `first`
-  static Indices window_corners(int64_t first) {
-    return first + Indices{0, 2, 4, 6, 8, 10, 12, 14};
+  template <int... I>
+  static Values columns(Values a, Values b, std::integer_sequence<int, I...>, int first) {
+    return Values{(I < L / 2 ? a[2 * I + first] : b[2 * I - L + first])...};
   }
-  static Values left(Values a, Values b) { return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14); }
-  static Values right(Values a, Values b) { return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15); }
-};
+  static Values left(Values a, Values b) { return columns(a, b, std::make_integer_sequence<int, L>(), 0); }
+  static Values right(Values a, Values b) { return columns(a, b, std::make_integer_sequence<int, L>(), 1); }
 
-// out[ow], idx[ow] for ow < out_w of the windows on rows `top` and `top + conv_w`; `corner` is the
-// plane offset of top[0].
-template <typename scalar_t>
-void relu_max_pool_row(const scalar_t* top, int64_t conv_w, int64_t corner, int64_t out_w,
-                       scalar_t* out, int64_t* idx) {
-  using O = Octet<scalar_t>;
-  using Values = typename O::Values;
-  using Offsets = typename O::Offsets;
-  constexpr int64_t L = O::kLanes;
-  const Values zero = {};
-  const typename O::index_t cell_offsets[4] = {0, 1, static_cast<typename O::index_t>(conv_w),
-                                               static_cast<typename O::index_t>(conv_w + 1)};
-  for (int64_t ow0 = 0; ow0 < out_w; ow0 += L) {
-    const int64_t count = std::min(L, out_w - ow0);
-    const scalar_t* upper = top + 2 * ow0;
-    const scalar_t* lower = upper + conv_w;
-    scalar_t padded[2][2 * L] = {};  // the last group of a row: no read past the row's end
-    if (count < L) {
-      std::copy(upper, upper + 2 * count, padded[0]);
-      std::copy(lower, lower + 2 * count, padded[1]);
-      upper = padded[0], lower = padded[1];
-    }
-    const Values u0 = O::load(upper), u1 = O::load(upper + L);
-    const Values l0 = O::load(lower), l1 = O::load(lower + L);
-    Values cells[4] = {O::left(u0, u1), O::right(u0, u1), O::left(l0, l1), O::right(l0, l1)};
+  // The L windows from column 2 * ow0: upper and lower point at their rows' first cells, out and
+  // idx at output ow0; corner is the plane offset of upper[0], conv_w the plane's row length.
+  static void pool(const scalar_t* upper, const scalar_t* lower, int64_t conv_w, int64_t corner,
+                   scalar_t* out, int64_t* idx) {
+    const Values zero = {};
+    const index_t cell_offsets[4] = {0, 1, static_cast<index_t>(conv_w),
+                                     static_cast<index_t>(conv_w + 1)};
+    const Values u0 = load(upper), u1 = load(upper + L), l0 = load(lower), l1 = load(lower + L);
+    Values cells[4] = {left(u0, u1), right(u0, u1), left(l0, l1), right(l0, l1)};
     for (Values& c : cells) c = c < zero ? zero : c;  // ReLU; NaN passes
     Values best = cells[0];
     Offsets offset = {};
@@ -98,15 +82,39 @@ void relu_max_pool_row(const scalar_t* top, int64_t conv_w, int64_t corner, int6
       best = take ? cells[k] : best;
       offset = take ? Offsets{} + cell_offsets[k] : offset;
     }
-    const typename O::Indices cell =
-        O::window_corners(corner + 2 * ow0) + __builtin_convertvector(offset, typename O::Indices);
-    if (count == L) {
-      std::memcpy(out + ow0, &best, sizeof(best));
-      std::memcpy(idx + ow0, &cell, sizeof(cell));
-    } else {
-      for (int64_t i = 0; i < count; ++i) out[ow0 + i] = best[i], idx[ow0 + i] = cell[i];
-    }
+    Indices cell = __builtin_convertvector(offset, Indices) + corner;
+    for (int i = 0; i < L; ++i) cell[i] += 2 * i;
+    std::memcpy(out, &best, sizeof(best));
+    std::memcpy(idx, &cell, sizeof(cell));
   }
+};
+
+// out[ow], idx[ow] for ow < out_w of the windows on rows `top` and `top + conv_w`; `corner` is the
+// plane offset of top[0]. Whole groups of 8 windows, and a last group that overlaps the one
+// before it (its outputs are stored twice, the same values) rather than a partial one: partial
+// groups, copied through a padded buffer, took most of the pass at LeNet's 14- and 5-wide rows.
+template <typename scalar_t>
+void relu_max_pool_row(const scalar_t* top, int64_t conv_w, int64_t corner, int64_t out_w,
+                       scalar_t* out, int64_t* idx) {
+  const auto groups = [&](auto group, int64_t lanes) {
+    for (int64_t ow0 = 0;; ow0 += lanes) {
+      ow0 = std::min(ow0, out_w - lanes);
+      decltype(group)::pool(top + 2 * ow0, top + conv_w + 2 * ow0, conv_w, corner + 2 * ow0,
+                            out + ow0, idx + ow0);
+      if (ow0 + lanes == out_w) return;
+    }
+  };
+  if (out_w >= 8) return groups(Group<scalar_t, 8>{}, 8);
+  if (out_w >= 4) return groups(Group<scalar_t, 4>{}, 4);
+  // rows of 1-3 windows: through a zero-padded copy, so that no load leaves the row
+  scalar_t padded[2][8] = {};
+  std::copy(top, top + 2 * out_w, padded[0]);
+  std::copy(top + conv_w, top + conv_w + 2 * out_w, padded[1]);
+  scalar_t values[4];
+  int64_t cells[4];
+  Group<scalar_t, 4>::pool(padded[0], padded[1], conv_w, corner, values, cells);
+  std::copy(values, values + out_w, out);
+  std::copy(cells, cells + out_w, idx);
 }
 
 }  // namespace
