@@ -43,7 +43,8 @@ TORCH_LIBRARY(lenet_ext, m) {
         " -> (Tensor output, Tensor indices)");
   m.def("conv2d_relu_max_pool2d_backward(Tensor grad_output, Tensor output, Tensor indices,"
         " Tensor input, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
-  // The tutorial's whole LeNet on (N, 1, 32, 32) input: the logits, then what the backward needs.
+  // The tutorial's whole LeNet on (N, 1, 32, 32) input: the logits, then what the backward needs
+  // (the pools' argmax as uint8 window codes dy * 2 + dx, not max_pool2d's int64 offsets).
   m.def("lenet(Tensor input, Tensor conv1_weight, Tensor conv1_bias, Tensor conv2_weight,"
         " Tensor conv2_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight,"
         " Tensor fc2_bias, Tensor fc3_weight, Tensor fc3_bias) -> (Tensor logits, Tensor pool1,"

@@ -135,8 +135,8 @@ def _conv2d_relu_max_pool2d_backward_fake(grad_output, output, indices, input, w
 _LENET_PARAMETERS = ("conv1_weight", "conv1_bias", "conv2_weight", "conv2_bias", "fc1_weight",
                      "fc1_bias", "fc2_weight", "fc2_bias", "fc3_weight", "fc3_bias")
 # lenet's outputs after the logits: name, shape after the batch dimension, dtype (None: input's)
-_LENET_ACTIVATIONS = (("pool1", (6, 14, 14), None), ("pool1_indices", (6, 14, 14), torch.int64),
-                      ("pool2", (16, 5, 5), None), ("pool2_indices", (16, 5, 5), torch.int64),
+_LENET_ACTIVATIONS = (("pool1", (6, 14, 14), None), ("pool1_indices", (6, 14, 14), torch.uint8),
+                      ("pool2", (16, 5, 5), None), ("pool2_indices", (16, 5, 5), torch.uint8),
                       ("fc1_relu", (120,), None), ("fc2_relu", (84,), None))
 
 

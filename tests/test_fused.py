@@ -160,6 +160,15 @@ def test_fused_lenet_matches_stock(batch, device, dtype):
                                    **_tolerances(dtype, output=False))
 
 
+def _plane_offsets(codes, conv_w):
+    """Window codes (dy * 2 + dx) of a 2x2 stride-2 pool -> offsets into the conv plane."""
+    out_h, out_w = codes.shape[-2:]
+    oh = torch.arange(out_h).view(-1, 1)
+    ow = torch.arange(out_w)
+    codes = codes.long()
+    return (2 * oh + codes // 2) * conv_w + 2 * ow + codes % 2
+
+
 def test_lenet_activations_are_the_stock_networks():
     args = _lenet_args(5)
     logits, pool1, pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu = ops.lenet(*args)
@@ -171,8 +180,10 @@ def test_lenet_activations_are_the_stock_networks():
     for ours, expected in ((pool1, expected_pool1), (pool2, expected_pool2), (fc1_relu, expected_fc1),
                            (fc2_relu, expected_fc2), (logits, TF.linear(expected_fc2, fw3, fb3))):
         torch.testing.assert_close(ours, expected, **OUTPUT_TOL)
-    assert torch.equal(pool1_indices, expected_indices1)
-    assert torch.equal(pool2_indices, expected_indices2)
+    # lenet keeps each argmax as its window code dy * 2 + dx, max_pool2d as an offset in the plane
+    assert pool1_indices.dtype == pool2_indices.dtype == torch.uint8
+    assert torch.equal(_plane_offsets(pool1_indices, 28), expected_indices1)
+    assert torch.equal(_plane_offsets(pool2_indices, 10), expected_indices2)
 
 
 def test_lenet_gradcheck():
@@ -323,11 +334,15 @@ BAD_INPUTS = {
                                           RuntimeError, r"lenet_backward: expected grad_logits of shape \[2, 10\]"),
     "lenet backward: pool1_indices dtype": (
         "lenet_backward", lambda: _replace(_lenet_backward_args(2), 8, torch.zeros(2, 6, 14, 14)),
-        TypeError, r"lenet_backward: expected pool1_indices to have dtype int64, but got Float"),
+        TypeError, r"lenet_backward: expected pool1_indices to have dtype uint8 \(window codes, as "
+                   r"lenet returns them\), but got Float"),
+    "lenet backward: int64 pool2_indices": (
+        "lenet_backward", lambda: _replace(_lenet_backward_args(2), 10, torch.zeros(2, 16, 5, 5, dtype=torch.int64)),
+        TypeError, r"lenet_backward: expected pool2_indices to have dtype uint8"),
     "lenet backward: pool2_indices out of range": (
-        "lenet_backward", lambda: _replace(_lenet_backward_args(2), 10, torch.full((2, 16, 5, 5), -1)),
-        RuntimeError, r"lenet_backward: expected pool1_indices in \[0, 784\) and pool2_indices in "
-                      r"\[0, 100\) \(offsets into the conv planes\), but got -1"),
+        "lenet_backward", lambda: _replace(_lenet_backward_args(2), 10, torch.full((2, 16, 5, 5), 4, dtype=torch.uint8)),
+        RuntimeError, r"lenet_backward: expected pool1_indices and pool2_indices in \[0, 4\) "
+                      r"\(window codes dy \* 2 \+ dx\), but got 4"),
 }
 
 

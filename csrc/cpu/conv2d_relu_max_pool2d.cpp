@@ -43,15 +43,16 @@ namespace {
 // row's 2L cells are loaded as two vectors and split into the windows' left and right columns, so
 // ReLU, compare and take are vector selects, with no branch on the data (a scalar loop compiled
 // to branches, mispredicted on random signs, ran at ~5 ns an input cell).
-template <typename scalar_t, int L>
+template <typename scalar_t, typename index_t, int L>
 struct Group {
-  using index_t = offset_t<scalar_t>;
+  using offset = offset_t<scalar_t>;
   typedef scalar_t Values __attribute__((vector_size(L * sizeof(scalar_t))));
   // of the values' width, so that a compare's mask selects offsets too
-  typedef index_t Offsets __attribute__((vector_size(L * sizeof(index_t))));
+  typedef offset Offsets __attribute__((vector_size(L * sizeof(offset))));
   // (int64_t spelled as a dependent type: GCC drops vector_size from a non-dependent one here)
   using int64 = std::enable_if_t<sizeof(scalar_t) != 0, int64_t>;
   typedef int64 Indices __attribute__((vector_size(L * sizeof(int64_t))));
+  typedef index_t Codes __attribute__((vector_size(L * sizeof(index_t))));  // uint8_t index_t
 
   static Values load(const scalar_t* p) {
     Values v;
@@ -68,10 +69,12 @@ struct Group {
   // The L windows from column 2 * ow0: upper and lower point at their rows' first cells, out and
   // idx at output ow0; corner is the plane offset of upper[0], conv_w the plane's row length.
   static void pool(const scalar_t* upper, const scalar_t* lower, int64_t conv_w, int64_t corner,
-                   scalar_t* out, int64_t* idx) {
+                   scalar_t* out, index_t* idx) {
+    constexpr bool kCodes = !std::is_same_v<index_t, int64_t>;
     const Values zero = {};
-    const index_t cell_offsets[4] = {0, 1, static_cast<index_t>(conv_w),
-                                     static_cast<index_t>(conv_w + 1)};
+    // a window code is dy * 2 + dx; an index, the cell's offset in the plane
+    const offset cell_offsets[4] = {0, 1, static_cast<offset>(kCodes ? 2 : conv_w),
+                                    static_cast<offset>(kCodes ? 3 : conv_w + 1)};
     const Values u0 = load(upper), u1 = load(upper + L), l0 = load(lower), l1 = load(lower + L);
     Values cells[4] = {left(u0, u1), right(u0, u1), left(l0, l1), right(l0, l1)};
     for (Values& c : cells) c = c < zero ? zero : c;  // ReLU; NaN passes
@@ -82,10 +85,15 @@ struct Group {
       best = take ? cells[k] : best;
       offset = take ? Offsets{} + cell_offsets[k] : offset;
     }
-    Indices cell = __builtin_convertvector(offset, Indices) + corner;
-    for (int i = 0; i < L; ++i) cell[i] += 2 * i;
     std::memcpy(out, &best, sizeof(best));
-    std::memcpy(idx, &cell, sizeof(cell));
+    if constexpr (kCodes) {
+      const Codes code = __builtin_convertvector(offset, Codes);
+      std::memcpy(idx, &code, sizeof(code));
+    } else {
+      Indices cell = __builtin_convertvector(offset, Indices) + corner;
+      for (int i = 0; i < L; ++i) cell[i] += 2 * i;
+      std::memcpy(idx, &cell, sizeof(cell));
+    }
   }
 };
 
@@ -93,9 +101,9 @@ struct Group {
 // plane offset of top[0]. Whole groups of 8 windows, and a last group that overlaps the one
 // before it (its outputs are stored twice, the same values) rather than a partial one: partial
 // groups, copied through a padded buffer, took most of the pass at LeNet's 14- and 5-wide rows.
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 void relu_max_pool_row(const scalar_t* top, int64_t conv_w, int64_t corner, int64_t out_w,
-                       scalar_t* out, int64_t* idx) {
+                       scalar_t* out, index_t* idx) {
   const auto groups = [&](auto group, int64_t lanes) {
     for (int64_t ow0 = 0;; ow0 += lanes) {
       ow0 = std::min(ow0, out_w - lanes);
@@ -104,23 +112,23 @@ void relu_max_pool_row(const scalar_t* top, int64_t conv_w, int64_t corner, int6
       if (ow0 + lanes == out_w) return;
     }
   };
-  if (out_w >= 8) return groups(Group<scalar_t, 8>{}, 8);
-  if (out_w >= 4) return groups(Group<scalar_t, 4>{}, 4);
+  if (out_w >= 8) return groups(Group<scalar_t, index_t, 8>{}, 8);
+  if (out_w >= 4) return groups(Group<scalar_t, index_t, 4>{}, 4);
   // rows of 1-3 windows: through a zero-padded copy, so that no load leaves the row
   scalar_t padded[2][8] = {};
   std::copy(top, top + 2 * out_w, padded[0]);
   std::copy(top + conv_w, top + conv_w + 2 * out_w, padded[1]);
   scalar_t values[4];
-  int64_t cells[4];
-  Group<scalar_t, 4>::pool(padded[0], padded[1], conv_w, corner, values, cells);
+  index_t cells[4];
+  Group<scalar_t, index_t, 4>::pool(padded[0], padded[1], conv_w, corner, values, cells);
   std::copy(values, values + out_w, out);
   std::copy(cells, cells + out_w, idx);
 }
 
 }  // namespace
 
-template <typename scalar_t>
-void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, int64_t* indices, int64_t planes,
+template <typename scalar_t, typename index_t>
+void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, index_t* indices, int64_t planes,
                       int64_t conv_h, int64_t conv_w) {
   const int64_t out_h = conv_h / 2, out_w = conv_w / 2;
   const int64_t conv_plane = conv_h * conv_w;
@@ -151,14 +159,15 @@ inline scalar_t kept_if(bool keep, scalar_t value) {
 
 }  // namespace
 
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* output,
-                               const int64_t* indices, scalar_t* grad_conv, int64_t planes,
+                               const index_t* indices, scalar_t* grad_conv, int64_t planes,
                                int64_t conv_h, int64_t conv_w, int64_t* bad_index) {
   // A plane is zeroed, then each window's gradient (after the ReLU mask) is stored at its argmax:
   // one store per window, no branch on the data. The windows do not overlap, so a store replaces
   // an add as long as every index lies in its own window, which the same loop checks; a plane that
-  // fails (only hand-made indices can) is redone as torch's scatter-add. The earlier vector form
+  // fails (only hand-made indices can) is redone as torch's scatter-add; a window code past 3 is
+  // refused, as it names no cell. The earlier vector form
   // (eight windows, four masked cells each) spent its time on the partial groups of LeNet's
   // 14- and 5-wide rows: 0.58 ms of lenet_backward's 2.9 ms at batch 64.
   const int64_t out_h = conv_h / 2, out_w = conv_w / 2;
@@ -171,20 +180,36 @@ bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* outp
       scalar_t* plane_grad = grad_conv + p * conv_plane;
       const scalar_t* grad = grad_output + p * out_plane;
       const scalar_t* out = output + p * out_plane;
-      const int64_t* idx = indices + p * out_plane;
+      const index_t* idx = indices + p * out_plane;
       std::fill_n(plane_grad, conv_plane, scalar_t(0));
       bool in_windows = true;
       for (int64_t oh = 0; oh < out_h; ++oh)
         for (int64_t ow = 0; ow < out_w; ++ow) {
           const int64_t o = oh * out_w + ow, corner = 2 * (oh * conv_w + ow);
-          const uint64_t cell = static_cast<uint64_t>(idx[o]) - static_cast<uint64_t>(corner);
-          const uint64_t row = static_cast<uint64_t>(conv_w);  // (unsigned: any index wraps safely)
-          const bool inside = (cell == 0) | (cell == 1) | (cell == row) | (cell == row + 1);
+          int64_t at;
+          bool inside;
+          if constexpr (std::is_same_v<index_t, int64_t>) {
+            const uint64_t cell = static_cast<uint64_t>(idx[o]) - static_cast<uint64_t>(corner);
+            const uint64_t row = static_cast<uint64_t>(conv_w);  // (unsigned: any index wraps safely)
+            inside = (cell == 0) | (cell == 1) | (cell == row) | (cell == row + 1);
+            at = inside ? idx[o] : corner;
+          } else {
+            const int64_t code = idx[o];
+            inside = code < 4;
+            at = corner + (code & 1) + (code & 2 ? conv_w : 0);
+            at = inside ? at : corner;
+          }
           in_windows &= inside;
           // the ReLU: y <= 0 (not > 0) blocks, so a NaN output passes
-          plane_grad[inside ? idx[o] : corner] = kept_if(!(out[o] <= scalar_t(0)), grad[o]);
+          plane_grad[at] = kept_if(!(out[o] <= scalar_t(0)), grad[o]);
         }
       if (in_windows) continue;
+      if constexpr (!std::is_same_v<index_t, int64_t>) {
+        for (int64_t o = 0; o < out_plane; ++o)
+          if (idx[o] >= 4) bad.store(idx[o], std::memory_order_relaxed);
+        ok.store(false, std::memory_order_relaxed);
+        continue;
+      }
       // Indices made by hand may point anywhere in the plane: torch's scatter-add then.
       std::fill(plane_grad, plane_grad + conv_plane, scalar_t(0));
       for (int64_t o = 0; o < out_plane; ++o) {
@@ -202,12 +227,14 @@ bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* outp
   return ok.load();
 }
 
-#define LENET_EXT_INSTANTIATE(scalar_t)                                                         \
-  template void relu_max_pool2x2(const scalar_t*, scalar_t*, int64_t*, int64_t, int64_t, int64_t); \
-  template bool relu_max_pool2x2_backward(const scalar_t*, const scalar_t*, const int64_t*,       \
+#define LENET_EXT_INSTANTIATE(scalar_t, index_t)                                                \
+  template void relu_max_pool2x2(const scalar_t*, scalar_t*, index_t*, int64_t, int64_t, int64_t); \
+  template bool relu_max_pool2x2_backward(const scalar_t*, const scalar_t*, const index_t*,       \
                                           scalar_t*, int64_t, int64_t, int64_t, int64_t*);
-LENET_EXT_INSTANTIATE(float)
-LENET_EXT_INSTANTIATE(double)
+LENET_EXT_INSTANTIATE(float, int64_t)
+LENET_EXT_INSTANTIATE(double, int64_t)
+LENET_EXT_INSTANTIATE(float, uint8_t)
+LENET_EXT_INSTANTIATE(double, uint8_t)
 #undef LENET_EXT_INSTANTIATE
 
 namespace {

@@ -73,8 +73,10 @@ void relu_mask_in_place(scalar_t* grad, const scalar_t* result, int64_t count) {
 
 // What the forward saves for the backward, [batch, ...] each: written by the forward
 // (value_t = scalar_t), read by the backward (value_t = const scalar_t).
+// The pools' argmax are window codes (dy * 2 + dx, uint8): 3.2 MB less to write, read and
+// page-fault in at batch 256 than torch's int64 plane offsets.
 template <typename value_t, typename index_t = std::conditional_t<std::is_const_v<value_t>,
-                                                                  const int64_t, int64_t>>
+                                                                  const uint8_t, uint8_t>>
 struct Activations {
   value_t* pool1;
   index_t* pool1_indices;
@@ -215,8 +217,9 @@ void check_like_input(const char* op, const char* arg, const at::Tensor& t,
 
 void check_indices(const char* op, const char* arg, const at::Tensor& t, at::IntArrayRef shape,
                    const at::Tensor& input) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, "lenet_ext.", op, ": expected ", arg,
-                   " to have dtype int64, but got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kByte, "lenet_ext.", op, ": expected ", arg,
+                   " to have dtype uint8 (window codes, as lenet returns them), but got ",
+                   t.scalar_type());
   TORCH_CHECK(t.device() == input.device(), "lenet_ext.", op, ": expected ", arg, " to be on the "
               "same device as input (", input.device(), "), but got ", t.device());
   check_same_shape(op, arg, t, shape);
@@ -242,9 +245,9 @@ lenet_cpu(const at::Tensor& input, const at::Tensor& conv1_weight, const at::Ten
   const auto options = input.options();
   auto logits = at::empty({batch, kClasses}, options);
   auto pool1 = at::empty({batch, 6, 14, 14}, options);
-  auto pool1_indices = at::empty({batch, 6, 14, 14}, options.dtype(at::kLong));
+  auto pool1_indices = at::empty({batch, 6, 14, 14}, options.dtype(at::kByte));
   auto pool2 = at::empty({batch, 16, 5, 5}, options);
-  auto pool2_indices = at::empty({batch, 16, 5, 5}, options.dtype(at::kLong));
+  auto pool2_indices = at::empty({batch, 16, 5, 5}, options.dtype(at::kByte));
   auto fc1_relu = at::empty({batch, kFc1}, options);
   auto fc2_relu = at::empty({batch, kFc2}, options);
   const auto x = input.expect_contiguous();
@@ -254,9 +257,9 @@ lenet_cpu(const at::Tensor& input, const at::Tensor& conv1_weight, const at::Ten
     std::array<const scalar_t*, kParams> p;
     for (int64_t i = 0; i < kParams; ++i) p[i] = contiguous[i]->const_data_ptr<scalar_t>();
     const Activations<scalar_t> a{pool1.mutable_data_ptr<scalar_t>(),
-                                  pool1_indices.mutable_data_ptr<int64_t>(),
+                                  pool1_indices.mutable_data_ptr<uint8_t>(),
                                   pool2.mutable_data_ptr<scalar_t>(),
-                                  pool2_indices.mutable_data_ptr<int64_t>(),
+                                  pool2_indices.mutable_data_ptr<uint8_t>(),
                                   fc1_relu.mutable_data_ptr<scalar_t>(),
                                   fc2_relu.mutable_data_ptr<scalar_t>()};
     lenet_forward(x->const_data_ptr<scalar_t>(), p, logits.mutable_data_ptr<scalar_t>(), a, batch);
@@ -307,8 +310,8 @@ Tensors11 lenet_backward_cpu(const at::Tensor& grad_logits, const at::Tensor& in
     p[kFc2W] = w4->const_data_ptr<scalar_t>();
     p[kFc3W] = w5->const_data_ptr<scalar_t>();
     const Activations<const scalar_t> a{
-        p1->const_data_ptr<scalar_t>(), i1->const_data_ptr<int64_t>(),
-        p2->const_data_ptr<scalar_t>(), i2->const_data_ptr<int64_t>(),
+        p1->const_data_ptr<scalar_t>(), i1->const_data_ptr<uint8_t>(),
+        p2->const_data_ptr<scalar_t>(), i2->const_data_ptr<uint8_t>(),
         h1->const_data_ptr<scalar_t>(), h2->const_data_ptr<scalar_t>()};
     std::array<scalar_t*, 1 + kParams> out{};
     for (int64_t i = 0; i < 1 + kParams; ++i)
@@ -316,8 +319,8 @@ Tensors11 lenet_backward_cpu(const at::Tensor& grad_logits, const at::Tensor& in
     indices_ok = lenet_backward(g->const_data_ptr<scalar_t>(), x->const_data_ptr<scalar_t>(), p,
                                 a, out, batch, &bad_index);
   });
-  TORCH_CHECK(indices_ok, "lenet_ext.", op, ": expected pool1_indices in [0, 784) and "
-              "pool2_indices in [0, 100) (offsets into the conv planes), but got ", bad_index);
+  TORCH_CHECK(indices_ok, "lenet_ext.", op, ": expected pool1_indices and pool2_indices in "
+              "[0, 4) (window codes dy * 2 + dx), but got ", bad_index);
   return std::apply([](auto&... t) { return Tensors11{t...}; }, grads);
 }
 
