@@ -342,19 +342,25 @@ void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_
   using V = gemm_detail::Vec<scalar_t>;
   constexpr int64_t L = V::kLanes, kCols = 2 * L;
   const int64_t full_k = k_size / L * L;
-  for (int64_t n0 = 0; n0 < n_size; n0 += L) {  // L rows of W -> L columns of one panel
-    scalar_t* out = panels + n0 / kCols * k_size * kCols + n0 % kCols;
-    const int64_t rows = std::min(L, n_size - n0);
-    for (int64_t k0 = 0; k0 < full_k; k0 += L) {
-      typename V::type block[L];
-      for (int r = 0; r < L; ++r) block[r] = r < rows ? V::load(w + (n0 + r) * k_size + k0)
-                                                      : typename V::type{};
-      gemm_detail::transpose_block<scalar_t>(block);
-      for (int r = 0; r < L; ++r) V::store(out + (k0 + r) * kCols, block[r]);
+  // Split over threads from 16K elements a task: serial, fc1's 48K-element W^T took as long as
+  // its product at batch 64, while the other thread waited.
+  const int64_t blocks = (n_size + L - 1) / L;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / (L * std::max<int64_t>(1, k_size)));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t n0 = begin * L; n0 < std::min(end * L, n_size); n0 += L) {  // L rows of W -> L columns of one panel
+      scalar_t* out = panels + n0 / kCols * k_size * kCols + n0 % kCols;
+      const int64_t rows = std::min(L, n_size - n0);
+      for (int64_t k0 = 0; k0 < full_k; k0 += L) {
+        typename V::type block[L];
+        for (int r = 0; r < L; ++r) block[r] = r < rows ? V::load(w + (n0 + r) * k_size + k0)
+                                                        : typename V::type{};
+        gemm_detail::transpose_block<scalar_t>(block);
+        for (int r = 0; r < L; ++r) V::store(out + (k0 + r) * kCols, block[r]);
+      }
+      for (int64_t k = full_k; k < k_size; ++k)
+        for (int64_t r = 0; r < L; ++r) out[k * kCols + r] = r < rows ? w[(n0 + r) * k_size + k] : 0;
     }
-    for (int64_t k = full_k; k < k_size; ++k)
-      for (int64_t r = 0; r < L; ++r) out[k * kCols + r] = r < rows ? w[(n0 + r) * k_size + k] : 0;
-  }
+  });
   // a last panel with no more than L columns: its second half is all padding
   if (const int64_t last = n_size % kCols; last > 0 && last <= L)
     for (int64_t k = 0; k < k_size; ++k)
