@@ -43,11 +43,9 @@ struct Vec {
   }
 };
 
-// ~1M multiply-adds per task. On this machine's two hyperthreads of one core, a split product
-// of LeNet's batch 64 ran no faster than one thread (fc1: 81 vs 73-85 µs; fc2: 18-43 vs 19 µs,
-// with OpenMP on; why is not established: both threads share one L1 and one set of FMA units),
+// ~1M multiply-adds per task. On the CI box's two vCPUs (an FMA unit each), a split product of
+// LeNet's batch 64 ran no faster than one thread (fc2: 16.5 µs with a 256K grain or inline),
 // while from ~2M on the split won (fc2 at batch 256: 39 vs 60 µs; fc1 at 256: 165 vs 250-300 µs).
-// So fc2 at batch 64 (0.65M) runs inline; fc1 at 64 (3M) is split, which neither wins nor loses.
 inline int64_t grain_for(int64_t multiply_adds_per_item) {
   return std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, multiply_adds_per_item));
 }

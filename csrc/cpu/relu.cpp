@@ -2,8 +2,8 @@
 // saved result is > 0. 4-8 bytes read and written per element, so it runs at memory speed when the
 // loop vectorises: both are written as selects (no data-dependent branch), which GCC turns into
 // masked vector moves, and NaN compares false so it propagates as in torch. Threads split the
-// elements above stock's grain (TensorIterator's 32768): one core's two hyperthreads stream ~1.7x
-// faster than one (measured), and the fork then costs less than it saves.
+// elements above stock's grain (TensorIterator's 32768): the two vCPUs stream ~1.7x faster than
+// one (measured), and the fork then costs less than it saves.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
