@@ -1,8 +1,10 @@
-// Autograd of the forward ops, in C++: a torch::autograd::Function per op, registered at the
-// Autograd key for every device. Each saves what its backward op needs and asks that op only for
-// the gradients autograd wants (output_mask). In Python (torch.library.register_autograd) the same
-// wiring cost ~7 µs per call, with or without grad, the whole run time of a batch-1 op; here a call
-// without grad goes straight to the kernel and one with grad adds ~1.5 µs.
+// Autograd of the forward ops, in C++, registered at the Autograd key for every device. Each
+// saves what its backward op needs and asks that op only for the gradients autograd wants
+// (output_mask). In Python (torch.library.register_autograd) the same wiring cost ~7 µs per call,
+// with or without grad, the whole run time of a batch-1 op; here a call without grad goes straight
+// to the kernel. The four layer ops record a hand-written autograd Node, as ATen's generated ops
+// do; a torch::autograd::Function (kept for the fused ops, one node a block or a network) cost
+// ~4-9 µs more per forward+backward.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -58,12 +60,12 @@ const auto& relu_op() {
 // saved-variable lists) cost ~4 µs per forward+backward, more than the batch-1 kernels.
 // Nodes are intrusive_ptr-counted in torch 2.13 and shared_ptr-counted in older releases (the GPU
 // machine has 2.11); the two helpers spell both, and the branch not taken is never instantiated.
-template <typename N>
-auto make_node() {
+template <typename N, typename... Args>
+auto make_node(Args&&... args) {
   if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, N>)
-    return c10::make_intrusive<N>();
+    return c10::make_intrusive<N>(std::forward<Args>(args)...);
   else  // deleteNode (found by argument-dependent lookup) frees long chains without recursion
-    return std::shared_ptr<N>(new N(), [](N* node) { deleteNode(node); });
+    return std::shared_ptr<N>(new N(std::forward<Args>(args)...), [](N* node) { deleteNode(node); });
 }
 
 template <typename N>
@@ -96,6 +98,46 @@ at::Tensor relu_autograd(const at::Tensor& input) {
   return result;
 }
 
+// linear's and conv2d's node: saves input and weight, and hands them with the wanted mask of
+// (input, weight, bias) to `backward`, which calls the backward op with the layer's other arguments.
+template <typename Backward>
+struct InputWeightBackward : torch::autograd::Node {
+  InputWeightBackward(const char* name, Backward backward)
+      : name_(name), backward_(std::move(backward)) {}
+  torch::autograd::SavedVariable input, weight;
+
+  variable_list apply(variable_list&& grads) override {
+    const std::array<bool, 3> mask = {should_compute_output(0), should_compute_output(1),
+                                      should_compute_output(2)};  // an absent bias has no edge
+    if (!grads[0].defined() || !(mask[0] || mask[1] || mask[2]))
+      return {at::Tensor(), at::Tensor(), at::Tensor()};
+    auto [grad_input, grad_weight, grad_bias] =
+        backward_(grads[0], input.unpack(), weight.unpack(), mask);
+    return {grad_input, grad_weight, grad_bias};
+  }
+  std::string name() const override { return name_; }
+  void release_variables() override {
+    input.reset_data();
+    weight.reset_data();
+  }
+
+ private:
+  const char* name_;
+  Backward backward_;
+};
+
+// Records `output`'s node: edges to input, weight and bias (or none), input and weight saved.
+template <typename Backward>
+void record_input_weight_node(const at::Tensor& output, const at::Tensor& input,
+                              const at::Tensor& weight, const at::Tensor& bias, const char* name,
+                              Backward backward) {
+  auto node = make_node<InputWeightBackward<Backward>>(name, std::move(backward));
+  node->set_next_edges(torch::autograd::collect_next_edges(input, weight, bias));
+  torch::autograd::set_history(output, node);
+  node->input = torch::autograd::SavedVariable(input, /*is_output=*/false);
+  node->weight = torch::autograd::SavedVariable(weight, /*is_output=*/false);
+}
+
 // linear ----------------------------------------------------------------------------------------
 
 using LinearSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&);
@@ -107,30 +149,18 @@ const auto& linear_op() {
   return op;
 }
 
-struct Linear : torch::autograd::Function<Linear> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias) {
-    ctx->save_for_backward({input, weight});
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    return call_below_autograd(linear_op(), input, weight, bias);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<LinearBackwardSig>("lenet_ext::linear_backward");
-    const auto saved = ctx->get_saved_variables();
-    const bool has_bias = ctx->saved_data["has_bias"].toBool();
-    // needs_input_grad counts tensor inputs only: an absent bias has no edge
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_bias && ctx->needs_input_grad(2)};
-    auto [grad_input, grad_weight, grad_bias] = op.call(grads[0], saved[0], saved[1], mask);
-    return {grad_input, grad_weight, grad_bias};
-  }
-};
-
 at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias) {
-  if (!wants_grad({&input, &weight, &or_undefined(bias)}))
-    return call_below_autograd(linear_op(), input, weight, bias);
-  return Linear::apply(input, weight, bias);
+  at::Tensor output = call_below_autograd(linear_op(), input, weight, bias);
+  if (!wants_grad({&input, &weight, &or_undefined(bias)})) return output;
+  record_input_weight_node(output, input, weight, or_undefined(bias), "lenet_ext::LinearBackward",
+                           [](const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
+                              std::array<bool, 3> mask) {
+                             static const auto op =
+                                 handle<LinearBackwardSig>("lenet_ext::linear_backward");
+                             return op.call(grad, x, w, mask);
+                           });
+  return output;
 }
 
 // conv2d ----------------------------------------------------------------------------------------
@@ -146,40 +176,21 @@ const auto& conv2d_op() {
   return op;
 }
 
-struct Conv2d : torch::autograd::Function<Conv2d> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
-                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
-                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-    ctx->save_for_backward({input, weight});
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    ctx->saved_data["stride"] = stride;
-    ctx->saved_data["padding"] = padding;
-    ctx->saved_data["dilation"] = dilation;
-    ctx->saved_data["groups"] = groups;
-    return call_below_autograd(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<Conv2dBackwardSig>("lenet_ext::conv2d_backward");
-    const auto saved = ctx->get_saved_variables();
-    auto& data = ctx->saved_data;
-    const bool has_bias = data["has_bias"].toBool();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_bias && ctx->needs_input_grad(2)};
-    auto [grad_input, grad_weight, grad_bias] =
-        op.call(grads[0], saved[0], saved[1], data["stride"].toIntVector(),
-                data["padding"].toIntVector(), data["dilation"].toIntVector(),
-                data["groups"].toInt(), mask);
-    return {grad_input, grad_weight, grad_bias, at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
-  }
-};
-
 at::Tensor conv2d_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  if (!wants_grad({&input, &weight, &or_undefined(bias)}))
-    return call_below_autograd(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
-  return Conv2d::apply(input, weight, bias, stride, padding, dilation, groups);
+  at::Tensor output =
+      call_below_autograd(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
+  if (!wants_grad({&input, &weight, &or_undefined(bias)})) return output;
+  record_input_weight_node(
+      output, input, weight, or_undefined(bias), "lenet_ext::Conv2dBackward",
+      [stride = stride.vec(), padding = padding.vec(), dilation = dilation.vec(), groups](
+          const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
+          std::array<bool, 3> mask) {
+        static const auto op = handle<Conv2dBackwardSig>("lenet_ext::conv2d_backward");
+        return op.call(grad, x, w, stride, padding, dilation, groups, mask);
+      });
+  return output;
 }
 
 // max_pool2d ------------------------------------------------------------------------------------
@@ -194,26 +205,18 @@ const auto& max_pool2d_op() {
   return op;
 }
 
-struct MaxPool2d : torch::autograd::Function<MaxPool2d> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                               at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-    auto [output, indices] = call_below_autograd(max_pool2d_op(), input, kernel_size, stride,
-                                                 padding, dilation, ceil_mode);
-    ctx->mark_non_differentiable({indices});
-    ctx->set_materialize_grads(false);  // no zero-filled gradient for the indices
-    ctx->save_for_backward({indices});
-    ctx->saved_data["input_size"] = input.sizes();
-    return {output, indices};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+// The node has one input, the output's gradient: the indices (int64) have no gradient.
+struct MaxPool2dBackward : torch::autograd::Node {
+  torch::autograd::SavedVariable indices;
+  std::vector<int64_t> input_size;
+
+  variable_list apply(variable_list&& grads) override {
     static const auto op = handle<MaxPool2dBackwardSig>("lenet_ext::max_pool2d_backward");
-    at::Tensor grad_input;
-    if (grads[0].defined())  // undefined when only the indices were used
-      grad_input = op.call(grads[0], ctx->get_saved_variables()[0],
-                           ctx->saved_data["input_size"].toIntVector());
-    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (!grads[0].defined() || !should_compute_output(0)) return {at::Tensor()};
+    return {op.call(grads[0], indices.unpack(), input_size)};
   }
+  std::string name() const override { return "lenet_ext::MaxPool2dBackward"; }
+  void release_variables() override { indices.reset_data(); }
 };
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& input,
@@ -221,11 +224,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& input,
                                                        at::IntArrayRef stride,
                                                        at::IntArrayRef padding,
                                                        at::IntArrayRef dilation, bool ceil_mode) {
-  if (!wants_grad({&input}))
-    return call_below_autograd(max_pool2d_op(), input, kernel_size, stride, padding, dilation,
-                               ceil_mode);
-  auto outputs = MaxPool2d::apply(input, kernel_size, stride, padding, dilation, ceil_mode);
-  return {outputs[0], outputs[1]};
+  auto [output, indices] = call_below_autograd(max_pool2d_op(), input, kernel_size, stride,
+                                               padding, dilation, ceil_mode);
+  if (!wants_grad({&input})) return {output, indices};
+  auto node = make_node<MaxPool2dBackward>();
+  node->set_next_edges(torch::autograd::collect_next_edges(input));
+  torch::autograd::set_history(output, node);
+  node->indices = torch::autograd::SavedVariable(indices, /*is_output=*/false);
+  node->input_size = input.sizes().vec();
+  return {output, indices};
 }
 
 }  // namespace
