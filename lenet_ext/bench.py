@@ -63,6 +63,8 @@ class Pair:
     labels: tuple  # names of the returned tensors, for messages
     work: float  # FLOPs, bytes or images per call
     unit: str  # a key of UNIT_SCALE
+    # the same case on fresh random inputs, where a correct kernel may differ by chance (see measure)
+    redraw: Optional[Callable[[], "Pair"]] = None
 
 
 @dataclasses.dataclass
@@ -197,7 +199,7 @@ def lenet_pair(batch: int, device, mode: str, name: str = "lenet") -> Pair:
             return training_step(net, images, targets)
         labels = ("loss", *(f"grad {n}" for n, _ in ours_net.named_parameters()))
     return Pair(name, mode, batch, "1x32x32 -> 10", make(ours_net), make(stock_net), labels,
-                batch, "img/s")
+                batch, "img/s", redraw=lambda: lenet_pair(batch, device, mode, name))
 
 
 def op_pairs(batch_sizes: Iterable[int], device) -> Iterable[Pair]:
@@ -235,6 +237,14 @@ def max_error(pair: Pair) -> tuple:
 def measure(pair: Pair, threads: int, min_run_time: float) -> Row:
     """Checks the pair equal, then times it: ours, stock, stock, ours, each for min_run_time / 2."""
     error, label = max_error(pair)
+    if not error <= TOLERANCE and pair.redraw is not None:
+        # A whole network's gradients go through max-pool's argmax, which jumps where two cells of
+        # a window are within rounding of each other: our convolution and stock's round
+        # differently, so now and then (~1 batch-256 step in 30) one window picks the other cell
+        # and moves its gradient, ~3e-3 of a conv weight's gradient. So one more draw: a kernel
+        # bug fails on it too, a flip only by a second chance of ~1 in 30.
+        pair = pair.redraw()
+        error, label = max_error(pair)
     if not error <= TOLERANCE:
         raise MismatchError(f"{pair.name} {pair.mode} batch {pair.batch}: {label} differs from torch "
                             f"(max relative error {error:.1e} > {TOLERANCE:.0e}); not timing it")

@@ -67,6 +67,28 @@ def test_a_pair_that_differs_is_not_timed(monkeypatch):
         bench.measure(bench.op_pair("relu", 2, "cpu", "forward"), threads=1, min_run_time=0.002)
 
 
+def _pair_with_redraws(errors):
+    """A relu pair whose output differs from stock's by errors[0], redrawn as one that differs by
+    errors[1], and so on (0: they agree)."""
+    pair = bench.op_pair("relu", 2, "cpu", "forward")
+    ours = pair.ours
+    pair.ours = lambda: ours() * (1 + errors[0])
+    if len(errors) > 1:
+        pair.redraw = lambda: _pair_with_redraws(errors[1:])
+    return pair
+
+
+def test_a_network_pair_that_differs_once_is_timed_on_a_fresh_draw():
+    # the first draw's argmax may flip on a near-tie (see bench.measure); the redraw agrees
+    row = bench.measure(_pair_with_redraws([3e-3, 0.0]), threads=1, min_run_time=0.002)
+    assert row.max_error <= bench.TOLERANCE
+
+
+def test_a_network_pair_that_differs_twice_is_not_timed():
+    with pytest.raises(bench.MismatchError, match="relu forward batch 2: output differs"):
+        bench.measure(_pair_with_redraws([3e-3, 3e-3]), threads=1, min_run_time=0.002)
+
+
 @pytest.mark.parametrize("name, mode, batch, work", [
     ("conv1", "forward", 2, 2 * 2 * 6 * 28 * 28 * 1 * 5 * 5),
     ("conv1", "forward+backward", 2, 2 * (2 * 2 * 6 * 28 * 28 * 1 * 5 * 5)),  # no grad for the image
