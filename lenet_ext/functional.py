@@ -3,7 +3,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-
 from torch.compiler import is_compiling
 
 from .ops import lib

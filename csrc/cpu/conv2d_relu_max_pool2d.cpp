@@ -4,7 +4,8 @@
 // the ReLU'd plane is never stored. ReLU is applied to each cell before the max, so output and
 // indices are torch's max_pool2d(relu(conv)) bit for bit, ties and NaN included. Backward zeroes
 // each conv-gradient plane and stores the output gradient at the argmax where the output passed
-// the ReLU (one pass over the plane, in cache), then runs conv2d's backward. Threads split planes: bitwise the same for any count.
+// the ReLU (one pass over the plane, in cache), then runs conv2d's backward. Threads split planes:
+// bitwise the same for any count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -166,10 +167,10 @@ bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* outp
   // A plane is zeroed, then each window's gradient (after the ReLU mask) is stored at its argmax:
   // one store per window, no branch on the data. The windows do not overlap, so a store replaces
   // an add as long as every index lies in its own window, which the same loop checks; a plane that
-  // fails (only hand-made indices can) is redone as torch's scatter-add; a window code past 3 is
-  // refused, as it names no cell. The earlier vector form
-  // (eight windows, four masked cells each) spent its time on the partial groups of LeNet's
-  // 14- and 5-wide rows: 0.58 ms of lenet_backward's 2.9 ms at batch 64.
+  // fails (only hand-made indices can) is redone as torch's scatter-add, and a window code past 3
+  // is refused. The earlier vector form (eight windows, four masked cells each) spent its time on
+  // the partial groups of LeNet's 14- and 5-wide rows: 0.58 ms of lenet_backward's 2.9 ms at
+  // batch 64.
   const int64_t out_h = conv_h / 2, out_w = conv_w / 2;
   const int64_t conv_plane = conv_h * conv_w, out_plane = out_h * out_w;
   std::atomic<bool> ok{true};
@@ -193,33 +194,32 @@ bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* outp
             const uint64_t row = static_cast<uint64_t>(conv_w);  // (unsigned: any index wraps safely)
             inside = (cell == 0) | (cell == 1) | (cell == row) | (cell == row + 1);
             at = inside ? idx[o] : corner;
-          } else {
+          } else {  // any code's two low bits name a cell of the window
             const int64_t code = idx[o];
             inside = code < 4;
             at = corner + (code & 1) + (code & 2 ? conv_w : 0);
-            at = inside ? at : corner;
           }
           in_windows &= inside;
           // the ReLU: y <= 0 (not > 0) blocks, so a NaN output passes
           plane_grad[at] = kept_if(!(out[o] <= scalar_t(0)), grad[o]);
         }
       if (in_windows) continue;
-      if constexpr (!std::is_same_v<index_t, int64_t>) {
+      if constexpr (std::is_same_v<index_t, int64_t>) {
+        // Indices made by hand may point anywhere in the plane: torch's scatter-add then.
+        std::fill(plane_grad, plane_grad + conv_plane, scalar_t(0));
+        for (int64_t o = 0; o < out_plane; ++o) {
+          const scalar_t g = out[o] <= scalar_t(0) ? scalar_t(0) : grad[o];
+          if (static_cast<uint64_t>(idx[o]) < static_cast<uint64_t>(conv_plane)) {
+            plane_grad[idx[o]] += g;
+          } else {
+            bad.store(idx[o], std::memory_order_relaxed);
+            ok.store(false, std::memory_order_relaxed);
+          }
+        }
+      } else {  // a code past 3 names no cell
         for (int64_t o = 0; o < out_plane; ++o)
           if (idx[o] >= 4) bad.store(idx[o], std::memory_order_relaxed);
         ok.store(false, std::memory_order_relaxed);
-        continue;
-      }
-      // Indices made by hand may point anywhere in the plane: torch's scatter-add then.
-      std::fill(plane_grad, plane_grad + conv_plane, scalar_t(0));
-      for (int64_t o = 0; o < out_plane; ++o) {
-        const scalar_t g = out[o] <= scalar_t(0) ? scalar_t(0) : grad[o];
-        if (static_cast<uint64_t>(idx[o]) < static_cast<uint64_t>(conv_plane)) {
-          plane_grad[idx[o]] += g;
-        } else {
-          bad.store(idx[o], std::memory_order_relaxed);
-          ok.store(false, std::memory_order_relaxed);
-        }
       }
     }
   });

@@ -345,7 +345,8 @@ void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_
   const int64_t blocks = (n_size + L - 1) / L;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / (L * std::max<int64_t>(1, k_size)));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t n0 = begin * L; n0 < std::min(end * L, n_size); n0 += L) {  // L rows of W -> L columns of one panel
+    // L rows of W -> L columns of one panel
+    for (int64_t n0 = begin * L; n0 < std::min(end * L, n_size); n0 += L) {
       scalar_t* out = panels + n0 / kCols * k_size * kCols + n0 % kCols;
       const int64_t rows = std::min(L, n_size - n0);
       for (int64_t k0 = 0; k0 < full_k; k0 += L) {
