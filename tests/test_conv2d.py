@@ -59,6 +59,8 @@ GRADCHECK_GRID = [
     (1, 2, 3, (6, 6), (3, 2), 1, "valid", 2, 1, True),
     (0, 3, 3, (5, 5), (5, 5), 1, "valid", 1, 3, False),
     (3, 2, 4, (7, 6), (1, 1), 3, 1, 2, 2, False),
+    # batch-lane backward (8 float64 images a block, see "special paths" below) and one left over
+    (9, 2, 3, (6, 7), (5, 5), 1, 0, 1, 1, True),
 ]
 
 
@@ -179,8 +181,11 @@ def test_results_do_not_depend_on_the_thread_count(device):
 # float64 lanes) take direct kernels: the forward when they fill more than half the lanes,
 # grad_weight for 5-wide kernels (output channels as lanes, or output rows as lanes for at most
 # half a vector of channels and rows up to two vectors wide), grad_input for input rows up to one
-# vector wide and finite weights. Each case is (batch, in_channels, out_channels, size, kernel,
-# groups, padding), sizes in lanes, with the cases beside each boundary.
+# vector wide and finite weights. From a batch of one vector's lanes of images, those convs with
+# 5-wide kernels and input rows at most 14 wide take both gradients with the images as the lanes,
+# a block of lanes images at a time, the images past the last block as above. Each case is (batch,
+# in_channels, out_channels, size, kernel, groups, padding), sizes in lanes, with the cases beside
+# each boundary.
 def _lanes(dtype):
     return 64 // torch.empty((), dtype=dtype).element_size()
 
@@ -205,6 +210,14 @@ SPECIAL_PATH_CASES = {
     "many_input_channels": lambda L: (2, 11, L, (7, 9), (5, 5), 1, 0),
     "kernel_taller_than_output": lambda L: (2, 2, L, (6, 9), (5, 5), 1, 0),
     "padded": lambda L: (2, 3, L, (9, 11), (5, 5), 1, 1),
+    "lanes_lenet_conv2": lambda L: (2 * L + 3, 6, 16 * L // 16, (14, 14), (5, 5), 1, 0),
+    "lanes_one_block": lambda L: (L, 3, 7, (9, 11), (5, 5), 1, 0),
+    "lanes_one_image_short": lambda L: (L - 1, 3, 7, (9, 11), (5, 5), 1, 0),
+    "lanes_grouped": lambda L: (L + 1, 4, 10, (9, 9), (5, 5), 2, 0),
+    "lanes_narrowest_row": lambda L: (L, 2, 5, (7, 5), (5, 5), 1, 0),
+    "lanes_row_too_wide": lambda L: (L, 2, 5, (6, 15), (5, 5), 1, 0),
+    "lanes_kernel_taller_than_output": lambda L: (L + 2, 2, 4, (6, 9), (5, 5), 1, 0),
+    "lanes_kernel_4_wide": lambda L: (L, 3, L, (9, 11), (5, 4), 1, 0),
 }
 
 
@@ -239,7 +252,7 @@ def test_special_path_results_do_not_depend_on_the_thread_count(device, case):
 
 @pytest.mark.parametrize("where", ["input", "weight"])
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
-@pytest.mark.parametrize("case", ["lenet_conv1", "lenet_conv2"])
+@pytest.mark.parametrize("case", ["lenet_conv1", "lenet_conv2", "lanes_lenet_conv2"])
 def test_special_path_non_finite_values_spread_as_in_stock(device, where, value, case):
     batch, in_channels, out_channels, size, kernel, groups, padding = SPECIAL_PATH_CASES[case](16)
     x, w, b = random_conv(batch, in_channels, out_channels, size, kernel, groups, device=device)
