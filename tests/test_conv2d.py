@@ -182,8 +182,9 @@ def test_results_do_not_depend_on_the_thread_count(device):
 # grad_weight for 5-wide kernels (output channels as lanes, or output rows as lanes for at most
 # half a vector of channels and rows up to two vectors wide), grad_input for input rows up to one
 # vector wide and finite weights. From a batch of one vector's lanes of images, those convs with
-# 5-wide kernels and input rows at most 14 wide take both gradients with the images as the lanes,
-# a block of lanes images at a time, the images past the last block as above. Each case is (batch,
+# 5-wide kernels take grad_weight, grad_input for input rows at most 14 wide, and the forward for at
+# most half a vector of output channels with the images as the lanes, a block of lanes images at a
+# time, the images past the last block as above. Each case is (batch,
 # in_channels, out_channels, size, kernel, groups, padding), sizes in lanes, with the cases beside
 # each boundary.
 def _lanes(dtype):
@@ -218,6 +219,10 @@ SPECIAL_PATH_CASES = {
     "lanes_row_too_wide": lambda L: (L, 2, 5, (6, 15), (5, 5), 1, 0),
     "lanes_kernel_taller_than_output": lambda L: (L + 2, 2, 4, (6, 9), (5, 5), 1, 0),
     "lanes_kernel_4_wide": lambda L: (L, 3, L, (9, 11), (5, 4), 1, 0),
+    "lanes_lenet_conv1": lambda L: (L + 3, 1, 6 * L // 16, (32, 32), (5, 5), 1, 0),
+    "lanes_output_row_over_14": lambda L: (L, 2, 3, (7, 19), (5, 5), 1, 0),
+    "lanes_forward_grouped": lambda L: (L + 1, 4, 6, (9, 9), (5, 5), 2, 0),
+    "lanes_forward_one_channel_out": lambda L: (2 * L, 3, 1, (8, 6), (5, 5), 1, 0),
 }
 
 
@@ -231,7 +236,7 @@ def test_special_path_shapes_match_stock(device, dtype, case):
 
 
 @pytest.mark.parametrize("case", ["lenet_conv1", "lenet_conv2", "grouped_narrow",
-                                  "output_row_two_vectors"])
+                                  "output_row_two_vectors", "lanes_forward_grouped"])
 def test_special_path_results_do_not_depend_on_the_thread_count(device, case):
     _, in_channels, out_channels, size, kernel, groups, padding = SPECIAL_PATH_CASES[case](16)
     x, w, b = random_conv(37, in_channels, out_channels, size, kernel, groups, device=device)
@@ -252,7 +257,8 @@ def test_special_path_results_do_not_depend_on_the_thread_count(device, case):
 
 @pytest.mark.parametrize("where", ["input", "weight"])
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
-@pytest.mark.parametrize("case", ["lenet_conv1", "lenet_conv2", "lanes_lenet_conv2"])
+@pytest.mark.parametrize("case", ["lenet_conv1", "lenet_conv2", "lanes_lenet_conv1",
+                                  "lanes_lenet_conv2"])
 def test_special_path_non_finite_values_spread_as_in_stock(device, where, value, case):
     batch, in_channels, out_channels, size, kernel, groups, padding = SPECIAL_PATH_CASES[case](16)
     x, w, b = random_conv(batch, in_channels, out_channels, size, kernel, groups, device=device)

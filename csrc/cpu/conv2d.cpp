@@ -256,6 +256,307 @@ void direct_forward(const scalar_t* input, const scalar_t* weight, const scalar_
   });
 }
 
+// The images are split into a fixed number of contiguous parts (it depends on the batch, never on
+// the thread count); each part sums its images in order into its own partial, and the partials are
+// added in part order, so grad_weight is bitwise the same however the parts are spread on threads.
+constexpr int64_t kWeightParts = 16;
+
+// ---- Batch-lane path ------------------------------------------------------------------------------
+// conv2's backward (6 -> 16 channels, 14x14 -> 10x10) fills only part of the lanes in the layouts
+// above: grad_input's 14-wide rows take 16 lanes, and of the 14 x 5 (position, kw) pairs a row
+// computes, 50 meet grad_output and 20 meet its zero padding (62% of the FMAs useful);
+// grad_weight's tile loads a broadcast for every FMA. With kLanes images side by side instead
+// (one vector = one element of kLanes images), every lane is a real product, the loop bounds are
+// exact, and both gradients use whole-vector loads only. A block of kLanes images is turned into
+// that layout once (grad_output, input: a kLanes x kLanes transpose in registers per kLanes
+// elements, ~1% of the block's FMAs), both gradients read it from L2 (~250 KB a block for conv2),
+// and grad_input is turned back. Images past the last full block take the kernels above.
+
+// dst[e][lane] = src[lane * stride + e] for e < count: kLanes images' blocks -> interleaved
+template <typename scalar_t>
+void to_lanes(const scalar_t* src, int64_t stride, int64_t count, scalar_t* dst) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kLanes;
+  int64_t e0 = 0;
+  for (; e0 + L <= count; e0 += L) {
+    typename V::type block[L];
+    for (int lane = 0; lane < L; ++lane) block[lane] = V::load(src + lane * stride + e0);
+    gemm_detail::transpose_block<scalar_t>(block);
+    for (int e = 0; e < L; ++e) V::store(dst + (e0 + e) * L, block[e]);
+  }
+  for (; e0 < count; ++e0)
+    for (int lane = 0; lane < L; ++lane) dst[e0 * L + lane] = src[lane * stride + e0];
+}
+
+// the inverse: dst[lane * stride + e] = src[e][lane]
+template <typename scalar_t>
+void from_lanes(const scalar_t* src, int64_t count, scalar_t* dst, int64_t stride) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kLanes;
+  int64_t e0 = 0;
+  for (; e0 + L <= count; e0 += L) {
+    typename V::type block[L];
+    for (int e = 0; e < L; ++e) block[e] = V::load(src + (e0 + e) * L);
+    gemm_detail::transpose_block<scalar_t>(block);
+    for (int lane = 0; lane < L; ++lane) V::store(dst + lane * stride + e0, block[lane]);
+  }
+  for (; e0 < count; ++e0)
+    for (int lane = 0; lane < L; ++lane) dst[lane * stride + e0] = src[e0 * L + lane];
+}
+
+// the most accumulators of a tile: 32 registers less the operands in flight
+constexpr int kLanesAccumulators = 28;
+constexpr int64_t kLanesMaxRow = 14;  // widest row a lane tile holds (at least two channels of it)
+
+template <typename scalar_t>
+bool lanes_fit(const ConvShape& s, int64_t batch) {
+  return direct_fits<scalar_t>(s) && s.kernel_w == kDirectKernelW && batch >= Lanes<scalar_t>::kLanes;
+}
+
+// The forward through lanes where the direct forward leaves lanes idle (few output channels:
+// conv1's 6 of 16); with 16 channels it runs at ~75% of the FMA peak already and the transposes
+// would cost more than the lanes win.
+template <typename scalar_t>
+bool lanes_forward_fits(const ConvShape& s, int64_t batch) {
+  return lanes_fit<scalar_t>(s, batch) && !direct_forward_fits<scalar_t>(s);
+}
+
+// Output row oh, positions ow0 + [0, P), OCB channels from oc0, in registers: each input vector of
+// the P + KW - 1 the row segment reads is loaded once per kernel row and feeds every tap and
+// channel that reads it, the weights broadcast from memory. x: [channels][in_h][in_w][L], weight:
+// the group's as stored, out: [out_channels][out_h][out_w][L].
+template <typename scalar_t, int P, int OCB>
+void lanes_forward_tile(const scalar_t* x, const scalar_t* weight, const scalar_t* bias,
+                        scalar_t* out, int64_t oc0, int64_t oh, int64_t ow0, const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kLanes, KW = kDirectKernelW;
+  typename V::type acc[OCB][P];
+  for (int j = 0; j < OCB; ++j)
+    for (int p = 0; p < P; ++p) acc[j][p] = typename V::type{} + (bias ? bias[oc0 + j] : scalar_t(0));
+  for (int64_t c = 0; c < s.channels; ++c)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      const scalar_t* row = x + ((c * s.in_h + oh + kh) * s.in_w + ow0) * L;
+      const scalar_t* w = weight + ((oc0 * s.channels + c) * s.kernel_h + kh) * KW;
+#pragma GCC unroll 32
+      for (int i = 0; i < P + KW - 1; ++i) {
+        const typename V::type x_i = V::load(row + i * L);
+        const scalar_t* w_i = w;  // as in lanes_grad_input_row
+        asm("" : "+r"(w_i));
+#pragma GCC unroll 8
+        for (int j = 0; j < OCB; ++j)
+#pragma GCC unroll 8
+          for (int kw = 0; kw < KW; ++kw)
+            if (i - kw >= 0 && i - kw < P) acc[j][i - kw] += w_i[j * s.taps() + kw] * x_i;
+      }
+    }
+  for (int j = 0; j < OCB; ++j)
+    for (int p = 0; p < P; ++p)
+      V::store(out + (((oc0 + j) * s.out_h + oh) * s.out_w + ow0 + p) * L, acc[j][p]);
+}
+
+template <typename scalar_t, int P = kLanesMaxRow>
+void lanes_forward_segment(int64_t width, const scalar_t* x, const scalar_t* weight,
+                           const scalar_t* bias, scalar_t* out, int64_t oh, int64_t ow0,
+                           const ConvShape& s) {
+  if constexpr (P > 1) {
+    if (width < P)
+      return lanes_forward_segment<scalar_t, P - 1>(width, x, weight, bias, out, oh, ow0, s);
+  }
+  constexpr int OCB = std::max(1, kLanesAccumulators / P);
+  int64_t oc0 = 0;
+  for (; oc0 + OCB <= s.out_channels; oc0 += OCB)
+    lanes_forward_tile<scalar_t, P, OCB>(x, weight, bias, out, oc0, oh, ow0, s);
+  for (; oc0 < s.out_channels; ++oc0)
+    lanes_forward_tile<scalar_t, P, 1>(x, weight, bias, out, oc0, oh, ow0, s);
+}
+
+// The forward of the first batch / kLanes * kLanes images; returns how many images that was.
+template <typename scalar_t>
+int64_t lanes_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                      scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kLanes;
+  const int64_t blocks = batch / L;
+  const int64_t segments = (s.out_w + kLanesMaxRow - 1) / kLanesMaxRow;
+  at::parallel_for(0, blocks * groups, 1, [&](int64_t begin, int64_t end) {
+    const std::unique_ptr<scalar_t[]> x(new scalar_t[s.input_block() * L]);  // all written
+    const std::unique_ptr<scalar_t[]> out(new scalar_t[s.output_block() * L]);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task % groups, i = task / groups * L * groups + g;  // lane 0's block
+      to_lanes(input + i * s.input_block(), groups * s.input_block(), s.input_block(), x.get());
+      for (int64_t oh = 0; oh < s.out_h; ++oh)
+        for (int64_t t = 0; t < segments; ++t) {  // even split: 28 -> 14 + 14
+          const int64_t ow0 = t * s.out_w / segments, ow1 = (t + 1) * s.out_w / segments;
+          lanes_forward_segment(ow1 - ow0, x.get(), weight + g * s.weight_block(),
+                                bias ? bias + g * s.out_channels : nullptr, out.get(), oh, ow0, s);
+        }
+      from_lanes(out.get(), s.output_block(), output + i * s.output_block(),
+                 groups * s.output_block());
+    }
+  });
+  return blocks * L;
+}
+
+// Input row ih of CB channels from c0, all W = in_w positions in registers (CB * W accumulators):
+// for each grad_output row that reaches it, each of its OW vectors is loaded once and feeds the
+// KW * CB products it takes part in, the weights broadcast from memory. grad: the group's
+// [out_channels][out_h][out_w][L], weight: the group's as stored, out: [channels][in_h][in_w][L].
+template <typename scalar_t, int W, int CB>
+void lanes_grad_input_row(const scalar_t* grad, const scalar_t* weight, scalar_t* out, int64_t c0,
+                          int64_t ih, const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kLanes, KW = kDirectKernelW, OW = W - KW + 1;
+  typename V::type acc[CB][W] = {};
+  const int64_t kh_first = std::max<int64_t>(0, ih - s.out_h + 1);
+  const int64_t kh_last = std::min<int64_t>(s.kernel_h - 1, ih);
+  for (int64_t oc = 0; oc < s.out_channels; ++oc)
+    for (int64_t kh = kh_first; kh <= kh_last; ++kh) {
+      const scalar_t* g = grad + (oc * s.out_h + ih - kh) * OW * L;
+      const scalar_t* w = weight + ((oc * s.channels + c0) * s.kernel_h + kh) * KW;
+#pragma GCC unroll 16
+      for (int ow = 0; ow < OW; ++ow) {
+        const typename V::type g_ow = V::load(g + ow * L);
+        // as in forward_row_tile: each weight a broadcast from L1, not one of CB * KW registers
+        const scalar_t* w_ow = w;
+        asm("" : "+r"(w_ow));
+#pragma GCC unroll 8
+        for (int j = 0; j < CB; ++j)
+#pragma GCC unroll 8
+          for (int kw = 0; kw < KW; ++kw)
+            acc[j][ow + kw] += w_ow[j * s.kernel_h * KW + kw] * g_ow;
+      }
+    }
+  for (int j = 0; j < CB; ++j)
+    for (int iw = 0; iw < W; ++iw) V::store(out + (((c0 + j) * s.in_h + ih) * W + iw) * L, acc[j][iw]);
+}
+
+template <typename scalar_t, int W>
+void lanes_grad_input_of_width(const scalar_t* grad, const scalar_t* weight, scalar_t* out,
+                               const ConvShape& s) {
+  constexpr int CB = std::max(1, kLanesAccumulators / W);
+  int64_t c0 = 0;
+  for (; c0 + CB <= s.channels; c0 += CB)
+    for (int64_t ih = 0; ih < s.in_h; ++ih) lanes_grad_input_row<scalar_t, W, CB>(grad, weight, out, c0, ih, s);
+  for (; c0 < s.channels; ++c0)
+    for (int64_t ih = 0; ih < s.in_h; ++ih) lanes_grad_input_row<scalar_t, W, 1>(grad, weight, out, c0, ih, s);
+}
+
+template <typename scalar_t, int W = kLanesMaxRow>
+void lanes_grad_input(const scalar_t* grad, const scalar_t* weight, scalar_t* out,
+                      const ConvShape& s) {
+  if constexpr (W > kDirectKernelW) {
+    if (s.in_w < W) return lanes_grad_input<scalar_t, W - 1>(grad, weight, out, s);
+  }
+  lanes_grad_input_of_width<scalar_t, W>(grad, weight, out, s);
+}
+
+// OCB output channels from oc0 x the KW taps of kernel row kh of channel c, over all positions of
+// kLanes images: sums [out_channels][taps][L] += per-lane sums. x: [channels][in_h][in_w][L].
+template <typename scalar_t, int OCB>
+void lanes_grad_weight_tile(const scalar_t* grad, const scalar_t* x, scalar_t* sums, int64_t oc0,
+                            int64_t c, int64_t kh, const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kLanes, KW = kDirectKernelW;
+  typename V::type acc[OCB][KW] = {};
+  for (int64_t oh = 0; oh < s.out_h; ++oh) {
+    const scalar_t* x_row = x + ((c * s.in_h + oh + kh) * s.in_w) * L;
+    const scalar_t* g_row = grad + (oc0 * s.out_h + oh) * s.out_w * L;
+    for (int64_t ow = 0; ow < s.out_w; ++ow) {
+      typename V::type x_k[KW];
+      for (int kw = 0; kw < KW; ++kw) x_k[kw] = V::load(x_row + (ow + kw) * L);
+      for (int j = 0; j < OCB; ++j) {
+        const typename V::type g = V::load(g_row + (j * s.positions() + ow) * L);
+        for (int kw = 0; kw < KW; ++kw) acc[j][kw] += g * x_k[kw];
+      }
+    }
+  }
+  for (int j = 0; j < OCB; ++j)
+    for (int kw = 0; kw < KW; ++kw) {
+      scalar_t* p = sums + ((oc0 + j) * s.taps() + (c * s.kernel_h + kh) * KW + kw) * L;
+      V::store(p, V::load(p) + acc[j][kw]);
+    }
+}
+
+template <typename scalar_t>
+void lanes_grad_weight(const scalar_t* grad, const scalar_t* x, scalar_t* sums, const ConvShape& s) {
+  constexpr int64_t kOcTile = 4;  // 4 x 5 accumulators, 5 input vectors, one grad vector
+  for (int64_t c = 0; c < s.channels; ++c)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      int64_t oc0 = 0;
+      for (; oc0 + kOcTile <= s.out_channels; oc0 += kOcTile)
+        lanes_grad_weight_tile<scalar_t, kOcTile>(grad, x, sums, oc0, c, kh, s);
+      switch (s.out_channels - oc0) {
+        case 3: lanes_grad_weight_tile<scalar_t, 3>(grad, x, sums, oc0, c, kh, s); break;
+        case 2: lanes_grad_weight_tile<scalar_t, 2>(grad, x, sums, oc0, c, kh, s); break;
+        case 1: lanes_grad_weight_tile<scalar_t, 1>(grad, x, sums, oc0, c, kh, s); break;
+        default: break;
+      }
+    }
+}
+
+// out[k] = the sum of sums[k]'s kLanes lanes for k < count, kLanes at a time by gemm.h's fold
+template <typename scalar_t>
+void sum_lanes(const scalar_t* sums, int64_t count, scalar_t* out) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kLanes;
+  int64_t k0 = 0;
+  for (; k0 + L <= count; k0 += L) {
+    typename V::type vectors[L];
+    for (int i = 0; i < L; ++i) vectors[i] = V::load(sums + (k0 + i) * L);
+    V::store(out + k0, gemm_detail::fold_all<scalar_t>(vectors));
+  }
+  for (; k0 < count; ++k0) {
+    scalar_t sum = 0;
+    for (int lane = 0; lane < L; ++lane) sum += sums[k0 * L + lane];
+    out[k0] = sum;
+  }
+}
+
+// grad_input and/or grad_weight of the first batch / kLanes * kLanes images; returns how many
+// images that was. grad_weight's blocks are summed in at most kWeightParts contiguous parts (fixed
+// by the batch), each part's lanes folded at its end, and the parts added in order.
+template <typename scalar_t>
+int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
+                       scalar_t* grad_input, scalar_t* grad_weight, int64_t batch, int64_t groups,
+                       const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kLanes;
+  const int64_t blocks = batch / L;
+  const int64_t parts = std::min(blocks, kWeightParts);
+  const int64_t weight_numel = groups * s.weight_block();
+  std::unique_ptr<scalar_t[]> partials(grad_weight ? new scalar_t[parts * weight_numel] : nullptr);
+  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+    // not zeroed: to_lanes and the grad_input rows write every element; the sums are zeroed per part
+    const std::unique_ptr<scalar_t[]> grad(new scalar_t[s.output_block() * L]);
+    const std::unique_ptr<scalar_t[]> lanes(new scalar_t[s.input_block() * L]);  // input, grad_input
+    const std::unique_ptr<scalar_t[]> sums(grad_weight ? new scalar_t[weight_numel * L] : nullptr);
+    for (int64_t part = begin; part < end; ++part) {
+      if (grad_weight) std::fill(sums.get(), sums.get() + weight_numel * L, scalar_t(0));
+      for (int64_t block = part * blocks / parts; block < (part + 1) * blocks / parts; ++block)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t i = block * L * groups + g;  // lane 0's (image, group)
+          to_lanes(grad_output + i * s.output_block(), groups * s.output_block(), s.output_block(),
+                   grad.get());
+          if (grad_input) {
+            lanes_grad_input(grad.get(), weight + g * s.weight_block(), lanes.get(), s);
+            from_lanes(lanes.get(), s.input_block(), grad_input + i * s.input_block(),
+                       groups * s.input_block());
+          }
+          if (grad_weight) {
+            to_lanes(input + i * s.input_block(), groups * s.input_block(), s.input_block(),
+                     lanes.get());
+            lanes_grad_weight(grad.get(), lanes.get(), sums.get() + g * s.weight_block() * L, s);
+          }
+        }
+      if (grad_weight) sum_lanes(sums.get(), weight_numel, partials.get() + part * weight_numel);
+    }
+  });
+  if (grad_weight) {
+    std::fill(grad_weight, grad_weight + weight_numel, scalar_t(0));
+    for (int64_t part = 0; part < parts; ++part)
+      for (int64_t k = 0; k < weight_numel; ++k) grad_weight[k] += partials[part * weight_numel + k];
+  }
+  return blocks * L;
+}
+
 }  // namespace
 
 // Block i = image * groups + group of input, output and their gradients is contiguous in NCHW.
@@ -264,8 +565,12 @@ void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
   if (direct_forward_fits<scalar_t>(s))
     return direct_forward(input, weight, bias, output, batch, groups, s);
-  const int64_t steps = batch * groups;
-  at::parallel_for(0, steps, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
+  // images past the last block of lanes, or all of them, through im2col and the GEMM
+  const int64_t done = lanes_forward_fits<scalar_t>(s, batch)
+                           ? lanes_forward(input, weight, bias, output, batch, groups, s)
+                           : 0;
+  at::parallel_for(done * groups, batch * groups, grain_for(s.multiply_adds()), [&](int64_t begin,
+                                                                                   int64_t end) {
     std::vector<scalar_t> columns(s.taps() * s.positions());
     for (int64_t i = begin; i < end; ++i) {
       const int64_t group = i % groups;
@@ -391,11 +696,6 @@ void conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
     }
   });
 }
-
-// The images are split into a fixed number of contiguous parts (it depends on the batch, never on
-// the thread count); each part sums its images in order into its own partial, and the partials are
-// added in part order, so grad_weight is bitwise the same however the parts are spread on threads.
-constexpr int64_t kWeightParts = 16;
 
 // ROWS kernel rows x kDirectKernelW taps of one input channel, summed over one image's positions:
 // image points at (channel, kernel row kh0), partial at tap (channel, kh0, 0) of [taps][lanes].
@@ -568,218 +868,6 @@ void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_
   }
 }
 
-// ---- Batch-lane path ------------------------------------------------------------------------------
-// conv2's backward (6 -> 16 channels, 14x14 -> 10x10) fills only part of the lanes in the layouts
-// above: grad_input's 14-wide rows take 16 lanes, and of the 14 x 5 (position, kw) pairs a row
-// computes, 50 meet grad_output and 20 meet its zero padding (62% of the FMAs useful);
-// grad_weight's tile loads a broadcast for every FMA. With kLanes images side by side instead
-// (one vector = one element of kLanes images), every lane is a real product, the loop bounds are
-// exact, and both gradients use whole-vector loads only. A block of kLanes images is turned into
-// that layout once (grad_output, input: a kLanes x kLanes transpose in registers per kLanes
-// elements, ~1% of the block's FMAs), both gradients read it from L2 (~250 KB a block for conv2),
-// and grad_input is turned back. Images past the last full block take the kernels above.
-
-// dst[e][lane] = src[lane * stride + e] for e < count: kLanes images' blocks -> interleaved
-template <typename scalar_t>
-void to_lanes(const scalar_t* src, int64_t stride, int64_t count, scalar_t* dst) {
-  using V = Lanes<scalar_t>;
-  constexpr int L = V::kLanes;
-  int64_t e0 = 0;
-  for (; e0 + L <= count; e0 += L) {
-    typename V::type block[L];
-    for (int lane = 0; lane < L; ++lane) block[lane] = V::load(src + lane * stride + e0);
-    gemm_detail::transpose_block<scalar_t>(block);
-    for (int e = 0; e < L; ++e) V::store(dst + (e0 + e) * L, block[e]);
-  }
-  for (; e0 < count; ++e0)
-    for (int lane = 0; lane < L; ++lane) dst[e0 * L + lane] = src[lane * stride + e0];
-}
-
-// the inverse: dst[lane * stride + e] = src[e][lane]
-template <typename scalar_t>
-void from_lanes(const scalar_t* src, int64_t count, scalar_t* dst, int64_t stride) {
-  using V = Lanes<scalar_t>;
-  constexpr int L = V::kLanes;
-  int64_t e0 = 0;
-  for (; e0 + L <= count; e0 += L) {
-    typename V::type block[L];
-    for (int e = 0; e < L; ++e) block[e] = V::load(src + (e0 + e) * L);
-    gemm_detail::transpose_block<scalar_t>(block);
-    for (int lane = 0; lane < L; ++lane) V::store(dst + lane * stride + e0, block[lane]);
-  }
-  for (; e0 < count; ++e0)
-    for (int lane = 0; lane < L; ++lane) dst[lane * stride + e0] = src[e0 * L + lane];
-}
-
-constexpr int64_t kLanesMaxRow = 14;  // widest input row of the lane grad_input (its accumulators)
-
-template <typename scalar_t>
-bool lanes_backward_fits(const ConvShape& s, int64_t batch) {
-  return direct_fits<scalar_t>(s) && s.kernel_w == kDirectKernelW && s.in_w <= kLanesMaxRow &&
-         batch >= Lanes<scalar_t>::kLanes;
-}
-
-// Input row ih of CB channels from c0, all W = in_w positions in registers (CB * W accumulators):
-// for each grad_output row that reaches it, each of its OW vectors is loaded once and feeds the
-// KW * CB products it takes part in, the weights broadcast from memory. grad: the group's
-// [out_channels][out_h][out_w][L], weight: the group's as stored, out: [channels][in_h][in_w][L].
-template <typename scalar_t, int W, int CB>
-void lanes_grad_input_row(const scalar_t* grad, const scalar_t* weight, scalar_t* out, int64_t c0,
-                          int64_t ih, const ConvShape& s) {
-  using V = Lanes<scalar_t>;
-  constexpr int L = V::kLanes, KW = kDirectKernelW, OW = W - KW + 1;
-  typename V::type acc[CB][W] = {};
-  const int64_t kh_first = std::max<int64_t>(0, ih - s.out_h + 1);
-  const int64_t kh_last = std::min<int64_t>(s.kernel_h - 1, ih);
-  for (int64_t oc = 0; oc < s.out_channels; ++oc)
-    for (int64_t kh = kh_first; kh <= kh_last; ++kh) {
-      const scalar_t* g = grad + (oc * s.out_h + ih - kh) * OW * L;
-      const scalar_t* w = weight + ((oc * s.channels + c0) * s.kernel_h + kh) * KW;
-#pragma GCC unroll 16
-      for (int ow = 0; ow < OW; ++ow) {
-        const typename V::type g_ow = V::load(g + ow * L);
-        // as in forward_row_tile: each weight a broadcast from L1, not one of CB * KW registers
-        const scalar_t* w_ow = w;
-        asm("" : "+r"(w_ow));
-#pragma GCC unroll 8
-        for (int j = 0; j < CB; ++j)
-#pragma GCC unroll 8
-          for (int kw = 0; kw < KW; ++kw)
-            acc[j][ow + kw] += w_ow[j * s.kernel_h * KW + kw] * g_ow;
-      }
-    }
-  for (int j = 0; j < CB; ++j)
-    for (int iw = 0; iw < W; ++iw) V::store(out + (((c0 + j) * s.in_h + ih) * W + iw) * L, acc[j][iw]);
-}
-
-template <typename scalar_t, int W>
-void lanes_grad_input_of_width(const scalar_t* grad, const scalar_t* weight, scalar_t* out,
-                               const ConvShape& s) {
-  constexpr int CB = std::max<int>(1, 2 * kLanesMaxRow / W);  // <= 28 accumulators
-  int64_t c0 = 0;
-  for (; c0 + CB <= s.channels; c0 += CB)
-    for (int64_t ih = 0; ih < s.in_h; ++ih) lanes_grad_input_row<scalar_t, W, CB>(grad, weight, out, c0, ih, s);
-  for (; c0 < s.channels; ++c0)
-    for (int64_t ih = 0; ih < s.in_h; ++ih) lanes_grad_input_row<scalar_t, W, 1>(grad, weight, out, c0, ih, s);
-}
-
-template <typename scalar_t, int W = kLanesMaxRow>
-void lanes_grad_input(const scalar_t* grad, const scalar_t* weight, scalar_t* out,
-                      const ConvShape& s) {
-  if constexpr (W > kDirectKernelW) {
-    if (s.in_w < W) return lanes_grad_input<scalar_t, W - 1>(grad, weight, out, s);
-  }
-  lanes_grad_input_of_width<scalar_t, W>(grad, weight, out, s);
-}
-
-// OCB output channels from oc0 x the KW taps of kernel row kh of channel c, over all positions of
-// kLanes images: sums [out_channels][taps][L] += per-lane sums. x: [channels][in_h][in_w][L].
-template <typename scalar_t, int OCB>
-void lanes_grad_weight_tile(const scalar_t* grad, const scalar_t* x, scalar_t* sums, int64_t oc0,
-                            int64_t c, int64_t kh, const ConvShape& s) {
-  using V = Lanes<scalar_t>;
-  constexpr int L = V::kLanes, KW = kDirectKernelW;
-  typename V::type acc[OCB][KW] = {};
-  for (int64_t oh = 0; oh < s.out_h; ++oh) {
-    const scalar_t* x_row = x + ((c * s.in_h + oh + kh) * s.in_w) * L;
-    const scalar_t* g_row = grad + (oc0 * s.out_h + oh) * s.out_w * L;
-    for (int64_t ow = 0; ow < s.out_w; ++ow) {
-      typename V::type x_k[KW];
-      for (int kw = 0; kw < KW; ++kw) x_k[kw] = V::load(x_row + (ow + kw) * L);
-      for (int j = 0; j < OCB; ++j) {
-        const typename V::type g = V::load(g_row + (j * s.positions() + ow) * L);
-        for (int kw = 0; kw < KW; ++kw) acc[j][kw] += g * x_k[kw];
-      }
-    }
-  }
-  for (int j = 0; j < OCB; ++j)
-    for (int kw = 0; kw < KW; ++kw) {
-      scalar_t* p = sums + ((oc0 + j) * s.taps() + (c * s.kernel_h + kh) * KW + kw) * L;
-      V::store(p, V::load(p) + acc[j][kw]);
-    }
-}
-
-template <typename scalar_t>
-void lanes_grad_weight(const scalar_t* grad, const scalar_t* x, scalar_t* sums, const ConvShape& s) {
-  constexpr int64_t kOcTile = 4;  // 4 x 5 accumulators, 5 input vectors, one grad vector
-  for (int64_t c = 0; c < s.channels; ++c)
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      int64_t oc0 = 0;
-      for (; oc0 + kOcTile <= s.out_channels; oc0 += kOcTile)
-        lanes_grad_weight_tile<scalar_t, kOcTile>(grad, x, sums, oc0, c, kh, s);
-      switch (s.out_channels - oc0) {
-        case 3: lanes_grad_weight_tile<scalar_t, 3>(grad, x, sums, oc0, c, kh, s); break;
-        case 2: lanes_grad_weight_tile<scalar_t, 2>(grad, x, sums, oc0, c, kh, s); break;
-        case 1: lanes_grad_weight_tile<scalar_t, 1>(grad, x, sums, oc0, c, kh, s); break;
-        default: break;
-      }
-    }
-}
-
-// out[k] = the sum of sums[k]'s kLanes lanes for k < count, kLanes at a time by gemm.h's fold
-template <typename scalar_t>
-void sum_lanes(const scalar_t* sums, int64_t count, scalar_t* out) {
-  using V = Lanes<scalar_t>;
-  constexpr int L = V::kLanes;
-  int64_t k0 = 0;
-  for (; k0 + L <= count; k0 += L) {
-    typename V::type vectors[L];
-    for (int i = 0; i < L; ++i) vectors[i] = V::load(sums + (k0 + i) * L);
-    V::store(out + k0, gemm_detail::fold_all<scalar_t>(vectors));
-  }
-  for (; k0 < count; ++k0) {
-    scalar_t sum = 0;
-    for (int lane = 0; lane < L; ++lane) sum += sums[k0 * L + lane];
-    out[k0] = sum;
-  }
-}
-
-// grad_input and/or grad_weight of the first batch / kLanes * kLanes images; returns how many
-// images that was. grad_weight's blocks are summed in at most kWeightParts contiguous parts (fixed
-// by the batch), each part's lanes folded at its end, and the parts added in order.
-template <typename scalar_t>
-int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
-                       scalar_t* grad_input, scalar_t* grad_weight, int64_t batch, int64_t groups,
-                       const ConvShape& s) {
-  constexpr int L = Lanes<scalar_t>::kLanes;
-  const int64_t blocks = batch / L;
-  const int64_t parts = std::min(blocks, kWeightParts);
-  const int64_t weight_numel = groups * s.weight_block();
-  std::unique_ptr<scalar_t[]> partials(grad_weight ? new scalar_t[parts * weight_numel] : nullptr);
-  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
-    // not zeroed: to_lanes and the grad_input rows write every element; the sums are zeroed per part
-    const std::unique_ptr<scalar_t[]> grad(new scalar_t[s.output_block() * L]);
-    const std::unique_ptr<scalar_t[]> lanes(new scalar_t[s.input_block() * L]);  // input, grad_input
-    const std::unique_ptr<scalar_t[]> sums(grad_weight ? new scalar_t[weight_numel * L] : nullptr);
-    for (int64_t part = begin; part < end; ++part) {
-      if (grad_weight) std::fill(sums.get(), sums.get() + weight_numel * L, scalar_t(0));
-      for (int64_t block = part * blocks / parts; block < (part + 1) * blocks / parts; ++block)
-        for (int64_t g = 0; g < groups; ++g) {
-          const int64_t i = block * L * groups + g;  // lane 0's (image, group)
-          to_lanes(grad_output + i * s.output_block(), groups * s.output_block(), s.output_block(),
-                   grad.get());
-          if (grad_input) {
-            lanes_grad_input(grad.get(), weight + g * s.weight_block(), lanes.get(), s);
-            from_lanes(lanes.get(), s.input_block(), grad_input + i * s.input_block(),
-                       groups * s.input_block());
-          }
-          if (grad_weight) {
-            to_lanes(input + i * s.input_block(), groups * s.input_block(), s.input_block(),
-                     lanes.get());
-            lanes_grad_weight(grad.get(), lanes.get(), sums.get() + g * s.weight_block() * L, s);
-          }
-        }
-      if (grad_weight) sum_lanes(sums.get(), weight_numel, partials.get() + part * weight_numel);
-    }
-  });
-  if (grad_weight) {
-    std::fill(grad_weight, grad_weight + weight_numel, scalar_t(0));
-    for (int64_t part = 0; part < parts; ++part)
-      for (int64_t k = 0; k < weight_numel; ++k) grad_weight[k] += partials[part * weight_numel + k];
-  }
-  return blocks * L;
-}
-
 template <typename scalar_t>
 void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
                         int64_t batch, int64_t groups, const ConvShape& s) {
@@ -848,12 +936,17 @@ template <typename scalar_t>
 void conv2d_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
                      scalar_t* grad_input, scalar_t* grad_weight, scalar_t* grad_bias,
                      int64_t batch, int64_t groups, const ConvShape& s) {
-  int64_t done = 0;  // images whose grad_input and grad_weight the batch-lane path took
-  if ((grad_input || grad_weight) && lanes_backward_fits<scalar_t>(s, batch))
-    done = lanes_backward(grad_output, input, weight, grad_input, grad_weight, batch, groups, s);
+  // images whose gradients the batch-lane path took (grad_input only for rows up to 14 wide)
+  int64_t done = 0;
+  const bool lanes_input = grad_input && s.in_w <= kLanesMaxRow;
+  if ((lanes_input || grad_weight) && lanes_fit<scalar_t>(s, batch))
+    done = lanes_backward(grad_output, input, weight, lanes_input ? grad_input : nullptr,
+                          grad_weight, batch, groups, s);
   const int64_t rest = batch - done;
   const int64_t grad_at = done * groups * s.output_block(), input_at = done * groups * s.input_block();
-  if (grad_input && rest > 0)
+  if (grad_input && (!lanes_input || done == 0))
+    conv2d_grad_input(grad_output, weight, grad_input, batch, groups, s);
+  else if (grad_input && rest > 0)
     conv2d_grad_input(grad_output + grad_at, weight, grad_input + input_at, rest, groups, s);
   if (grad_weight && done == 0) {
     conv2d_grad_weight(grad_output, input, grad_weight, batch, groups, s);
