@@ -316,21 +316,24 @@ inline void transpose_block(typename Vec<scalar_t>::type* rows) {
 
 }  // namespace gemm_detail
 
-// out[cols, rows] = in[rows, cols]^T, kLanes x kLanes blocks in registers, scalar at the edges.
+// out[j * ld_out + i] = in[i * ld_in + j] for i < rows, j < cols (out = in^T, row strides ld_in
+// and ld_out), kLanes x kLanes blocks in registers, scalar at the edges.
 template <typename scalar_t>
-void transpose(const scalar_t* in, scalar_t* out, int64_t rows, int64_t cols) {
+void transpose(const scalar_t* in, int64_t ld_in, scalar_t* out, int64_t ld_out, int64_t rows,
+               int64_t cols) {
   using V = gemm_detail::Vec<scalar_t>;
   constexpr int L = V::kLanes;
   const int64_t full_rows = rows / L * L, full_cols = cols / L * L;
   for (int64_t i = 0; i < full_rows; i += L)
     for (int64_t j = 0; j < full_cols; j += L) {
       typename V::type block[L];
-      for (int r = 0; r < L; ++r) block[r] = V::load(in + (i + r) * cols + j);
+      for (int r = 0; r < L; ++r) block[r] = V::load(in + (i + r) * ld_in + j);
       gemm_detail::transpose_block<scalar_t>(block);
-      for (int r = 0; r < L; ++r) V::store(out + (j + r) * rows + i, block[r]);
+      for (int r = 0; r < L; ++r) V::store(out + (j + r) * ld_out + i, block[r]);
     }
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = i < full_rows ? full_cols : 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
+    for (int64_t j = i < full_rows ? full_cols : 0; j < cols; ++j)
+      out[j * ld_out + i] = in[i * ld_in + j];
 }
 
 // B = W^T for W [n_size, k_size] as gemm_packed's panels: panels[p][k][j] = W[p * kCols + j][k],
