@@ -4,7 +4,7 @@ is found. LENET_EXT_CUDA=1 forces CUDA on (and fails loudly if it cannot be buil
 their speed over baseline SSE); LENET_EXT_NATIVE=0 builds a portable binary instead.
 LENET_EXT_SANITIZE=1 builds the C++ sources with AddressSanitizer and UndefinedBehaviorSanitizer
 (-O1, any undefined behaviour fatal, signed overflow included); the library then needs libasan
-preloaded: .ci/sanitize.sh builds such a copy aside and runs the op tests under it."""
+preloaded: `.ci/aside.sh sanitize` builds such a copy aside and runs the op tests under it."""
 import glob
 import os
 

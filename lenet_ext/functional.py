@@ -3,30 +3,28 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.compiler import is_dynamo_compiling
 
 from .ops import lib
 
 
-def _entry(overload):
-    """The op's C++ entry, which calls take: OpOverload.__call__ is a Python frame that only
-    forwards to it and costs ~0.35 µs, a fifth of relu at batch 1. torch.compile cannot trace the
-    raw entry, so it is registered to be traced as the OpOverload (a polyfill: no branch on
-    is_compiling() in every eager call, another ~0.05 µs)."""
-    substitute = getattr(torch.compiler, "substitute_in_graph", None)
-    if substitute is None:  # torch < 2.5: the OpOverload, which both modes take
-        return overload
-    substitute(overload._op, skip_signature_check=True)(lambda *args: overload(*args))
-    return overload._op
-
-
-_relu, _linear = _entry(lib.relu.default), _entry(lib.linear.default)
-_max_pool2d, _conv2d = _entry(lib.max_pool2d.default), _entry(lib.conv2d.default)
+# The ops' single overloads, bound once (no overload lookup in the packet), and their C++ entries.
+# Eager calls take the entry: OpOverload.__call__ is a Python frame that only forwards to it and
+# costs ~0.35 µs, a fifth of relu at batch 1. torch.compile gets the OpOverload, which it traces
+# (it cannot trace the raw entry); is_dynamo_compiling() is a constant to it, and in eager a
+# function that returns False (16 ns; is_compiling() takes 50). (Registering the entries as
+# polyfills with torch.compiler.substitute_in_graph would save the branch, but imports torch._dynamo
+# with lenet_ext: +1.3 s, and gloo's DistributedDataParallel then deadlocked in ~1 of 10 teardowns.)
+_relu, _linear = lib.relu.default, lib.linear.default
+_max_pool2d, _conv2d = lib.max_pool2d.default, lib.conv2d.default
+_relu_eager, _linear_eager = _relu._op, _linear._op
+_max_pool2d_eager, _conv2d_eager = _max_pool2d._op, _conv2d._op
 
 
 def relu(input: Tensor, inplace: bool = False) -> Tensor:
     """Like torch.nn.functional.relu. ``inplace=True`` writes the result back into ``input``
     (and, like torch, refuses a leaf that requires grad)."""
-    result = _relu(input)
+    result = _relu(input) if is_dynamo_compiling() else _relu_eager(input)
     return input.copy_(result) if inplace else result
 
 
@@ -35,12 +33,12 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
     A bias of another shape that expands to the output's, as torch allows, is added after our
     product by torch's addition."""
     try:  # the op takes a bias of shape (out_features,) only; checking that first costs ~0.4 µs
-        return _linear(input, weight, bias)
+        return (_linear if is_dynamo_compiling() else _linear_eager)(input, weight, bias)
     except RuntimeError:
         if not (bias is not None and weight.dim() == 2 and bias.shape != weight.shape[:1]
                 and (bias.dtype, bias.device) == (input.dtype, input.device)):
             raise
-    output = _linear(input, weight, None)
+    output = (_linear if is_dynamo_compiling() else _linear_eager)(input, weight, None)
     try:
         bias = bias.expand(output.shape)  # torch's rule: the output's shape does not change
     except RuntimeError:
@@ -79,7 +77,8 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     plane."""
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):  # torch: [] too
         stride = kernel_size
-    output, indices = _max_pool2d(input, _ints(kernel_size), _ints(stride), _ints(padding),
+    pool = _max_pool2d if is_dynamo_compiling() else _max_pool2d_eager
+    output, indices = pool(input, _ints(kernel_size), _ints(stride), _ints(padding),
                                   _ints(dilation), ceil_mode)
     return (output, indices) if return_indices else output
 
@@ -94,7 +93,8 @@ def conv2d(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=
         input = input.unsqueeze(0)
     if isinstance(padding, str):
         padding, input = _string_padding(padding, input, weight, _pair(stride), _pair(dilation))
-    output = _conv2d(input, weight, bias, _ints(stride), _ints(padding), _ints(dilation), groups)
+    conv = _conv2d if is_dynamo_compiling() else _conv2d_eager
+    output = conv(input, weight, bias, _ints(stride), _ints(padding), _ints(dilation), groups)
     return output.squeeze(0) if unbatched else output
 
 

@@ -103,6 +103,8 @@ def train_epoch(model, loss_fn, optimizer, train_batches, bar, world_size):
         bar.update(len(target) * world_size)
         if step % 10 == 0:  # .item() waits for the device: not every step
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    if seen:  # drawn at least once with the loss: an epoch can end before tqdm's first redraw
+        bar.set_postfix(loss=f"{loss.item():.4f}")
     return float(loss_sum), seen
 
 
