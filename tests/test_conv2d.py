@@ -61,6 +61,8 @@ GRADCHECK_GRID = [
     (3, 2, 4, (7, 6), (1, 1), 3, 1, 2, 2, False),
     # batch-lane backward (8 float64 images a block, see "special paths" below) and one left over
     (9, 2, 3, (6, 7), (5, 5), 1, 0, 1, 1, True),
+    # forward over output-row vectors: 2 of 8 lanes' worth of channels, a 10-wide row (overlap)
+    (2, 2, 2, (4, 12), (2, 3), 1, 0, 1, 1, True),
 ]
 
 
@@ -223,6 +225,11 @@ SPECIAL_PATH_CASES = {
     "lanes_output_row_over_14": lambda L: (L, 2, 3, (7, 19), (5, 5), 1, 0),
     "lanes_forward_grouped": lambda L: (L + 1, 4, 6, (9, 9), (5, 5), 2, 0),
     "lanes_forward_one_channel_out": lambda L: (2 * L, 3, 1, (8, 6), (5, 5), 1, 0),
+    # forward over output-row vectors (at most half the lanes of channels, rows >= one vector)
+    "row_forward_one_vector": lambda L: (2, 2, 5, (5, L + 4), (5, 5), 1, 0),
+    "row_forward_overlap": lambda L: (3, 3, L // 2, (7, L + 7), (3, 4), 1, 0),
+    "row_forward_grouped": lambda L: (2, 4, 4, (6, L + 2), (3, 3), 2, 0),
+    "row_forward_three_vectors": lambda L: (L + 1, 1, 2, (5, 3 * L + 2), (2, 3), 1, 0),
 }
 
 
@@ -236,7 +243,8 @@ def test_special_path_shapes_match_stock(device, dtype, case):
 
 
 @pytest.mark.parametrize("case", ["lenet_conv1", "lenet_conv2", "grouped_narrow",
-                                  "output_row_two_vectors", "lanes_forward_grouped"])
+                                  "output_row_two_vectors", "lanes_forward_grouped",
+                                  "row_forward_grouped"])
 def test_special_path_results_do_not_depend_on_the_thread_count(device, case):
     _, in_channels, out_channels, size, kernel, groups, padding = SPECIAL_PATH_CASES[case](16)
     x, w, b = random_conv(37, in_channels, out_channels, size, kernel, groups, device=device)

@@ -47,8 +47,8 @@ def test_bias_that_does_not_expand_to_the_output_raises(bias_shape, device):
 # products' masked step); rows and out_features leaving remainders of the 4 x 4 dot-product tiles,
 # the 16-wide GEMV tiles and the 32-wide gemm tiles (grad_input's and grad_weight's columns are
 # in_features); rows on both sides of the switch to transposing weight (fc1 43/44 in float32, 32/33
-# in float64; fc2 10/11; fc3 6/7).
-KERNEL_CASES = [(1, 400, 120), (3, 400, 120), (5, 400, 120), (32, 400, 120), (33, 400, 120),
+# in float64; fc2 10/11; fc3 6/7); backward's few-rows path (rows <= 2) and gemm (3).
+KERNEL_CASES = [(1, 400, 120), (2, 400, 120), (3, 400, 120), (2, 120, 84), (5, 400, 120), (32, 400, 120), (33, 400, 120),
                 (43, 400, 120), (44, 400, 120), (10, 120, 84), (11, 120, 84), (1, 84, 10),
                 (6, 84, 10), (7, 84, 10), (2, 7, 5), (9, 8, 7), (9, 9, 7), (2, 15, 5), (2, 16, 5),
                 (2, 17, 5), (1, 16, 17), (6, 31, 33), (1, 32, 16), (5, 33, 3), (13, 48, 64)]

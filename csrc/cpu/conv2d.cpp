@@ -261,6 +261,81 @@ void direct_forward(const scalar_t* input, const scalar_t* weight, const scalar_
   });
 }
 
+// Few output channels (conv1's 6: direct_forward would leave 10 of 16 lanes idle): a segment of
+// kLanes positions of an output row is the vector, and each output channel of the group keeps one
+// per segment in registers. Each input row segment, shifted by kw, is loaded once for every channel
+// (the weights broadcast from memory). Segments start at 0, kLanes, ... and the last at
+// out_w - kLanes, so no load leaves its row; positions where two overlap are computed twice,
+// identically. conv1 at batch 1: 12 FMAs for 8 loads a tap, 28 of 32 lanes useful.
+template <typename scalar_t>
+bool row_forward_fits(const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kLanes;
+  return direct_fits<scalar_t>(s) && 2 * s.out_channels <= L && s.out_w >= L;
+}
+
+constexpr int kRowForwardChannels = 8;  // most output channels row_forward_fits lets through
+
+// Output row oh, segments at ow0[0, SEGS), OC channels: image at the group's input, weight the
+// group's as stored, out at the group's output.
+template <typename scalar_t, int OC, int SEGS>
+void row_forward_tile(const scalar_t* image, const scalar_t* weight, const scalar_t* bias,
+                      scalar_t* out, int64_t oh, const int64_t* ow0, const ConvShape& s) {
+  using V = Lanes<scalar_t>;
+  typename V::type acc[OC][SEGS];
+  for (int oc = 0; oc < OC; ++oc)
+    for (int seg = 0; seg < SEGS; ++seg) acc[oc][seg] = typename V::type{} + (bias ? bias[oc] : 0);
+  for (int64_t c = 0; c < s.channels; ++c)
+    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+      const scalar_t* row = image + (c * s.in_h + oh + kh) * s.in_w;
+      const scalar_t* w = weight + (c * s.kernel_h + kh) * s.kernel_w;
+      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+        typename V::type x[SEGS];
+        for (int seg = 0; seg < SEGS; ++seg) x[seg] = V::load(row + ow0[seg] + kw);
+        for (int oc = 0; oc < OC; ++oc)
+          for (int seg = 0; seg < SEGS; ++seg) acc[oc][seg] += w[oc * s.taps() + kw] * x[seg];
+      }
+    }
+  for (int oc = 0; oc < OC; ++oc)
+    for (int seg = 0; seg < SEGS; ++seg)
+      V::store(out + oc * s.positions() + oh * s.out_w + ow0[seg], acc[oc][seg]);
+}
+
+template <typename scalar_t, int OC = kRowForwardChannels>
+void row_forward_image(const scalar_t* image, const scalar_t* weight, const scalar_t* bias,
+                       scalar_t* out, const ConvShape& s) {
+  if constexpr (OC > 1) {
+    if (s.out_channels < OC)
+      return row_forward_image<scalar_t, OC - 1>(image, weight, bias, out, s);
+  }
+  constexpr int L = Lanes<scalar_t>::kLanes;
+  const int64_t segments = (s.out_w + L - 1) / L;
+  for (int64_t oh = 0; oh < s.out_h; ++oh)
+    for (int64_t first = 0; first < segments; first += 2) {
+      const int64_t ow0[2] = {std::min(first * L, s.out_w - L),
+                              std::min((first + 1) * L, s.out_w - L)};
+      if (first + 1 < segments)
+        row_forward_tile<scalar_t, OC, 2>(image, weight, bias, out, oh, ow0, s);
+      else
+        row_forward_tile<scalar_t, OC, 1>(image, weight, bias, out, oh, ow0, s);
+    }
+}
+
+// The (image, group) pairs from `first` on.
+template <typename scalar_t>
+void row_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                 scalar_t* output, int64_t first, int64_t batch, int64_t groups,
+                 const ConvShape& s) {
+  at::parallel_for(first * groups, batch * groups, grain_for(s.multiply_adds()),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t g = i % groups;
+      row_forward_image(input + i * s.input_block(), weight + g * s.weight_block(),
+                        bias ? bias + g * s.out_channels : nullptr, output + i * s.output_block(),
+                        s);
+    }
+  });
+}
+
 // The images are split into a fixed number of contiguous parts (it depends on the batch, never on
 // the thread count); each part sums its images in order into its own partial, and the partials are
 // added in part order, so grad_weight is bitwise the same however the parts are spread on threads.
@@ -551,10 +626,12 @@ void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
   if (direct_forward_fits<scalar_t>(s))
     return direct_forward(input, weight, bias, output, batch, groups, s);
-  // images past the last block of lanes, or all of them, through im2col and the GEMM
+  // images past the last block of lanes, or all of them, through row_forward or im2col and the GEMM
   const int64_t done = lanes_forward_fits<scalar_t>(s, batch)
                            ? lanes_forward(input, weight, bias, output, batch, groups, s)
                            : 0;
+  if (row_forward_fits<scalar_t>(s))
+    return row_forward(input, weight, bias, output, done, batch, groups, s);
   at::parallel_for(done * groups, batch * groups, grain_for(s.multiply_adds()), [&](int64_t begin,
                                                                                    int64_t end) {
     std::vector<scalar_t> columns(s.taps() * s.positions());
@@ -714,7 +791,8 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
   constexpr int L = Lanes<scalar_t>::kLanes;
   const int64_t lanes_block = s.taps() * L;  // one group's [taps][lanes]
   const int64_t parts = std::min(batch, kWeightParts);
-  std::vector<scalar_t> partials(parts * groups * lanes_block, scalar_t(0));
+  // at least one part: an empty batch's gradient is its zeros
+  std::vector<scalar_t> partials(std::max<int64_t>(parts, 1) * groups * lanes_block, scalar_t(0));
   const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
   const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
   at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
@@ -723,10 +801,8 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
       for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = n * groups + g;
-          const scalar_t* grad = grad_output + i * s.output_block();
-          for (int64_t oc = 0; oc < s.out_channels; ++oc)
-            for (int64_t p = 0; p < s.positions(); ++p)
-              grad_lanes[p * L + oc] = grad[oc * s.positions() + p];
+          transpose(grad_output + i * s.output_block(), s.positions(), grad_lanes.data(), L,
+                    s.out_channels, s.positions());
           scalar_t* partial = partials.data() + (part * groups + g) * lanes_block;
           for (int64_t c = 0; c < s.channels; ++c)
             for (int64_t kh0 = 0; kh0 < s.kernel_h;) {
@@ -741,14 +817,17 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
             }
         }
   });
+  // Parts summed into the first in order, whole vectors, then [taps][lanes] -> [out_channels][taps]
+  // by blocks in registers (a scalar gather here took 4-5 µs, more than conv2's FMAs at batch 1).
+  for (int64_t part = 1; part < parts; ++part)
+    for (int64_t k = 0; k < groups * lanes_block; k += L) {
+      scalar_t* sum = partials.data() + k;
+      Lanes<scalar_t>::store(sum, Lanes<scalar_t>::load(sum) +
+                                      Lanes<scalar_t>::load(sum + part * groups * lanes_block));
+    }
   for (int64_t g = 0; g < groups; ++g)
-    for (int64_t oc = 0; oc < s.out_channels; ++oc)
-      for (int64_t tap = 0; tap < s.taps(); ++tap) {
-        scalar_t sum = 0;
-        for (int64_t part = 0; part < parts; ++part)
-          sum += partials[(part * groups + g) * lanes_block + tap * L + oc];
-        grad_weight[g * s.weight_block() + oc * s.taps() + tap] = sum;
-      }
+    transpose(partials.data() + g * lanes_block, L, grad_weight + g * s.weight_block(), s.taps(),
+              s.taps(), s.out_channels);
 }
 
 // grad_weight for few output channels (at most half the lanes, conv1's 6), where lanes over
@@ -846,11 +925,19 @@ void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_
               }
         }
   });
-  for (int64_t k = 0; k < groups * s.weight_block(); ++k) {  // k = (g, oc, tap), as grad_weight
-    scalar_t sum = 0;
-    for (int64_t part = 0; part < parts; ++part)
-      for (int lane = 0; lane < L; ++lane) sum += partials[part * groups * sums_block + k * L + lane];
-    grad_weight[k] = sum;
+  // Each weight (g, oc, tap), in grad_weight's order, is its vector summed over the parts in
+  // order, then folded across lanes, kLanes weights at a time (a scalar sum of 16 lanes a weight
+  // was ~2.5 µs, a fifth of conv1's grad_weight at batch 1).
+  using V = Lanes<scalar_t>;
+  const int64_t weights = groups * s.weight_block();
+  for (int64_t k0 = 0; k0 < weights; k0 += L) {
+    typename V::type acc[L] = {};
+    for (int64_t j = 0; j < std::min<int64_t>(L, weights - k0); ++j)
+      for (int64_t part = 0; part < parts; ++part)
+        acc[j] += V::load(partials.data() + part * groups * sums_block + (k0 + j) * L);
+    scalar_t sums[L];
+    V::store(sums, gemm_detail::fold_all<scalar_t>(acc));
+    std::copy_n(sums, std::min<int64_t>(L, weights - k0), grad_weight + k0);
   }
 }
 

@@ -33,6 +33,14 @@ bool forward_transposes(int64_t rows, int64_t in_features, int64_t out_features,
   return out_features * in_features / 2 + rows * gemm_row < rows * dot_row;
 }
 
+constexpr int64_t kFewRows = 2;
+
+// y[i] = a * x[i] (kAdd: +=) for i < n
+template <bool kAdd, typename scalar_t>
+inline void axpy(scalar_t a, const scalar_t* __restrict x, scalar_t* __restrict y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = kAdd ? y[i] + a * x[i] : a * x[i];
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -55,12 +63,33 @@ void linear_backward(const scalar_t* grad_output, const scalar_t* input, const s
                      scalar_t* grad_input, scalar_t* grad_weight, scalar_t* grad_bias,
                      int64_t rows, int64_t in_features, int64_t out_features) {
   const scalar_t* no_bias = nullptr;
-  if (grad_input)  // [rows, in] = [rows, out] * [out, in]
-    gemm(grad_output, out_features, 1, weight, in_features, no_bias, grad_input, in_features, rows,
-         out_features, in_features);
-  if (grad_weight)  // [out, in] = [rows, out]^T * [rows, in]
-    gemm(grad_output, 1, out_features, input, in_features, no_bias, grad_weight, in_features,
-         out_features, rows, in_features);
+  if (rows <= kFewRows) {
+    // A few rows (batch 1): each gradient row is a sum of a few weight or input rows scaled by
+    // grad_output elements, a vectorised axpy per term, the first one writing. gemm's register
+    // tiles would sum over k = rows for grad_weight, and their setup and stores cost ~6x the
+    // product; a zeroing pass first would double the stores (fc1's grad_weight is 192 KB).
+    if (grad_input)
+      for (int64_t r = 0; r < rows; ++r) {
+        scalar_t* out = grad_input + r * in_features;
+        std::fill_n(out, in_features, scalar_t(0));
+        for (int64_t o = 0; o < out_features; ++o)
+          axpy<true>(grad_output[r * out_features + o], weight + o * in_features, out, in_features);
+      }
+    if (grad_weight && rows == 0) std::fill_n(grad_weight, out_features * in_features, scalar_t(0));
+    for (int64_t o = 0; grad_weight && rows > 0 && o < out_features; ++o) {
+      scalar_t* out = grad_weight + o * in_features;
+      axpy<false>(grad_output[o], input, out, in_features);
+      for (int64_t r = 1; r < rows; ++r)
+        axpy<true>(grad_output[r * out_features + o], input + r * in_features, out, in_features);
+    }
+  } else {
+    if (grad_input)  // [rows, in] = [rows, out] * [out, in]
+      gemm(grad_output, out_features, 1, weight, in_features, no_bias, grad_input, in_features,
+           rows, out_features, in_features);
+    if (grad_weight)  // [out, in] = [rows, out]^T * [rows, in]
+      gemm(grad_output, 1, out_features, input, in_features, no_bias, grad_weight, in_features,
+           out_features, rows, in_features);
+  }
   if (grad_bias) {
     // rows in order, columns vectorised: the same sum whatever the thread count
     std::fill(grad_bias, grad_bias + out_features, scalar_t(0));
