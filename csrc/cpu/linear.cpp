@@ -2,7 +2,8 @@
 // rows with weight rows as stored, unless enough rows amortise transposing weight once for gemm,
 // which has no per-tile fold (a cycle estimate decides: forward_transposes). grad_input =
 // grad_output * weight and grad_weight = grad_output^T * input are gemm reading grad_output as
-// stored (row stride 1, k stride out_features for the transpose), so backward copies nothing;
+// stored (row stride 1, k stride out_features for the transpose), so backward copies nothing; at
+// 1-2 rows (batch 1) both are rows of axpys instead, as the tiles' setup outweighs so short a sum.
 // grad_bias is a column sum. Only what output_mask asks is computed.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
