@@ -32,13 +32,14 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
     """Like torch.nn.functional.linear: input (*, in_features), weight (out_features, in_features).
     A bias of another shape that expands to the output's, as torch allows, is added after our
     product by torch's addition."""
+    op = _linear if is_dynamo_compiling() else _linear_eager
     try:  # the op takes a bias of shape (out_features,) only; checking that first costs ~0.4 µs
-        return (_linear if is_dynamo_compiling() else _linear_eager)(input, weight, bias)
+        return op(input, weight, bias)
     except RuntimeError:
         if not (bias is not None and weight.dim() == 2 and bias.shape != weight.shape[:1]
                 and (bias.dtype, bias.device) == (input.dtype, input.device)):
             raise
-    output = (_linear if is_dynamo_compiling() else _linear_eager)(input, weight, None)
+    output = op(input, weight, None)
     try:
         bias = bias.expand(output.shape)  # torch's rule: the output's shape does not change
     except RuntimeError:
@@ -78,8 +79,8 @@ def max_pool2d(input: Tensor, kernel_size, stride=None, padding=0, dilation=1,
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):  # torch: [] too
         stride = kernel_size
     pool = _max_pool2d if is_dynamo_compiling() else _max_pool2d_eager
-    output, indices = pool(input, _ints(kernel_size), _ints(stride), _ints(padding),
-                                  _ints(dilation), ceil_mode)
+    output, indices = pool(input, _ints(kernel_size), _ints(stride), _ints(padding), _ints(dilation),
+                           ceil_mode)
     return (output, indices) if return_indices else output
 
 

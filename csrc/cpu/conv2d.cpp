@@ -341,6 +341,16 @@ void row_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* 
 // added in part order, so grad_weight is bitwise the same however the parts are spread on threads.
 constexpr int64_t kWeightParts = 16;
 
+// out[k] = parts' partials[part * numel + k] added in part order, k < numel (zero for no parts);
+// out may be the first part.
+template <typename scalar_t>
+void sum_parts(const scalar_t* partials, int64_t parts, int64_t numel, scalar_t* out) {
+  if (parts == 0) std::fill_n(out, numel, scalar_t(0));
+  else if (out != partials) std::copy_n(partials, numel, out);
+  for (int64_t part = 1; part < parts; ++part)
+    for (int64_t k = 0; k < numel; ++k) out[k] += partials[part * numel + k];
+}
+
 // ---- Batch-lane path ------------------------------------------------------------------------------
 // conv2's backward (6 -> 16 channels, 14x14 -> 10x10) fills only part of the lanes in the layouts
 // above: grad_input's 14-wide rows take 16 lanes, and of the 14 x 5 (position, kw) pairs a row
@@ -610,11 +620,7 @@ int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const
       if (grad_weight) sum_lanes(sums.get(), weight_numel, partials.get() + part * weight_numel);
     }
   });
-  if (grad_weight) {
-    std::fill(grad_weight, grad_weight + weight_numel, scalar_t(0));
-    for (int64_t part = 0; part < parts; ++part)
-      for (int64_t k = 0; k < weight_numel; ++k) grad_weight[k] += partials[part * weight_numel + k];
-  }
+  if (grad_weight) sum_parts(partials.get(), parts, weight_numel, grad_weight);
   return blocks * L;
 }
 
@@ -817,14 +823,9 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
             }
         }
   });
-  // Parts summed into the first in order, whole vectors, then [taps][lanes] -> [out_channels][taps]
-  // by blocks in registers (a scalar gather here took 4-5 µs, more than conv2's FMAs at batch 1).
-  for (int64_t part = 1; part < parts; ++part)
-    for (int64_t k = 0; k < groups * lanes_block; k += L) {
-      scalar_t* sum = partials.data() + k;
-      Lanes<scalar_t>::store(sum, Lanes<scalar_t>::load(sum) +
-                                      Lanes<scalar_t>::load(sum + part * groups * lanes_block));
-    }
+  // Parts summed into the first, then [taps][lanes] -> [out_channels][taps] by blocks in registers
+  // (a scalar gather here took 4-5 µs, more than conv2's FMAs at batch 1).
+  sum_parts(partials.data(), parts, groups * lanes_block, partials.data());
   for (int64_t g = 0; g < groups; ++g)
     transpose(partials.data() + g * lanes_block, L, grad_weight + g * s.weight_block(), s.taps(),
               s.taps(), s.out_channels);
@@ -890,7 +891,8 @@ void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_
   constexpr int L = Lanes<scalar_t>::kLanes;
   const int64_t sums_block = s.weight_block() * L;  // one group's [out_channels][taps][lanes]
   const int64_t parts = std::min(batch, kWeightParts);
-  std::vector<scalar_t> partials(parts * groups * sums_block, scalar_t(0));
+  // at least one part: an empty batch's gradient is its zeros
+  std::vector<scalar_t> partials(std::max<int64_t>(parts, 1) * groups * sums_block, scalar_t(0));
   const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
   const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
   const int64_t row_stride = kDirectKernelW - 1 + 2 * L;
@@ -925,20 +927,11 @@ void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_
               }
         }
   });
-  // Each weight (g, oc, tap), in grad_weight's order, is its vector summed over the parts in
-  // order, then folded across lanes, kLanes weights at a time (a scalar sum of 16 lanes a weight
-  // was ~2.5 µs, a fifth of conv1's grad_weight at batch 1).
-  using V = Lanes<scalar_t>;
-  const int64_t weights = groups * s.weight_block();
-  for (int64_t k0 = 0; k0 < weights; k0 += L) {
-    typename V::type acc[L] = {};
-    for (int64_t j = 0; j < std::min<int64_t>(L, weights - k0); ++j)
-      for (int64_t part = 0; part < parts; ++part)
-        acc[j] += V::load(partials.data() + part * groups * sums_block + (k0 + j) * L);
-    scalar_t sums[L];
-    V::store(sums, gemm_detail::fold_all<scalar_t>(acc));
-    std::copy_n(sums, std::min<int64_t>(L, weights - k0), grad_weight + k0);
-  }
+  // Each weight (g, oc, tap), in grad_weight's order, is its vector summed over the parts, then
+  // folded across lanes kLanes weights at a time (a scalar sum of 16 lanes a weight was ~2.5 µs,
+  // a fifth of conv1's grad_weight at batch 1).
+  sum_parts(partials.data(), parts, groups * sums_block, partials.data());
+  sum_lanes(partials.data(), groups * s.weight_block(), grad_weight);
 }
 
 template <typename scalar_t>
@@ -968,9 +961,7 @@ void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
         }
     }
   });
-  std::fill(grad_weight, grad_weight + weight_numel, scalar_t(0));
-  for (int64_t part = 0; part < parts; ++part)
-    for (int64_t k = 0; k < weight_numel; ++k) grad_weight[k] += partials[part * weight_numel + k];
+  sum_parts(partials.data(), parts, weight_numel, grad_weight);
 }
 
 // Per channel, over images in order; within a plane kLanes interleaved running sums (fixed, so
