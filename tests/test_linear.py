@@ -211,19 +211,27 @@ def test_module_is_drop_in(bias, device, dtype):
     torch.testing.assert_close(stock(x), other(x))
 
 
-# fc1 at batch 256 (weight transposed, gemm) and a long dot-product case with enough tiles to split
-@pytest.mark.parametrize("rows,in_features,out_features", [(256, 400, 120), (8, 4000, 120)], ids=str)
+# Transposed weight (gemm over packed panels): fc1 at batch 256 and 64 (panels over threads),
+# fc2 at 64 (3 panels: row chunks too, a panel shared by two threads), an uneven chunk and a narrow
+# last panel; and a long dot-product case with enough tiles to split. Three threads as well: other
+# chunks, tasks and shared panels than two.
+@pytest.mark.parametrize("rows,in_features,out_features",
+                         [(256, 400, 120), (64, 400, 120), (64, 120, 84), (67, 120, 84),
+                          (50, 33, 200), (8, 4000, 120)], ids=str)
 def test_bitwise_identical_across_thread_counts(rows, in_features, out_features):
     x, w = torch.randn(rows, in_features), torch.randn(out_features, in_features)
     b, grad = torch.randn(out_features), torch.randn(rows, out_features)
     previous = torch.get_num_threads()
     results = []
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             results.append((F.linear(x, w, b),
                             *torch.ops.lenet_ext.linear_backward(grad, x, w, [True, True, True])))
     finally:
         torch.set_num_threads(previous)
-    for one_thread, two_threads in zip(*results):
-        assert torch.equal(one_thread, two_threads)
+    torch.testing.assert_close(results[0][0], torch.nn.functional.linear(x, w, b),
+                               **sum_tolerance(torch.float32, in_features))
+    for one_thread, *more_threads in zip(*results):
+        for other in more_threads:
+            assert torch.equal(one_thread, other)

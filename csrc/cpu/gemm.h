@@ -3,8 +3,8 @@
 //   may be a transpose read as stored). A register tile of ROWS x VECS vectors of C accumulates
 //   over k: each B row segment loaded serves ROWS rows of A (a broadcast each), so the loop is
 //   bound by FMA throughput. B is read as panels two vectors wide: a plain matrix's last,
-//   narrower panel is a zero-padded copy, and pack_transposed builds all panels of a W^T at once
-//   (gemm_packed), so the tile never reads past a row and stores only the columns that exist.
+//   narrower panel is a zero-padded copy, and pack_transposed builds the panels of a W^T at once
+//   (gemm_nt_packed), so the tile never reads past a row and stores only the columns that exist.
 // - gemm_nt: C[M,N] = A[M,K] * B[N,K]^T (+ bias[N]), both operands contiguous along k (linear's
 //   forward: input times weight as stored). No transpose, no packing: a tile of ROWS x COLS dot
 //   products accumulates kLanes-wide partial sums along k, and one butterfly folds the kLanes
@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -102,35 +104,46 @@ inline void row_block(const scalar_t* a, int64_t a_row, int64_t a_k, const scala
     tile<scalar_t, ROWS, 1>(a, a_row, a_k, tail_b, kCols, tail_bias, c + n0, ldc, k_size, tail);
 }
 
+constexpr int64_t kRows = 6;  // 6 rows x 2 vectors = 12 accumulator registers + 2 for B
+
+// All m_size rows of C on the calling thread, a block of kRows rows at a time across all panels.
 template <typename scalar_t>
-void gemm_panels(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
-                 int64_t panel_step, int64_t ldb, const scalar_t* tail_b, const scalar_t* bias,
-                 scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size, int64_t n_size) {
-  constexpr int64_t kRows = 6;  // 6 rows x 2 vectors = 12 accumulator registers + 2 for B
+void gemm_rows(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
+               int64_t panel_step, int64_t ldb, const scalar_t* tail_b, const scalar_t* bias,
+               scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size, int64_t n_size) {
   constexpr int64_t kCols = 2 * Vec<scalar_t>::kLanes;
   const int64_t tail = n_size % kCols;
   scalar_t tail_bias[kCols] = {};
   if (bias) std::copy(bias + n_size - tail, bias + n_size, tail_bias);
-  const int64_t row_blocks = (m_size + kRows - 1) / kRows;
-  at::parallel_for(0, row_blocks, grain_for(kRows * k_size * n_size), [&](int64_t begin,
-                                                                          int64_t end) {
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t m0 = block * kRows;
-      const scalar_t* a_rows = a + m0 * a_row;
-      scalar_t* c_rows = c + m0 * ldc;
+  for (int64_t m0 = 0; m0 < m_size; m0 += kRows) {
+    const scalar_t* a_rows = a + m0 * a_row;
+    scalar_t* c_rows = c + m0 * ldc;
 #define LENET_EXT_ROW_BLOCK(ROWS)                                                          \
   row_block<scalar_t, ROWS>(a_rows, a_row, a_k, b, panel_step, ldb, tail_b, bias,         \
                             bias ? tail_bias : nullptr, c_rows, ldc, k_size, n_size)
-      switch (std::min(kRows, m_size - m0)) {  // the row remainder gets its own compiled tile
-        case 6: LENET_EXT_ROW_BLOCK(6); break;
-        case 5: LENET_EXT_ROW_BLOCK(5); break;
-        case 4: LENET_EXT_ROW_BLOCK(4); break;
-        case 3: LENET_EXT_ROW_BLOCK(3); break;
-        case 2: LENET_EXT_ROW_BLOCK(2); break;
-        default: LENET_EXT_ROW_BLOCK(1); break;
-      }
-#undef LENET_EXT_ROW_BLOCK
+    switch (std::min(kRows, m_size - m0)) {  // the row remainder gets its own compiled tile
+      case 6: LENET_EXT_ROW_BLOCK(6); break;
+      case 5: LENET_EXT_ROW_BLOCK(5); break;
+      case 4: LENET_EXT_ROW_BLOCK(4); break;
+      case 3: LENET_EXT_ROW_BLOCK(3); break;
+      case 2: LENET_EXT_ROW_BLOCK(2); break;
+      default: LENET_EXT_ROW_BLOCK(1); break;
     }
+#undef LENET_EXT_ROW_BLOCK
+  }
+}
+
+// gemm_rows with the row blocks split over threads.
+template <typename scalar_t>
+void gemm_panels(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
+                 int64_t panel_step, int64_t ldb, const scalar_t* tail_b, const scalar_t* bias,
+                 scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size, int64_t n_size) {
+  const int64_t row_blocks = (m_size + kRows - 1) / kRows;
+  at::parallel_for(0, row_blocks, grain_for(kRows * k_size * n_size), [&](int64_t begin,
+                                                                          int64_t end) {
+    const int64_t m0 = begin * kRows;
+    gemm_rows(a + m0 * a_row, a_row, a_k, b, panel_step, ldb, tail_b, bias, c + m0 * ldc, ldc,
+              std::min(m_size, end * kRows) - m0, k_size, n_size);
   });
 }
 
@@ -155,17 +168,6 @@ template <typename scalar_t>
 int64_t packed_size(int64_t k_size, int64_t n_size) {
   constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
   return (n_size + kCols - 1) / kCols * kCols * k_size;
-}
-
-// gemm with B given as pack_transposed's panels.
-template <typename scalar_t>
-void gemm_packed(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* panels,
-                 const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size,
-                 int64_t n_size) {
-  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
-  gemm_detail::gemm_panels(a, a_row, a_k, panels, k_size * kCols, kCols,
-                           panels + n_size / kCols * k_size * kCols, bias, c, ldc, m_size,
-                           k_size, n_size);
 }
 
 // C[M,N] = A[M,K] * B[K,N] (+ bias[N]), all contiguous row-major.
@@ -336,37 +338,68 @@ void transpose(const scalar_t* in, int64_t ld_in, scalar_t* out, int64_t ld_out,
       out[j * ld_out + i] = in[i * ld_in + j];
 }
 
-// B = W^T for W [n_size, k_size] as gemm_packed's panels: panels[p][k][j] = W[p * kCols + j][k],
+// B = W^T for W [n_size, k_size] as gemm_panels' panels: panels[p][k][j] = W[p * kCols + j][k],
 // zero past n_size. Transposing and padding in one pass, kLanes x kLanes blocks in registers.
 template <typename scalar_t>
 void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_t k_size) {
   using V = gemm_detail::Vec<scalar_t>;
   constexpr int64_t L = V::kLanes, kCols = 2 * L;
   const int64_t full_k = k_size / L * L;
-  // Split over threads from 16K elements a task: serial, fc1's 48K-element W^T took as long as
-  // its product at batch 64, while the other thread waited.
-  const int64_t blocks = (n_size + L - 1) / L;
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / (L * std::max<int64_t>(1, k_size)));
-  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
-    // L rows of W -> L columns of one panel
-    for (int64_t n0 = begin * L; n0 < std::min(end * L, n_size); n0 += L) {
-      scalar_t* out = panels + n0 / kCols * k_size * kCols + n0 % kCols;
-      const int64_t rows = std::min(L, n_size - n0);
-      for (int64_t k0 = 0; k0 < full_k; k0 += L) {
-        typename V::type block[L];
-        for (int r = 0; r < L; ++r) block[r] = r < rows ? V::load(w + (n0 + r) * k_size + k0)
-                                                        : typename V::type{};
-        gemm_detail::transpose_block<scalar_t>(block);
-        for (int r = 0; r < L; ++r) V::store(out + (k0 + r) * kCols, block[r]);
-      }
-      for (int64_t k = full_k; k < k_size; ++k)
-        for (int64_t r = 0; r < L; ++r) out[k * kCols + r] = r < rows ? w[(n0 + r) * k_size + k] : 0;
+  for (int64_t n0 = 0; n0 < n_size; n0 += L) {  // L rows of W -> L columns of one panel
+    scalar_t* out = panels + n0 / kCols * k_size * kCols + n0 % kCols;
+    const int64_t rows = std::min(L, n_size - n0);
+    for (int64_t k0 = 0; k0 < full_k; k0 += L) {
+      typename V::type block[L];
+      for (int r = 0; r < L; ++r)
+        block[r] = r < rows ? V::load(w + (n0 + r) * k_size + k0) : typename V::type{};
+      gemm_detail::transpose_block<scalar_t>(block);
+      for (int r = 0; r < L; ++r) V::store(out + (k0 + r) * kCols, block[r]);
     }
-  });
+    for (int64_t k = full_k; k < k_size; ++k)
+      for (int64_t r = 0; r < L; ++r) out[k * kCols + r] = r < rows ? w[(n0 + r) * k_size + k] : 0;
+  }
   // a last panel with no more than L columns: its second half is all padding
   if (const int64_t last = n_size % kCols; last > 0 && last <= L)
     for (int64_t k = 0; k < k_size; ++k)
       std::fill_n(panels + (n_size / kCols * k_size + k) * kCols + L, L, scalar_t(0));
+}
+
+// C[M,N] = A[M,K] * B[N,K]^T (+ bias[N]) by gemm's broadcast tiles, over B^T packed into panels.
+// The tasks are (panel, chunk of rows) pairs, panel-major, with as many row chunks as make them
+// divide evenly over the threads; each thread packs just the panels of its own tasks, into a
+// buffer of its own, and starts on them at once (a panel two threads share is packed by both).
+// One pack of all of B before a row-block split cost fc1's forward at batch 64 ~6 µs of ~45 µs,
+// on one thread or two alike, plus a second fork and join.
+template <typename scalar_t>
+void gemm_nt_packed(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
+                    int64_t m_size, int64_t k_size, int64_t n_size) {
+  using gemm_detail::kRows;
+  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  const int64_t panels = (n_size + kCols - 1) / kCols, row_blocks = (m_size + kRows - 1) / kRows;
+  if (panels == 0 || row_blocks == 0) return;
+  const int64_t threads = at::get_num_threads();
+  const int64_t chunks = std::min(row_blocks, threads / std::gcd(panels, threads));
+  const int64_t chunk_rows = (row_blocks + chunks - 1) / chunks * kRows;
+  // 256K multiply-adds a task, not gemm's 1M: the split of fc2 at batch 64 (6 tasks of 138K)
+  // gained from the second thread once the pack no longer came first
+  const int64_t task = chunk_rows * std::max<int64_t>(1, k_size) * kCols;  // multiply-adds
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / task);
+  at::parallel_for(0, panels * chunks, grain, [&](int64_t begin, int64_t end) {
+    const int64_t first = begin / chunks, n0 = first * kCols;
+    const int64_t n1 = std::min(n_size, ((end - 1) / chunks + 1) * kCols);
+    // not zeroed: pack_transposed writes it all
+    const std::unique_ptr<scalar_t[]> own(new scalar_t[packed_size<scalar_t>(k_size, n1 - n0)]);
+    pack_transposed(b + n0 * k_size, own.get(), n1 - n0, k_size);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t col = task / chunks * kCols, m0 = task % chunks * chunk_rows;
+      if (m0 >= m_size) continue;
+      const scalar_t* panel = own.get() + (col - n0) * k_size;
+      gemm_detail::gemm_rows(a + m0 * k_size, k_size, 1, panel, k_size * kCols, kCols, panel,
+                             bias ? bias + col : nullptr, c + m0 * n_size + col, n_size,
+                             std::min(chunk_rows, m_size - m0), k_size,
+                             std::min(kCols, n_size - col));
+    }
+  });
 }
 
 }  // namespace lenet_ext

@@ -1,6 +1,7 @@
 // linear on CPU, three matrix products of gemm.h. The forward is gemm_nt, dot products of input
-// rows with weight rows as stored, unless enough rows amortise transposing weight once for gemm,
-// which has no per-tile fold (a cycle estimate decides: forward_transposes). grad_input =
+// rows with weight rows as stored, unless enough rows amortise transposing weight for gemm's
+// broadcast tiles, which have no per-tile fold (gemm_nt_packed; a cycle estimate decides:
+// forward_transposes). grad_input =
 // grad_output * weight and grad_weight = grad_output^T * input are gemm reading grad_output as
 // stored (row stride 1, k stride out_features for the transpose), so backward copies nothing; at
 // 1-2 rows (batch 1) both are rows of axpys instead, as the tiles' setup outweighs so short a sum.
@@ -11,7 +12,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <memory>
 #include <tuple>
 
 #include "../backward.h"
@@ -48,15 +48,10 @@ template <typename scalar_t>
 void linear_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t rows, int64_t in_features, int64_t out_features) {
   constexpr int64_t lanes = gemm_detail::Vec<scalar_t>::kLanes;
-  if (in_features >= lanes && !forward_transposes(rows, in_features, out_features, lanes)) {
+  if (in_features >= lanes && !forward_transposes(rows, in_features, out_features, lanes))
     gemm_nt(input, weight, bias, output, rows, in_features, out_features);
-    return;
-  }
-  // not zeroed (a std::vector's zeroing pass cost ~10 µs at fc1): pack_transposed writes it all
-  const std::unique_ptr<scalar_t[]> weight_t(new scalar_t[packed_size<scalar_t>(in_features, out_features)]);
-  pack_transposed(weight, weight_t.get(), out_features, in_features);
-  gemm_packed(input, in_features, 1, weight_t.get(), bias, output, out_features, rows,
-              in_features, out_features);
+  else
+    gemm_nt_packed(input, weight, bias, output, rows, in_features, out_features);
 }
 
 template <typename scalar_t>
