@@ -214,13 +214,14 @@ def test_module_is_drop_in(bias, device, dtype):
 # Transposed weight (gemm over packed panels): fc1 at batch 256 and 64 (panels over threads),
 # fc2 at 64 (3 panels: row chunks too, a panel shared by two threads), an uneven chunk and a narrow
 # last panel; and a long dot-product case with enough tiles to split. Three threads as well: other
-# chunks, tasks and shared panels than two.
+# chunks, tasks and shared panels than two; float64's panels are half as wide.
 @pytest.mark.parametrize("rows,in_features,out_features",
                          [(256, 400, 120), (64, 400, 120), (64, 120, 84), (67, 120, 84),
                           (50, 33, 200), (8, 4000, 120)], ids=str)
-def test_bitwise_identical_across_thread_counts(rows, in_features, out_features):
-    x, w = torch.randn(rows, in_features), torch.randn(out_features, in_features)
-    b, grad = torch.randn(out_features), torch.randn(rows, out_features)
+def test_bitwise_identical_across_thread_counts(rows, in_features, out_features, dtype):
+    x = torch.randn(rows, in_features, dtype=dtype)
+    w = torch.randn(out_features, in_features, dtype=dtype)
+    b, grad = torch.randn(out_features, dtype=dtype), torch.randn(rows, out_features, dtype=dtype)
     previous = torch.get_num_threads()
     results = []
     try:
@@ -231,7 +232,7 @@ def test_bitwise_identical_across_thread_counts(rows, in_features, out_features)
     finally:
         torch.set_num_threads(previous)
     torch.testing.assert_close(results[0][0], torch.nn.functional.linear(x, w, b),
-                               **sum_tolerance(torch.float32, in_features))
+                               **sum_tolerance(dtype, in_features))
     for one_thread, *more_threads in zip(*results):
         for other in more_threads:
             assert torch.equal(one_thread, other)
