@@ -382,8 +382,8 @@ void gemm_nt_packed(const scalar_t* a, const scalar_t* b, const scalar_t* bias, 
   const int64_t chunk_rows = (row_blocks + chunks - 1) / chunks * kRows;
   // 256K multiply-adds a task, not gemm's 1M: the split of fc2 at batch 64 (6 tasks of 138K)
   // gained from the second thread once the pack no longer came first
-  const int64_t task = chunk_rows * std::max<int64_t>(1, k_size) * kCols;  // multiply-adds
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / task);
+  const int64_t task_work = chunk_rows * std::max<int64_t>(1, k_size) * kCols;  // multiply-adds
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / task_work);
   at::parallel_for(0, panels * chunks, grain, [&](int64_t begin, int64_t end) {
     const int64_t first = begin / chunks, n0 = first * kCols;
     const int64_t n1 = std::min(n_size, ((end - 1) / chunks + 1) * kCols);
