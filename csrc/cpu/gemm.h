@@ -3,8 +3,9 @@
 //   may be a transpose read as stored). A register tile of ROWS x VECS vectors of C accumulates
 //   over k: each B row segment loaded serves ROWS rows of A (a broadcast each), so the loop is
 //   bound by FMA throughput. B is read as panels two vectors wide: a plain matrix's last,
-//   narrower panel is a zero-padded copy, and pack_transposed builds the panels of a W^T at once
-//   (gemm_nt_packed), so the tile never reads past a row and stores only the columns that exist.
+//   narrower panel is a zero-padded copy, and pack_transposed builds a W^T's panels in one pass
+//   (gemm_nt_packed: each thread packs those it uses), so the tile never reads past a row and
+//   stores only the columns that exist.
 // - gemm_nt: C[M,N] = A[M,K] * B[N,K]^T (+ bias[N]), both operands contiguous along k (linear's
 //   forward: input times weight as stored). No transpose, no packing: a tile of ROWS x COLS dot
 //   products accumulates kLanes-wide partial sums along k, and one butterfly folds the kLanes

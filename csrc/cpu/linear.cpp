@@ -1,10 +1,10 @@
 // linear on CPU, three matrix products of gemm.h. The forward is gemm_nt, dot products of input
 // rows with weight rows as stored, unless enough rows amortise transposing weight for gemm's
 // broadcast tiles, which have no per-tile fold (gemm_nt_packed; a cycle estimate decides:
-// forward_transposes). grad_input =
-// grad_output * weight and grad_weight = grad_output^T * input are gemm reading grad_output as
-// stored (row stride 1, k stride out_features for the transpose), so backward copies nothing; at
-// 1-2 rows (batch 1) both are rows of axpys instead, as the tiles' setup outweighs so short a sum.
+// forward_transposes). grad_input = grad_output * weight and grad_weight = grad_output^T * input
+// are gemm reading grad_output as stored (row stride 1, k stride out_features for the transpose),
+// so backward copies nothing; at 1-2 rows (batch 1) both are rows of axpys instead, as the tiles'
+// setup outweighs so short a sum.
 // grad_bias is a column sum. Only what output_mask asks is computed.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
