@@ -26,8 +26,6 @@ def _relu_backward_fake(grad_output, result):
     return _empty(result.shape, result)
 
 
-
-
 # linear ----------------------------------------------------------------------------------------
 
 @torch.library.register_fake("lenet_ext::linear")
@@ -43,8 +41,6 @@ def _linear_backward_fake(grad_output, input, weight, output_mask):
     return (_empty(input.shape, input) if output_mask[0] else None,
             _empty(weight.shape, weight) if output_mask[1] else None,
             _empty((weight.shape[0],), weight) if output_mask[2] else None)
-
-
 
 
 # max_pool2d ------------------------------------------------------------------------------------
@@ -72,8 +68,6 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
 @torch.library.register_fake("lenet_ext::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, indices, input_size):
     return _empty(input_size, grad_output)
-
-
 
 
 # conv2d ----------------------------------------------------------------------------------------

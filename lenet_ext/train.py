@@ -1,9 +1,12 @@
 """Trains LeNet (or the MLP) on MNIST or Fashion-MNIST with lenet_ext's kernels, or stock PyTorch's.
 
-    python -m lenet_ext.train --data-dir data --epochs 8
+    python -m lenet_ext.train --epochs 8                    # the MNIST sample inside the package
+    python -m lenet_ext.train --data-dir data ...           # full MNIST, downloaded there if missing
     python -m lenet_ext.train --backend torch ...           # the same network on stock modules
     torchrun --nproc_per_node=2 -m lenet_ext.train ...      # DistributedDataParallel (gloo / NCCL)
 
+Without ``--data-dir``, MNIST is the 4,000/1,000-image real-MNIST sample inside the package (no
+network needed), said so in a first line on stdout; Fashion-MNIST is looked for in ./data.
 A progress bar (loss, images/s) goes to stderr; one line per epoch and a final summary line go to
 stdout as ``key=value`` pairs. Missing data that cannot be downloaded, or a corrupt file, ends the run
 with a message naming ``--data-dir`` and exit code 2.
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import cuda_available
-from .data import DATASETS, DataError, load
+from .data import BUNDLED_MNIST, DATASETS, DataError, load
 from .models import MODELS
 
 # LeNet returns logits, the MLP log-probabilities.
@@ -34,9 +37,11 @@ def parse_args(argv=None):
     parser.add_argument("--model", choices=sorted(MODELS), default="lenet", help="default: %(default)s")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnist",
                         help="default: %(default)s")
-    parser.add_argument("--data-dir", default="data",
+    parser.add_argument("--data-dir", default=None,
                         help="directory with the IDX files, flat or in torchvision's <dir>/MNIST/raw; "
-                             "missing files are downloaded there (default: %(default)s)")
+                             "missing files are downloaded there (default: for mnist, the "
+                             "4,000/1,000-image sample bundled with the package; for fashion-mnist, "
+                             "data)")
     parser.add_argument("--no-download", dest="download", action="store_false",
                         help="fail instead of downloading missing files")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=True,
@@ -66,6 +71,9 @@ def parse_args(argv=None):
         parser.error("--epochs and --batch-size must be at least 1")
     if args.lr is None:
         args.lr = DEFAULT_LR[args.optimizer]
+    args.bundled = args.data_dir is None and args.dataset == "mnist"
+    if args.data_dir is None:
+        args.data_dir = BUNDLED_MNIST if args.bundled else "data"
     return args
 
 
@@ -143,13 +151,20 @@ def main(argv=None) -> int:
 
 
 def load_split(args, train, device):
+    # The bundled sample is complete: a file missing there is a broken install, not one to download
+    # into the package.
     images, labels = load(args.dataset, args.data_dir, train, normalize=args.normalize,
-                          pad_to=32 if args.model == "lenet" else None, download=args.download)
+                          pad_to=32 if args.model == "lenet" else None,
+                          download=args.download and not args.bundled)
     return images.to(device), labels.to(device)
 
 
 def run(args, device, rank, world_size) -> int:
     is_main = rank == 0
+    if is_main and args.bundled:
+        print("lenet_ext.train: training on the real-MNIST sample bundled with the package "
+              "(4,000 training / 1,000 test images); for the full 60,000/10,000-image MNIST, add "
+              "--data-dir DIR (missing files are downloaded there)", flush=True)
     # Rank 0 loads first, so that only it downloads.
     if world_size > 1 and not is_main:
         dist.barrier()

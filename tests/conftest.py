@@ -1,6 +1,4 @@
-import os
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,14 +31,12 @@ def _fresh_seed(request):
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
-MNIST_5K = Path(os.environ.get("LENET_EXT_MNIST_DIR",
-                               Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist-5k"))
+MNIST_5K = data.BUNDLED_MNIST
 
 
 @pytest.fixture
 def mnist_5k():
-    """The real 5,000-digit sample (shared/data/mnist-5k beside the repository, as in CI)."""
-    assert MNIST_5K.is_dir(), f"set LENET_EXT_MNIST_DIR: no mnist-5k sample at {MNIST_5K}"
+    """The real 5,000-digit MNIST sample that ships inside the package."""
     return MNIST_5K
 
 

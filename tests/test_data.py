@@ -1,5 +1,5 @@
 """lenet_ext.data: MNIST / Fashion-MNIST from IDX files (synthetic ones in tmp_path, and the real
-mnist-5k sample from shared/), with clear errors for missing, corrupt and truncated files."""
+MNIST sample inside the package), with clear errors for missing, corrupt and truncated files."""
 import gzip
 import hashlib
 import re
@@ -149,3 +149,7 @@ def test_reads_the_real_mnist_5k_sample(mnist_5k, train, count):
     assert torch.equal(labels.bincount(), torch.full((10,), count // 10))
     # Digits: mostly background with a bright stroke; normalised, the mean is near 0 and std near 1.
     assert abs(images.mean().item()) < 0.2 and 0.8 < images.std().item() < 1.1
+
+
+def test_the_bundled_sample_carries_its_licence_note():
+    assert "CC BY-SA 3.0" in (data.BUNDLED_MNIST / "README.md").read_text()

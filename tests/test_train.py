@@ -1,5 +1,7 @@
-"""python -m lenet_ext.train: a short run on real MNIST digits, the output format, checkpoints that the
-stock network loads, and exit code 2 with a message naming --data-dir when there is no data."""
+"""python -m lenet_ext.train: a short run on real MNIST digits, the bundled sample by default, the
+output format, checkpoints that the stock network loads, and exit code 2 with a message naming
+--data-dir when there is no data."""
+import os
 import subprocess
 import sys
 
@@ -33,6 +35,28 @@ def test_short_run_on_real_mnist_learns_and_matches_stock(capsys, mnist_5k):
     # One epoch of Adam on 4,000 digits: stock reaches ~90%.
     assert accuracy["ext"] >= 87.0
     assert abs(accuracy["ext"] - accuracy["torch"]) <= 1.0
+
+
+def test_without_data_dir_trains_offline_on_the_bundled_sample_and_says_so(tmp_path):
+    # A proxy that refuses every connection: no download can succeed.
+    offline = dict(os.environ, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")
+    result = subprocess.run([sys.executable, "-m", "lenet_ext.train", "--epochs", "1"],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=offline)
+    assert result.returncode == 0, result.stderr
+    first, *rest = result.stdout.splitlines()
+    assert "bundled" in first and "4,000 training / 1,000 test images" in first
+    assert "--data-dir" in first
+    summary = parse(rest[-1])
+    assert summary["dataset"] == "mnist" and summary["epochs"] == "1"
+    assert float(summary["test_acc"]) >= 87.0  # as the run on the same digits through --data-dir
+    assert not any(tmp_path.iterdir())  # nothing downloaded into ./data
+
+
+def test_fashion_mnist_without_data_dir_looks_in_data(capsys, tmp_path, monkeypatch, offline):
+    monkeypatch.chdir(tmp_path)
+    code, epochs, summary, err = run_cli(capsys, "--dataset", "fashion-mnist", "--epochs", 1)
+    assert code == 2 and not epochs
+    assert "(now --data-dir data)" in err and "could not download" in err
 
 
 @pytest.mark.parametrize("model, dataset, optimizer", [
