@@ -3,19 +3,20 @@
 FusedLeNet's step is forward, cross-entropy, backward and an SGD step; only the forward and
 backward ops are ours. This times that same step with a network whose forward and backward do no
 arithmetic at all (a torch.autograd.Function that returns zeros and uninitialised gradients for
-the same ten parameters), next to StockLeNet and FusedLeNet, in one process, alternating. stock /
-zero-work is then the largest ratio a training step can reach however fast the kernels are.
+the same ten parameters), next to StockLeNet and FusedLeNet, in one process, in alternating rounds
+(bench.time_rounds). stock / zero-work is then the largest ratio a training step can reach however
+fast the kernels are.
 (The zero-work Function is Python, so it costs a few µs more than FusedLeNet's C++ one: the bound
 is a little low, not high.)
 
     python benchmarks/floor.py [--threads 2] [--batch-sizes 1 64 256] [--min-run-time 1]
 """
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
 import torch
-from torch.utils import benchmark
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 if any((CHECKOUT / "lenet_ext").glob("_C*")):  # this checkout's in-place build wins over an installed one
@@ -53,20 +54,22 @@ def main():
     print(f"{bench.describe(bench.environment('cpu', args.threads))}\n")
     print("| batch | stock | FusedLeNet | zero-work | stock/fused | stock/zero-work |")
     print("| ----: | ----: | ---------: | --------: | ----------: | --------------: |")
+    unstable = False
     for batch in args.batch_sizes:
         images, targets = torch.randn(batch, 1, 32, 32), torch.randint(10, (batch,))
         steps = {name: bench.training_step(ZeroWorkLeNet() if name == "ZeroWorkLeNet"
                                            else getattr(models, name)(), images, targets)
                  for name in names}
-        runs = {name: [] for name in names}
-        for name in (*names, *reversed(names)):  # ABC CBA: a drift hits all alike
-            steps[name]()
-            timer = benchmark.Timer("step()", globals={"step": steps[name]}, num_threads=args.threads)
-            runs[name].append(timer.blocked_autorange(min_run_time=args.min_run_time / 2))
-        t = {name: benchmark.Measurement.merge(runs[name])[0].median for name in names}
-        s, f, z = (t[n] for n in names)
-        print(f"| {batch} | {bench.format_time(s)} | {bench.format_time(f)} | {bench.format_time(z)} "
-              f"| {s / f:.2f}x | {s / z:.2f}x |")
+        for _ in range(bench.MEASURE_ATTEMPTS):  # as bench.measure: again while unstable
+            times, contention = bench.time_rounds(steps, args.min_run_time)
+            ratios = [bench.round_ratios(times[name], times["StockLeNet"], contention) for name in names[1:]]
+            if all(r.stable for r in ratios):
+                break
+        unstable |= not all(r.stable for r in ratios)
+        medians = (bench.format_time(statistics.median(times[name])) for name in names)
+        print(f"| {batch} | {' | '.join(medians)} | {' | '.join(map(bench.format_ratio, ratios))} |")
+    if unstable:
+        print("\nThe machine was busy: do not trust the ratios marked UNSTABLE (see bench.round_ratios).")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 benchmarks/bench_lenet.py and the self-check of `python -m lenet_ext` all build their comparisons here.
 
 A Pair is one comparison: two zero-argument callables, ours and stock, computing the same thing on
-the same random inputs. It is checked equal before it is timed; the timing alternates ours and stock
-(ABBA, so a drift in machine speed hits both alike) with torch.utils.benchmark at one thread count,
-and reports medians. A report is a markdown table, a JSON file with the machine, and a PNG plot.
+the same random inputs. It is checked equal before it is timed, then timed in rounds, each one block
+of ours and one of stock; a row reports the median of the rounds' ratios and their quartiles, and is
+flagged unstable where a busy machine spoilt them (see round_ratios). A report is a markdown table, a
+JSON file with the machine, and a PNG plot.
 """
 import argparse
 import dataclasses
@@ -14,14 +15,15 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
-from torch.utils import benchmark
 
 import lenet_ext
 
@@ -29,6 +31,21 @@ import lenet_ext
 # the whole tensor, not per element, so a sum that cancels to near zero does not fail a correct op.
 TOLERANCE = 1e-4
 WARMUP_CALLS = 3  # cuDNN/cuBLAS algorithm selection and allocator growth happen before timing
+# Ours and stock are timed in rounds, one block of each a round, so that another job's burst spoils
+# a round's ratio, not a row. Eight: one spoilt round, either way, leaves the median and quartiles of
+# the round ratios alone, and an even count lets the ABBA order put each side first equally often.
+ROUNDS = 8
+# A row is stable when the middle half of its round ratios (the quartiles) lies within 10% of the
+# median: a kernel change worth reporting moves a ratio by 10% or more, which a wider spread could
+# not resolve.
+MAX_ROUND_SPREAD = 0.10
+# A steady load defeats that test: with another job on the cores our threads use, stock's threads wait
+# for a preempted one at every parallel region, and a batch-1 op ran 100-1000x slower in every round
+# alike, the rounds agreeing on a meaningless ratio. So a row is also unstable when other processes
+# used more than a fifth of a core beyond the CPUs our threads leave free: an idle machine's daemons
+# use hundredths, a compile or a test beside us whole cores.
+MAX_CONTENTION = 0.2
+MEASURE_ATTEMPTS = 3  # an unstable row is timed afresh, at most twice more
 
 # LeNet's layers at their shapes in the network: name -> (functional op, input shape without the
 # batch dimension, weight shape or None). relu is timed at its largest use, after conv1.
@@ -76,23 +93,58 @@ class Row:
     unit: str
     work: float
     max_error: float
-    ours: benchmark.Measurement
-    stock: benchmark.Measurement
+    ours_rounds: list  # seconds per call in each round
+    stock_rounds: list
+    contention: float  # cores other processes took from our threads while timed (see MAX_CONTENTION)
+    attempts: int  # 1, or more when the row was unstable and timed afresh
+
+    @property
+    def ratios(self) -> "RoundRatios":
+        return round_ratios(self.ours_rounds, self.stock_rounds, self.contention)
 
     @property
     def ratio(self) -> float:
         """stock time / our time: above 1, ours is faster."""
-        return self.stock.median / self.ours.median
+        return self.ratios.median
+
+    @property
+    def ours(self) -> float:
+        return statistics.median(self.ours_rounds)
+
+    @property
+    def stock(self) -> float:
+        return statistics.median(self.stock_rounds)
 
     def rate(self, seconds: float) -> float:
         return self.work / seconds / UNIT_SCALE[self.unit]
 
     def as_dict(self) -> dict:
         fields = {k: getattr(self, k) for k in ("name", "mode", "batch", "shape", "unit", "work", "max_error")}
-        for side, m in (("ours", self.ours), ("stock", self.stock)):
-            fields.update({f"{side}_median_s": m.median, f"{side}_iqr_s": m.iqr,
-                           f"{side}_rate": self.rate(m.median), f"{side}_measurements": len(m.times)})
-        return {**fields, "stock_over_ours": self.ratio}
+        for side in ("ours", "stock"):
+            seconds = getattr(self, side)
+            fields.update({f"{side}_median_s": seconds, f"{side}_rate": self.rate(seconds),
+                           f"{side}_rounds_s": getattr(self, f"{side}_rounds")})
+        ratios = self.ratios
+        return {**fields, "stock_over_ours": ratios.median,
+                "stock_over_ours_quartiles": [ratios.low, ratios.high], "contention_cores": self.contention,
+                "stable": ratios.stable, "attempts": self.attempts}
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundRatios:
+    median: float  # of the rounds' stock/ours
+    low: float  # first and third quartiles
+    high: float
+    stable: bool
+
+
+def round_ratios(ours: Sequence[float], stock: Sequence[float], contention: float = 0.0) -> RoundRatios:
+    """stock/ours in each round (times of the same round, so a slow spell hits both), summarised: the
+    median and the quartiles; stable when the quartiles lie within MAX_ROUND_SPREAD of the median and
+    the contention (cores, see time_rounds) is at most MAX_CONTENTION."""
+    low, median, high = statistics.quantiles([s / o for o, s in zip(ours, stock)], n=4, method="inclusive")
+    stable = high - low <= MAX_ROUND_SPREAD * median and contention <= MAX_CONTENTION
+    return RoundRatios(median, low, high, stable)
 
 
 class MismatchError(RuntimeError):
@@ -234,8 +286,57 @@ def max_error(pair: Pair) -> tuple:
     return worst
 
 
-def measure(pair: Pair, threads: int, min_run_time: float) -> Row:
-    """Checks the pair equal, then times it: ours, stock, stock, ours, each for min_run_time / 2."""
+def _seconds_per_call(fn: Callable, seconds: float) -> float:
+    """Calls fn for `seconds`, so a busy machine slows the calls, not the whole run."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # a CUDA call returns before its kernels finish
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls
+
+
+def _others_cpu_seconds() -> Optional[float]:
+    """CPU time other processes have used on the CPUs this one may run on; None but on Linux."""
+    try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+        with open("/proc/stat") as stat:  # user nice system idle iowait irq softirq steal, in ticks
+            ticks = sum(sum(map(int, fields[1:4] + fields[6:9])) for fields in map(str.split, stat)
+                        if fields[0] in cpus)
+    except (AttributeError, OSError):
+        return None
+    return ticks / os.sysconf("SC_CLK_TCK") - time.process_time()
+
+
+def time_rounds(fns: dict, seconds: float, rounds: int = ROUNDS) -> tuple:
+    """(name -> seconds per call of fns[name] in each round, contention): every callable runs for
+    `seconds` in all; contention is the cores' worth of CPU other processes used meanwhile beyond the
+    CPUs our threads leave free (0 where unknown).
+
+    A plain clock rather than torch.utils.benchmark, whose blocked_autorange estimates a block size
+    on each of its calls, a cost over many short blocks (the clock read here adds ~0.1 µs a call to
+    both sides alike). The order alternates (AB BA AB ...), so a drift in machine speed hits every
+    callable alike."""
+    for fn in fns.values():
+        for _ in range(WARMUP_CALLS):
+            fn()
+    times = {name: [] for name in fns}
+    others, start = _others_cpu_seconds(), time.perf_counter()
+    for round_ in range(rounds):
+        for name in (fns if round_ % 2 == 0 else reversed(fns)):
+            times[name].append(_seconds_per_call(fns[name], seconds / rounds))
+    if others is None:
+        return times, 0.0
+    free_cpus = max(0, len(os.sched_getaffinity(0)) - torch.get_num_threads())
+    return times, max(0.0, (_others_cpu_seconds() - others) / (time.perf_counter() - start) - free_cpus)
+
+
+def measure(pair: Pair, min_run_time: float) -> Row:
+    """Checks the pair equal, then times ours and stock for min_run_time each, in ROUNDS rounds, and
+    again (up to MEASURE_ATTEMPTS in all) while the row is unstable; keeps the last attempt."""
     error, label = max_error(pair)
     if not error <= TOLERANCE and pair.redraw is not None:
         # A whole network's gradients go through max-pool's argmax, which jumps where two cells of
@@ -248,17 +349,13 @@ def measure(pair: Pair, threads: int, min_run_time: float) -> Row:
     if not error <= TOLERANCE:
         raise MismatchError(f"{pair.name} {pair.mode} batch {pair.batch}: {label} differs from torch "
                             f"(max relative error {error:.1e} > {TOLERANCE:.0e}); not timing it")
-    for _ in range(WARMUP_CALLS):
-        pair.ours(), pair.stock()
-    timers = {side: benchmark.Timer("fn()", globals={"fn": getattr(pair, side)}, num_threads=threads,
-                                    label=f"{pair.name} {pair.mode}", sub_label=f"batch {pair.batch}",
-                                    description=side)
-              for side in ("ours", "stock")}
-    runs = {"ours": [], "stock": []}
-    for side in ("ours", "stock", "stock", "ours"):
-        runs[side].append(timers[side].blocked_autorange(min_run_time=min_run_time / 2))
-    ours, stock = (benchmark.Measurement.merge(runs[side])[0] for side in ("ours", "stock"))
-    return Row(pair.name, pair.mode, pair.batch, pair.shape, pair.unit, pair.work, error, ours, stock)
+    for attempt in range(1, MEASURE_ATTEMPTS + 1):
+        times, contention = time_rounds({"ours": pair.ours, "stock": pair.stock}, min_run_time)
+        row = Row(pair.name, pair.mode, pair.batch, pair.shape, pair.unit, pair.work, error,
+                  times["ours"], times["stock"], contention, attempt)
+        if row.ratios.stable:
+            break
+    return row
 
 
 @dataclasses.dataclass
@@ -377,6 +474,24 @@ def format_rate(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}" if value >= 1000 else f"{value:.3g} {unit}"
 
 
+def format_ratio(ratios: RoundRatios) -> str:
+    """The median ratio, its quartiles in brackets, and UNSTABLE where round_ratios found it so."""
+    number = lambda x: f"{x:.3g}" if x < 1000 else f"{x:,.0f}"  # noqa: E731  1,470 rather than 1.47e+03
+    text = f"{number(ratios.median)}x [{number(ratios.low)}-{number(ratios.high)}]"
+    return text if ratios.stable else f"{text} UNSTABLE"
+
+
+def unstable_note(rows) -> str:
+    """A warning when any row stayed unstable, else ""."""
+    unstable = sum(not r.ratios.stable for r in rows)
+    if not unstable:
+        return ""
+    return (f"The machine was busy: {unstable} of {len(rows)} rows stayed UNSTABLE over {MEASURE_ATTEMPTS} "
+            f"attempts (their rounds' ratios more than {MAX_ROUND_SPREAD:.0%} of the median apart, or other "
+            f"processes using more than {MAX_CONTENTION:g} of a core our threads needed). Do not trust their "
+            f"ratios; rerun on a quiet machine.")
+
+
 def _markdown(header, lines, align: str) -> str:
     """An aligned markdown table; align has one letter per column, l or r."""
     columns = list(zip(header, *lines))
@@ -391,19 +506,19 @@ def _markdown(header, lines, align: str) -> str:
 
 def markdown_table(rows) -> str:
     header = ("op", "shape", "mode", "batch", "ours", "stock", "ours rate", "stock rate", "stock/ours")
-    lines = [(r.name, r.shape, r.mode, str(r.batch), format_time(r.ours.median),
-              format_time(r.stock.median), format_rate(r.rate(r.ours.median), r.unit),
-              format_rate(r.rate(r.stock.median), r.unit), f"{r.ratio:.3g}x") for r in rows]
+    lines = [(r.name, r.shape, r.mode, str(r.batch), format_time(r.ours), format_time(r.stock),
+              format_rate(r.rate(r.ours), r.unit), format_rate(r.rate(r.stock), r.unit),
+              format_ratio(r.ratios)) for r in rows]
     return _markdown(header, lines, "lllrrrrrr")
 
 
 def ratio_table(rows) -> str:
-    """One line per op and mode, one column per batch size: ratio (our time vs stock time)."""
+    """One line per op and mode, one column per batch size: ratio [quartiles] (our time vs stock time)."""
     batches = sorted({r.batch for r in rows})
     cells = {}
     for r in rows:
         cells.setdefault((r.name, r.mode), {})[r.batch] = (
-            f"{r.ratio:.3g}x ({format_time(r.ours.median)} vs {format_time(r.stock.median)})")
+            f"{format_ratio(r.ratios)} ({format_time(r.ours)} vs {format_time(r.stock)})")
     header = ("op", "mode", *(f"batch {b}: stock/ours (ours vs stock)" for b in batches))
     return _markdown(header, [(name, mode, *(by_batch.get(b, "") for b in batches))
                               for (name, mode), by_batch in cells.items()], "ll" + "r" * len(batches))
@@ -411,14 +526,14 @@ def ratio_table(rows) -> str:
 
 def before_after_table(before: list, after: list) -> str:
     """Two runs' JSON rows (write_report's) side by side: one line per op and mode, one column per
-    batch size, each cell stock/ours before -> after."""
+    batch size, each cell stock/ours before -> after, UNSTABLE where a run flagged it."""
     ratios = {}
     for run, rows in enumerate((before, after)):
         for r in rows:
-            ratios.setdefault((r["name"], r["mode"]), {}).setdefault(r["batch"], [None, None])[run] = \
-                r["stock_over_ours"]
+            ratios.setdefault((r["name"], r["mode"]), {}).setdefault(r["batch"], [None, None])[run] = r
     batches = sorted({b for by_batch in ratios.values() for b in by_batch})
-    fmt = lambda ratio: "-" if ratio is None else f"{ratio:.3g}x"  # noqa: E731
+    fmt = lambda r: "-" if r is None else (  # noqa: E731
+        f"{r['stock_over_ours']:.3g}x" + ("" if r.get("stable", True) else " UNSTABLE"))
     lines = [(name, mode, *(" -> ".join(map(fmt, by_batch[b])) if b in by_batch else ""
                             for b in batches))
              for (name, mode), by_batch in ratios.items()]
@@ -426,7 +541,11 @@ def before_after_table(before: list, after: list) -> str:
                      "ll" + "r" * len(batches))
 
 
-LEGEND = ("Median times; stock/ours above 1 means ours is faster. Rates: GFLOP/s for conv and linear "
+LEGEND = (f"Ours and stock are timed in {ROUNDS} alternating rounds. Times: medians over the rounds. "
+          "stock/ours: the median over the rounds of stock's time / ours (above 1: ours is faster), in "
+          f"brackets the rounds' quartiles; UNSTABLE where they lie more than {MAX_ROUND_SPREAD:.0%} of the "
+          f"median apart, or other processes took more than {MAX_CONTENTION:g} of a core from our threads, "
+          f"in each of {MEASURE_ATTEMPTS} attempts (a busy machine). Rates: GFLOP/s for conv and linear "
           "(backward counts one forward per input/weight gradient), GB/s for pool and relu (the tensors "
           "at the function's interface, read once and written once), images/s for LeNet.")
 
@@ -468,8 +587,9 @@ def plot_ratios(rows, path: Path, title: str) -> bool:
 def write_report(rows, env: dict, out_dir: Path, stem: str, title: str) -> list:
     """<stem>.md, <stem>.json and <stem>.png in out_dir; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    note = unstable_note(rows)
     markdown = (f"### {title}\n\n{describe(env)}\n\n`{env['command']}`\n\n{markdown_table(rows)}\n\n"
-                f"{LEGEND}\n")
+                f"{LEGEND}\n" + (f"\n**{note}**\n" if note else ""))
     paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.json"]
     paths[0].write_text(markdown)
     paths[1].write_text(json.dumps({"title": title, "environment": env,
@@ -493,7 +613,8 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
                         help="torch threads for ours and stock alike (default: %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--min-run-time", type=float, default=1.0, metavar="SECONDS",
-                        help="timed seconds per side of each comparison (default: %(default)s)")
+                        help="timed seconds per side of each comparison, over all its rounds "
+                             "(default: %(default)s)")
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="time only these rows (conv1, pool1, fc2, relu, lenet ...)")
     parser.add_argument("--out", type=Path, metavar="DIR",
@@ -507,14 +628,14 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
     for pair in pairs(args.batch_sizes, args.device):
         if args.only and pair.name not in args.only:
             continue
-        rows.append(measure(pair, args.threads, args.min_run_time))
+        rows.append(measure(pair, args.min_run_time))
         r = rows[-1]
-        print(f"  {r.name:<6} {r.mode:<16} batch {r.batch:<4} ours {format_time(r.ours.median):>9}"
-              f"  stock {format_time(r.stock.median):>9}  stock/ours {r.ratio:.2f}x", flush=True)
-    compare = benchmark.Compare([m for r in rows for m in (r.ours, r.stock)])
-    compare.trim_significant_figures()
-    print(compare)
+        print(f"  {r.name:<6} {r.mode:<16} batch {r.batch:<4} ours {format_time(r.ours):>9}"
+              f"  stock {format_time(r.stock):>9}  stock/ours {format_ratio(r.ratios)}"
+              + (f" ({r.attempts} attempts)" if r.attempts > 1 else ""), flush=True)
     out = args.out or default_out / f"{env['date'][:10]}-{args.device}"
     paths = write_report(rows, env, out, stem, title)
-    print(f"\n{markdown_table(rows)}\n\nwrote {', '.join(map(str, paths))}")
+    note = unstable_note(rows)
+    print(f"\n{markdown_table(rows)}\n" + (f"\n{note}\n" if note else ""))
+    print(f"wrote {', '.join(map(str, paths))}")
     return 0
