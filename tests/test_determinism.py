@@ -1,4 +1,4 @@
-"""Determinism on CPU (issue #9, README "Determinism"): relu and a whole LeNet training step give
+"""Determinism on CPU (README "Determinism"): relu and a whole LeNet training step give
 bitwise the same results run after run, in a fresh process, and with 1 or 2 threads. linear, conv2d
 and max_pool2d have the same test for the op alone in their own files."""
 import hashlib

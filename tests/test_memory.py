@@ -1,4 +1,4 @@
-"""Memory (issue #9): 10,000 forward+backward calls of our ops keep the resident set flat. Each call
+"""Memory: 10,000 forward+backward calls of our ops keep the resident set flat. Each call
 makes an output of at least 8 KB, so leaking one tensor (or its C++ buffer) per call would grow the
 process by 20 MB or more per op, twice the bound."""
 import os

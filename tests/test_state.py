@@ -1,4 +1,4 @@
-"""State (issue #9): state_dicts behave as torch's. A wrong-shaped tensor is refused with torch's own
+"""State: state_dicts behave as torch's. A wrong-shaped tensor is refused with torch's own
 error, and a checkpoint written by the training CLI round-trips through our and the stock network."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Concurrency (issue #9): eight Python threads calling forward and backward of every op, and of the
+"""Concurrency: eight Python threads calling forward and backward of every op, and of the
 whole LeNet and FusedLeNet, at once get bitwise the results the same calls give one after another."""
 import threading
 

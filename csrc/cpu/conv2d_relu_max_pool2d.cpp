@@ -42,8 +42,8 @@ namespace {
 
 // L outputs of a row at a time as GCC vectors (AVX with -march=native, SSE without): each input
 // row's 2L cells are loaded as two vectors and split into the windows' left and right columns, so
-// ReLU, compare and take are vector selects, with no branch on the data (a scalar loop compiled
-// to branches, mispredicted on random signs, ran at ~5 ns an input cell).
+// ReLU, compare and take are vector selects, with no branch on the data (a scalar loop compiles
+// to branches, mispredicted on random signs: ~5 ns an input cell).
 template <typename scalar_t, typename index_t, int L>
 struct Group {
   using offset = offset_t<scalar_t>;
@@ -101,7 +101,8 @@ struct Group {
 // out[ow], idx[ow] for ow < out_w of the windows on rows `top` and `top + conv_w`; `corner` is the
 // plane offset of top[0]. Whole groups of 8 windows, and a last group that overlaps the one
 // before it (its outputs are stored twice, the same values) rather than a partial one: partial
-// groups, copied through a padded buffer, took most of the pass at LeNet's 14- and 5-wide rows.
+// groups, copied through a padded buffer, would take most of the pass at LeNet's 14- and 5-wide
+// rows.
 template <typename scalar_t, typename index_t>
 void relu_max_pool_row(const scalar_t* top, int64_t conv_w, int64_t corner, int64_t out_w,
                        scalar_t* out, index_t* idx) {
@@ -146,7 +147,7 @@ void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, index_t* indices, 
 
 namespace {
 
-// keep ? value : +0, as a bit mask: written as a select, GCC branched on the sign of each ReLU
+// keep ? value : +0, as a bit mask: written as a select, GCC branches on the sign of each ReLU
 // output, which is random, and the mispredictions cost ~10 cycles a window.
 template <typename scalar_t>
 inline scalar_t kept_if(bool keep, scalar_t value) {
@@ -168,9 +169,8 @@ bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* outp
   // one store per window, no branch on the data. The windows do not overlap, so a store replaces
   // an add as long as every index lies in its own window, which the same loop checks; a plane that
   // fails (only hand-made indices can) is redone as torch's scatter-add, and a window code past 3
-  // is refused. The earlier vector form (eight windows, four masked cells each) spent its time on
-  // the partial groups of LeNet's 14- and 5-wide rows: 0.58 ms of lenet_backward's 2.9 ms at
-  // batch 64.
+  // is refused. Writing whole windows as vectors (eight windows, four masked cells each) would
+  // spend its time on the partial groups of LeNet's 14- and 5-wide rows.
   const int64_t out_h = conv_h / 2, out_w = conv_w / 2;
   const int64_t conv_plane = conv_h * conv_w, out_plane = out_h * out_w;
   std::atomic<bool> ok{true};

@@ -46,9 +46,9 @@ struct Vec {
   }
 };
 
-// ~1M multiply-adds per task. On the CI box's two vCPUs (an FMA unit each), a split product of
-// LeNet's batch 64 ran no faster than one thread (fc2: 16.5 µs with a 256K grain or inline),
-// while from ~2M on the split won (fc2 at batch 256: 39 vs 60 µs; fc1 at 256: 165 vs 250-300 µs).
+// ~1M multiply-adds per task. On two cores (an FMA unit each), a split product of LeNet's batch 64
+// runs no faster than one thread, while from ~2M multiply-adds on the split wins (~1.5x for fc1
+// and fc2 at batch 256).
 inline int64_t grain_for(int64_t multiply_adds_per_item) {
   return std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, multiply_adds_per_item));
 }
@@ -369,8 +369,8 @@ void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_
 // The tasks are (panel, chunk of rows) pairs, panel-major, with as many row chunks as make them
 // divide evenly over the threads; each thread packs just the panels of its own tasks, into a
 // buffer of its own, and starts on them at once (a panel two threads share is packed by both).
-// One pack of all of B before a row-block split cost fc1's forward at batch 64 ~6 µs of ~45 µs,
-// on one thread or two alike, plus a second fork and join.
+// One pack of all of B before a row-block split would cost fc1's forward at batch 64 ~6 µs of
+// ~45 µs (the pack gains nothing from a second thread), plus a second fork and join.
 template <typename scalar_t>
 void gemm_nt_packed(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
                     int64_t m_size, int64_t k_size, int64_t n_size) {
@@ -381,8 +381,8 @@ void gemm_nt_packed(const scalar_t* a, const scalar_t* b, const scalar_t* bias, 
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = std::min(row_blocks, threads / std::gcd(panels, threads));
   const int64_t chunk_rows = (row_blocks + chunks - 1) / chunks * kRows;
-  // 256K multiply-adds a task, not gemm's 1M: the split of fc2 at batch 64 (6 tasks of 138K)
-  // gained from the second thread once the pack no longer came first
+  // 256K multiply-adds a task, not gemm's 1M: with no pack ahead of the products, the split of
+  // fc2 at batch 64 (6 tasks of 138K) gains from the second thread
   const int64_t task_work = chunk_rows * std::max<int64_t>(1, k_size) * kCols;  // multiply-adds
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / task_work);
   at::parallel_for(0, panels * chunks, grain, [&](int64_t begin, int64_t end) {
