@@ -1,10 +1,10 @@
 // Autograd of the forward ops, in C++, registered at the Autograd key for every device. Each
 // saves what its backward op needs and asks that op only for the gradients autograd wants
-// (output_mask). In Python (torch.library.register_autograd) the same wiring cost ~7 µs per call,
-// with or without grad, the whole run time of a batch-1 op; here a call without grad goes straight
-// to the kernel. The four layer ops record a hand-written autograd Node, as ATen's generated ops
-// do; a torch::autograd::Function (kept for the fused ops, one node a block or a network) cost
-// ~4-9 µs more per forward+backward.
+// (output_mask). Registered from Python (torch.library.register_autograd), the same wiring costs
+// ~7 µs per call, with or without grad, the whole run time of a batch-1 op; here a call without
+// grad goes straight to the kernel. The four layer ops record a hand-written autograd Node, as
+// ATen's generated ops do; a torch::autograd::Function (kept for the fused ops, one node a block or
+// a network) costs ~4-9 µs more per forward+backward.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -50,6 +50,19 @@ bool wants_grad(std::initializer_list<const at::Tensor*> tensors) {
   return false;
 }
 
+// None of the ops has a tangent (jvp) formula. Their outputs would carry no tangent, so forward-mode
+// AD would silently give a zero derivative: refuse a tangent instead, as ATen refuses one for an op
+// without a formula. functorch's jvp and jacfwd also put their tangents at forward-AD level 0.
+// It is the check ATen's generated ops make: ~10 ns a tensor without autograd metadata, ~25-30 ns
+// one with it (a lock), ~50-65 ns a view (its base is asked too).
+void check_no_tangent(const char* op, std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors)
+    TORCH_CHECK_NOT_IMPLEMENTED(
+        !(t->defined() && t->_fw_grad(/*level=*/0).defined()), op,
+        ": forward-mode AD (torch.func.jvp / jacfwd, forward_ad dual tensors) is not supported; "
+        "use reverse mode (torch.func.vjp / jacrev / grad)");
+}
+
 const at::Tensor& or_undefined(const std::optional<at::Tensor>& t) {
   static const at::Tensor undefined;
   return t.has_value() ? *t : undefined;
@@ -67,9 +80,9 @@ const auto& relu_op() {
 
 // relu's node is written by hand, as ATen's generated ReluBackward0 is, rather than as a
 // torch::autograd::Function: that wrapper's bookkeeping (CppNode, its mutex, output wrapping,
-// saved-variable lists) cost ~4 µs per forward+backward, more than the batch-1 kernels.
-// Nodes are intrusive_ptr-counted in torch 2.13 and shared_ptr-counted in older releases (the GPU
-// machine has 2.11); the two helpers spell both, and the branch not taken is never instantiated.
+// saved-variable lists) costs ~4 µs per forward+backward, more than the batch-1 kernels.
+// Nodes are intrusive_ptr-counted in torch 2.13 and shared_ptr-counted in older releases (2.11
+// among them); the two helpers spell both, and the branch not taken is never instantiated.
 template <typename N, typename... Args>
 auto make_node(Args&&... args) {
   if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, N>)
@@ -99,6 +112,7 @@ struct ReluBackward : torch::autograd::Node {
 };
 
 at::Tensor relu_autograd(const at::Tensor& input) {
+  check_no_tangent("lenet_ext.relu", {&input});
   at::Tensor result = call_below_autograd(relu_op(), input);
   if (!wants_grad({&input})) return result;
   auto node = make_node<ReluBackward>();
@@ -161,6 +175,7 @@ const auto& linear_op() {
 
 at::Tensor linear_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias) {
+  check_no_tangent("lenet_ext.linear", {&input, &weight, &or_undefined(bias)});
   at::Tensor output = call_below_autograd(linear_op(), input, weight, bias);
   if (!wants_grad({&input, &weight, &or_undefined(bias)})) return output;
   record_input_weight_node(output, input, weight, or_undefined(bias), "lenet_ext::LinearBackward",
@@ -189,6 +204,7 @@ const auto& conv2d_op() {
 at::Tensor conv2d_autograd(const at::Tensor& input, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  check_no_tangent("lenet_ext.conv2d", {&input, &weight, &or_undefined(bias)});
   at::Tensor output =
       call_below_autograd(conv2d_op(), input, weight, bias, stride, padding, dilation, groups);
   if (!wants_grad({&input, &weight, &or_undefined(bias)})) return output;
@@ -234,6 +250,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& input,
                                                        at::IntArrayRef stride,
                                                        at::IntArrayRef padding,
                                                        at::IntArrayRef dilation, bool ceil_mode) {
+  check_no_tangent("lenet_ext.max_pool2d", {&input});
   auto [output, indices] = call_below_autograd(max_pool2d_op(), input, kernel_size, stride,
                                                padding, dilation, ceil_mode);
   if (!wants_grad({&input})) return {output, indices};
@@ -296,6 +313,7 @@ struct Conv2dReluMaxPool2d : torch::autograd::Function<Conv2dReluMaxPool2d> {
 std::tuple<at::Tensor, at::Tensor> conv2d_relu_max_pool2d_autograd(const at::Tensor& input,
                                                                    const at::Tensor& weight,
                                                                    const at::Tensor& bias) {
+  check_no_tangent("lenet_ext.conv2d_relu_max_pool2d", {&input, &weight, &bias});
   if (!wants_grad({&input, &weight, &bias})) return call_below_autograd(block_op(), input, weight, bias);
   auto outputs = Conv2dReluMaxPool2d::apply(input, weight, bias);
   return {outputs[0], outputs[1]};
@@ -347,6 +365,9 @@ struct Lenet : torch::autograd::Function<Lenet> {
 LenetOutputs lenet_autograd(T input, T conv1_weight, T conv1_bias, T conv2_weight, T conv2_bias,
                             T fc1_weight, T fc1_bias, T fc2_weight, T fc2_bias, T fc3_weight,
                             T fc3_bias) {
+  check_no_tangent("lenet_ext.lenet", {&input, &conv1_weight, &conv1_bias, &conv2_weight,
+                                       &conv2_bias, &fc1_weight, &fc1_bias, &fc2_weight, &fc2_bias,
+                                       &fc3_weight, &fc3_bias});
   if (!wants_grad({&input, &conv1_weight, &conv1_bias, &conv2_weight, &conv2_bias, &fc1_weight,
                    &fc1_bias, &fc2_weight, &fc2_bias, &fc3_weight, &fc3_bias}))
     return call_below_autograd(lenet_op(), input, conv1_weight, conv1_bias, conv2_weight,

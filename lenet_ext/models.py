@@ -43,12 +43,13 @@ class FusedLeNet(LeNet):
     removes the per-op overhead of ~25 calls a training step. The module tree, parameter names,
     initialisation, ``repr`` (but for the class name) and ``state_dict`` are LeNet's, so checkpoints
     move between LeNet, FusedLeNet and StockLeNet. There are no fused CUDA kernels: on any other
-    device the forward is LeNet's per-op one, with the same results."""
+    device the forward is LeNet's per-op one, with the same results; so it is under torch.func's
+    transforms (grad, vjp, jacrev, vmap), which refuse the fused op's C++ autograd Function."""
 
     _LAYERS = ("conv1", "conv2", "fc1", "fc2", "fc3")
 
     def forward(self, input):
-        if input.device.type != "cpu":
+        if input.device.type != "cpu" or torch._C._are_functorch_transforms_active():
             return super().forward(input)
         # Through _modules and _parameters: nn.Module.__getattr__ on 15 names cost ~13 µs, half the
         # op's own time at batch 1.
