@@ -5,20 +5,32 @@
 #   bash .ci/aside.sh sanitize   AddressSanitizer + UndefinedBehaviorSanitizer: any report fails
 #   bash .ci/aside.sh portable   without -march=native (the kernels' GCC vectors as baseline SSE2):
 #                                a kernel that is right only with AVX-512 fails
+#   bash .ci/aside.sh cuda-emulated
+#                                the CUDA kernels and entry points (csrc/cuda), run on the CPU by
+#                                HIP-CPU in place of the CPU kernels, under the same op tests
 set -euo pipefail
 mode="${1:-}"
-case "$mode" in sanitize | portable) ;; *) echo "usage: $0 sanitize|portable" >&2; exit 2 ;; esac
+case "$mode" in sanitize | portable | cuda-emulated) ;;
+  *) echo "usage: $0 sanitize|portable|cuda-emulated" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 python -m pip install -q hypothesis pytest expecttest  # the test extras
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cp -r setup.py pyproject.toml csrc lenet_ext tests "$work"
+cp -r setup.py pyproject.toml csrc lenet_ext tests third_party "$work"
 rm -f "$work"/lenet_ext/_C*.so
 cd "$work"
 tests=(tests/test_relu.py tests/test_linear.py tests/test_conv2d.py tests/test_max_pool2d.py
        tests/test_fuzz.py tests/test_fused.py)
+
+if [ "$mode" = cuda-emulated ]; then
+  LENET_EXT_CUDA=emulated python setup.py -q build_ext --inplace
+  python -c "import lenet_ext, sys; sys.exit(not lenet_ext.cuda_emulated())"  # the right build
+  python -m pytest -q -p no:cacheprovider "${tests[@]}" tests/test_determinism.py tests/test_cuda.py
+  exit
+fi
 
 if [ "$mode" = portable ]; then
   LENET_EXT_NATIVE=0 LENET_EXT_CUDA=0 python setup.py -q build_ext --inplace

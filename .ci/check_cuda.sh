@@ -43,7 +43,7 @@ for dir in $torch_includes "$cuda_home/include"; do system_includes+=(-isystem "
 # warn under -Wextra, ours must not.
 log="$out_dir/registration.log"
 g++ -std=c++20 -fsyntax-only -Wall -Wextra -Werror "${system_includes[@]}" \
-  -DLENET_EXT_WITH_CUDA -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE \
+  -DC10_CUDA_NO_CMAKE_CONFIGURE_FILE \
   csrc/cuda/registration.cpp >"$log" 2>&1
 report "csrc/cuda/registration.cpp (g++ -fsyntax-only)" "$log" $?
 

@@ -7,11 +7,21 @@
 
 extern "C" {
 // `import lenet_ext._C` loads this shared library, which runs the registrations below. The module
-// itself is empty: everything is reached through torch.ops.lenet_ext. Limited API, so one wheel
-// serves every Python >= 3.9.
+// holds one constant, CUDA_EMULATED; everything else is reached through torch.ops.lenet_ext.
+// Limited API, so one wheel serves every Python >= 3.9.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+#if defined(LENET_EXT_CUDA_EMULATED)
+  constexpr long cuda_emulated = 1;  // the CPU key runs the CUDA kernels (setup.py)
+#else
+  constexpr long cuda_emulated = 0;
+#endif
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && PyModule_AddIntConstant(module, "CUDA_EMULATED", cuda_emulated) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

@@ -81,4 +81,11 @@ inline void check_max_pool2d_backward_args(const at::Tensor& grad_output, const 
   check_output_fits(op, input_size, grad_output);
 }
 
+// Both entry points' report of an index the backward met outside the input plane (and skipped).
+inline void check_indices_in_plane(bool found_bad_index, int64_t bad_index, int64_t in_plane,
+                                   at::IntArrayRef input_size) {
+  TORCH_CHECK(!found_bad_index, "lenet_ext.max_pool2d_backward: expected indices in [0, H*W) = [0, ",
+              in_plane, ") for input_size ", input_size, ", but got ", bad_index);
+}
+
 }  // namespace lenet_ext

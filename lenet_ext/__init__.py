@@ -1,12 +1,13 @@
 """LeNet-5 on hand-written C++ and CUDA kernels, registered as PyTorch custom ops.
 
-Importing the package loads ``lenet_ext._C`` (the op schemas and kernels, reached through
-``torch.ops.lenet_ext``) and registers their fake kernels and autograd formulas (``lenet_ext.ops``).
+Importing the package loads ``lenet_ext._C`` (the op schemas, their CPU/CUDA kernels and their
+autograd, all registered in C++ and reached through ``torch.ops.lenet_ext``), then ``lenet_ext.ops``,
+which registers the ops' fake kernels for torch.compile.
 """
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
-from . import ops  # noqa: F401  (fake kernels and autograd)
+from . import ops  # noqa: F401  (fake kernels)
 from . import functional, models, nn
 
 __version__ = "0.1.0"
@@ -18,4 +19,10 @@ def cuda_available() -> bool:
     return has_kernels and torch.cuda.is_available()
 
 
-__all__ = ["functional", "models", "nn", "ops", "cuda_available"]
+def cuda_emulated() -> bool:
+    """True in the emulated-CUDA build (LENET_EXT_CUDA=emulated), where the CPU ops run the CUDA
+    kernels under HIP-CPU instead of the CPU kernels (the fused ops stay CPU kernels)."""
+    return bool(_C.CUDA_EMULATED)
+
+
+__all__ = ["functional", "models", "nn", "ops", "cuda_available", "cuda_emulated"]

@@ -1,6 +1,7 @@
 """Behaviour only the CUDA kernels have: they run on PyTorch's current stream, replay inside CUDA
 graphs, give bitwise identical results run to run, and refuse arguments on mixed devices. The ops'
-numerical agreement with stock PyTorch is tested per op, on every device, in the op test files."""
+numerical agreement with stock PyTorch is tested per op, on every device, in the op test files.
+In the emulated-CUDA build (CPU tensors reach the CUDA kernels) the tests that need no GPU run."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,13 @@ import lenet_ext.functional as LF
 
 lib = torch.ops.lenet_ext
 
-pytestmark = pytest.mark.skipif(not lenet_ext.cuda_available(),
-                                reason="needs a CUDA device and a CUDA build of lenet_ext")
+# Where tensors reach the CUDA kernels: a GPU, or the CPU in the emulated build.
+KERNEL_DEVICE = ("cuda" if lenet_ext.cuda_available() else
+                 "cpu" if lenet_ext.cuda_emulated() else None)
+pytestmark = pytest.mark.skipif(KERNEL_DEVICE is None, reason="needs the CUDA kernels: a CUDA "
+                                "device and a CUDA build, or the emulated build")
+needs_gpu = pytest.mark.skipif(not lenet_ext.cuda_available(),
+                               reason="streams, CUDA graphs and devices need a GPU")
 
 
 def _conv_args():
@@ -26,7 +32,7 @@ def _pool_args():
 def _op_calls(dtype):
     """Every op as (fn, inputs): fresh random CUDA inputs (sizes that span several blocks)."""
     def rand(*shape):
-        return torch.randn(*shape, device="cuda", dtype=dtype)
+        return torch.randn(*shape, device=KERNEL_DEVICE, dtype=dtype)
 
     x, w = rand(4, 6, 19, 23), rand(8, 3, 3, 5)
     conv_out = F.conv2d(x, w, None, **_conv_args())
@@ -57,6 +63,7 @@ def _as_list(result):
     return list(result) if isinstance(result, (tuple, list)) else [result]
 
 
+@needs_gpu
 @pytest.mark.parametrize("op", OPS)
 def test_runs_on_the_current_stream(op, dtype):
     # On a side stream, the inputs are written only after a long sleep: a kernel launched on any
@@ -93,6 +100,7 @@ def _lenet(x, conv1_w, conv1_b, conv2_w, conv2_b, fc1_w, fc1_b, fc2_w, fc2_b):
     return LF.linear(x, fc2_w, fc2_b)
 
 
+@needs_gpu
 def test_compiled_with_cuda_graphs_matches_eager():
     shapes = [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,), (10, 120), (10,)]
     params = [(0.1 * torch.randn(s, device="cuda")).requires_grad_() for s in shapes]
@@ -124,6 +132,7 @@ MIXED_DEVICE_CALLS = {
 }
 
 
+@needs_gpu
 @pytest.mark.parametrize("call", MIXED_DEVICE_CALLS.values(), ids=MIXED_DEVICE_CALLS.keys())
 def test_mixed_devices_raise_naming_the_op(call):
     def on_cuda(*shape):
@@ -138,8 +147,8 @@ def test_mixed_devices_raise_naming_the_op(call):
 
 @pytest.mark.parametrize("bad_index", [-1, 36])
 def test_max_pool2d_backward_rejects_an_index_outside_the_plane(bad_index):
-    grad = torch.randn(2, 3, 3, 3, device="cuda")
-    indices = torch.randint(0, 36, (2, 3, 3, 3), device="cuda")
+    grad = torch.randn(2, 3, 3, 3, device=KERNEL_DEVICE)
+    indices = torch.randint(0, 36, (2, 3, 3, 3), device=KERNEL_DEVICE)
     indices[1, 2, 0, 1] = bad_index
     with pytest.raises(RuntimeError, match=r"lenet_ext\.max_pool2d_backward: .*indices"):
         lib.max_pool2d_backward(grad, indices, [2, 3, 6, 6])

@@ -189,8 +189,8 @@ void forward_row_tile(const scalar_t* image, const scalar_t* weight_lanes,
       const scalar_t* row = image + (c * s.in_h + kh) * s.in_w;
       if (s.kernel_w == kDirectKernelW) {
         // The kernel row's weights stay in registers and each of the R + KW - 1 inputs is
-        // broadcast once for every tap that reads it: a load per ~4 FMAs instead of one per FMA
-        // (the loads, not the FMAs, bounded the one-tap-at-a-time loop below).
+        // broadcast once for every tap that reads it: a load per ~4 FMAs, where the loop below
+        // (one tap at a time, for other kernel widths) loads one per FMA.
         constexpr int KW = kDirectKernelW;
         typename V::type wv[KW];
         for (int kw = 0; kw < KW; ++kw) wv[kw] = V::load(w + kw * L);
@@ -550,7 +550,7 @@ template <typename scalar_t>
 void lanes_grad_weight(const scalar_t* grad, const scalar_t* x, scalar_t* sums, const ConvShape& s) {
   // 4 x 5 accumulators, 5 input vectors, one grad vector. Output channels outermost: a tile's
   // grad_output (conv2: 25 KB) stays in L1 for all its (c, kh) passes, and one channel's input
-  // (12 KB) for its kernel rows (conv2's grad_weight alone at batch 256: 343-351 -> 335-337 µs).
+  // (12 KB) for its kernel rows.
   constexpr int64_t kOcTile = 4;
   for (int64_t oc0 = 0; oc0 < s.out_channels; oc0 += kOcTile)
     for (int64_t c = 0; c < s.channels; ++c)
@@ -824,7 +824,7 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
         }
   });
   // Parts summed into the first, then [taps][lanes] -> [out_channels][taps] by blocks in registers
-  // (a scalar gather here took 4-5 µs, more than conv2's FMAs at batch 1).
+  // (a scalar gather here costs 4-5 µs, more than conv2's FMAs at batch 1).
   sum_parts(partials.data(), parts, groups * lanes_block, partials.data());
   for (int64_t g = 0; g < groups; ++g)
     transpose(partials.data() + g * lanes_block, L, grad_weight + g * s.weight_block(), s.taps(),
@@ -928,7 +928,7 @@ void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_
         }
   });
   // Each weight (g, oc, tap), in grad_weight's order, is its vector summed over the parts, then
-  // folded across lanes kLanes weights at a time (a scalar sum of 16 lanes a weight was ~2.5 µs,
+  // folded across lanes kLanes weights at a time (a scalar sum of 16 lanes a weight costs ~2.5 µs,
   // a fifth of conv1's grad_weight at batch 1).
   sum_parts(partials.data(), parts, groups * sums_block, partials.data());
   sum_lanes(partials.data(), groups * s.weight_block(), grad_weight);
@@ -966,14 +966,15 @@ void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
 
 // Per channel, over images in order; within a plane kLanes interleaved running sums (fixed, so
 // the result does not depend on threads) let the additions vectorise. The sums are one GCC vector,
-// added whole vectors at a time: a loop of variable width (min(kLanes, left)) did not vectorise and
-// ran at ~1 addition a cycle (conv1 at batch 64: 86 µs, as long as its grad_weight's FMAs).
+// added whole vectors at a time: a loop of variable width (min(kLanes, left)) does not vectorise
+// and runs at ~1 addition a cycle, which for conv1 takes as long as its grad_weight's FMAs.
 template <typename scalar_t>
 void conv2d_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, int64_t batch,
                       int64_t channels, int64_t positions) {
   constexpr int64_t kLanes = 16;
   typedef scalar_t Sums __attribute__((vector_size(kLanes * sizeof(scalar_t))));
-  // a grain of one channel forked a thread even at batch 1 (100 additions a channel for conv2)
+  // a grain by work: a grain of one channel would fork a thread even at batch 1 (100 additions a
+  // channel for conv2)
   at::parallel_for(0, channels, grain_for(batch * positions), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       Sums lanes = {};
@@ -1077,10 +1078,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
 
 }  // namespace
 
+// The emulated-CUDA build registers the CUDA kernels at the CPU key instead
+// (csrc/cuda/registration.cpp).
+#if !defined(LENET_EXT_CUDA_EMULATED)
 TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("conv2d", &conv2d_cpu);
   m.impl("conv2d_backward", &conv2d_backward_cpu);
 }
+#endif
 
 }  // namespace cpu
 }  // namespace lenet_ext

@@ -141,10 +141,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
 
 }  // namespace
 
+// The emulated-CUDA build registers the CUDA kernels at the CPU key instead
+// (csrc/cuda/registration.cpp).
+#if !defined(LENET_EXT_CUDA_EMULATED)
 TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("linear", &linear_cpu);
   m.impl("linear_backward", &linear_backward_cpu);
 }
+#endif
 
 }  // namespace cpu
 }  // namespace lenet_ext

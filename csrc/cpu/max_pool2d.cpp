@@ -349,16 +349,19 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
       }
     });
   });
-  TORCH_CHECK(!found_bad_index.load(), "lenet_ext.max_pool2d_backward: expected indices in [0, H*W) "
-              "= [0, ", in_plane, ") for input_size ", input_size, ", but got ", bad_index.load());
+  check_indices_in_plane(found_bad_index.load(), bad_index.load(), in_plane, input_size);
   return grad_input;
 }
 
 }  // namespace
 
+// The emulated-CUDA build registers the CUDA kernels at the CPU key instead
+// (csrc/cuda/registration.cpp).
+#if !defined(LENET_EXT_CUDA_EMULATED)
 TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("max_pool2d", &max_pool2d_cpu);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
 }
+#endif
 
 }  // namespace lenet_ext

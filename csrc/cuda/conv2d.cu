@@ -27,11 +27,13 @@ __global__ void conv2d_kernel(const scalar_t* input, const scalar_t* weight, con
     for (int64_t c = 0; c < group_in; ++c) {
       for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
         const int64_t ih = h0 + kh * s.dilation_h;
-        if (ih < 0 || ih >= s.in_h) continue;
+        const bool row_inside = ih >= 0 && ih < s.in_h;
         for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
           const int64_t iw = w0 + kw * s.dilation_w;
-          if (iw < 0 || iw >= s.in_w) continue;
-          acc += in[(c * s.in_h + ih) * s.in_w + iw] * w[(c * s.kernel_h + kh) * s.kernel_w + kw];
+          // padding is an input of zeros, as on CPU: an infinite weight there gives NaN (0 * inf)
+          const scalar_t x = row_inside && iw >= 0 && iw < s.in_w
+                                 ? in[(c * s.in_h + ih) * s.in_w + iw] : scalar_t(0);
+          acc += x * w[(c * s.kernel_h + kh) * s.kernel_w + kw];
         }
       }
     }
@@ -107,7 +109,8 @@ void launch_conv2d(const scalar_t* input, const scalar_t* weight, const scalar_t
                    scalar_t* output, const Conv2dShape& shape, cudaStream_t stream) {
   const int64_t numel = shape.batch * shape.out_channels * shape.out_h * shape.out_w;
   if (numel == 0) return;
-  conv2d_kernel<<<blocks_for(numel), kThreads, 0, stream>>>(input, weight, bias, output, shape);
+  LENET_CUDA_LAUNCH(conv2d_kernel<scalar_t>, blocks_for(numel), kThreads, 0, stream, input, weight,
+                    bias, output, shape);
 }
 
 template <typename scalar_t>
@@ -115,8 +118,8 @@ void launch_conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weigh
                               scalar_t* grad_input, const Conv2dShape& shape, cudaStream_t stream) {
   const int64_t numel = shape.batch * shape.in_channels * shape.in_h * shape.in_w;
   if (numel == 0) return;
-  conv2d_grad_input_kernel<<<blocks_for(numel), kThreads, 0, stream>>>(grad_output, weight,
-                                                                       grad_input, shape);
+  LENET_CUDA_LAUNCH(conv2d_grad_input_kernel<scalar_t>, blocks_for(numel), kThreads, 0, stream,
+                    grad_output, weight, grad_input, shape);
 }
 
 template <typename scalar_t>
@@ -127,8 +130,8 @@ void launch_conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* inpu
       shape.out_channels * (shape.in_channels / shape.groups) * shape.kernel_h * shape.kernel_w;
   if (numel == 0) return;
   const auto blocks = static_cast<unsigned int>(std::min<int64_t>(numel, int64_t{1} << 20));
-  conv2d_grad_weight_kernel<<<blocks, kThreads, 0, stream>>>(grad_output, input, grad_weight,
-                                                             shape);
+  LENET_CUDA_LAUNCH(conv2d_grad_weight_kernel<scalar_t>, blocks, kThreads, 0, stream, grad_output,
+                    input, grad_weight, shape);
 }
 
 template <typename scalar_t>

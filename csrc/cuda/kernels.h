@@ -3,9 +3,9 @@
 // enqueues exactly one kernel on `stream` (none when there is nothing to compute) and returns at
 // once; the caller checks the launch. Instantiated for float and double.
 #pragma once
-#include <cuda_runtime_api.h>
-
 #include <cstdint>
+
+#include "runtime.h"
 
 namespace lenet_ext::cuda {
 
@@ -78,11 +78,12 @@ template <typename scalar_t>
 void launch_max_pool2d(const scalar_t* input, scalar_t* output, int64_t* indices,
                        const Pool2dShape& shape, cudaStream_t stream);
 
-// Sets *bad_index (a device int, zero on entry) to 1 if an index lies outside [0, in_h * in_w);
-// such an index is never followed, so memory outside the plane is never touched.
+// bad_index points to two device int64s, zero on entry: if an index lies outside
+// [0, in_h * in_w), the first is set to 1 and the second to such an index. That index is never
+// followed, so memory outside the plane is never touched.
 template <typename scalar_t>
 void launch_max_pool2d_backward(const scalar_t* grad_output, const int64_t* indices,
                                 scalar_t* grad_input, int64_t planes, int64_t in_plane,
-                                int64_t out_plane, int* bad_index, cudaStream_t stream);
+                                int64_t out_plane, int64_t* bad_index, cudaStream_t stream);
 
 }  // namespace lenet_ext::cuda

@@ -65,7 +65,8 @@ void launch_gemm(const MatrixView<scalar_t>& a, const MatrixView<scalar_t>& b,
                  const scalar_t* bias, scalar_t* c, cudaStream_t stream) {
   if (a.rows == 0 || b.cols == 0) return;
   const int64_t tiles = ((a.rows + kTile - 1) / kTile) * ((b.cols + kTile - 1) / kTile);
-  gemm_kernel<<<static_cast<unsigned int>(tiles), dim3(kTile, kTile), 0, stream>>>(a, b, bias, c);
+  LENET_CUDA_LAUNCH(gemm_kernel<scalar_t>, static_cast<unsigned int>(tiles), dim3(kTile, kTile), 0,
+                    stream, a, b, bias, c);
 }
 
 }  // namespace

@@ -12,9 +12,6 @@
 namespace lenet_ext::cuda {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr int kWarpsPerBlock = kThreads / kWarp;
-constexpr unsigned int kAllLanes = 0xffffffffu;
 
 // First cell at or after `start` on the grid start + k * dilation that is >= 0.
 __device__ int64_t first_in_bounds(int64_t start, int64_t dilation) {
@@ -58,10 +55,10 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     max_pool2d_backward_kernel(const scalar_t* grad_output, const int64_t* indices,
                                scalar_t* grad_input, int64_t planes, int64_t in_plane,
-                               int64_t out_plane, int* bad_index) {
+                               int64_t out_plane, int64_t* bad_index) {
   const int lane = threadIdx.x % kWarp;
-  for (int64_t plane = int64_t{blockIdx.x} * kWarpsPerBlock + threadIdx.x / kWarp; plane < planes;
-       plane += int64_t{gridDim.x} * kWarpsPerBlock) {
+  for (int64_t plane = int64_t{blockIdx.x} * kWarps + threadIdx.x / kWarp; plane < planes;
+       plane += int64_t{gridDim.x} * kWarps) {
     scalar_t* grad_in = grad_input + plane * in_plane;
     for (int64_t i = lane; i < in_plane; i += kWarp) grad_in[i] = scalar_t(0);
     __syncwarp();  // orders the zeroing before other lanes' additions
@@ -71,7 +68,10 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t target = active ? indices[o] : -1;
       const scalar_t grad = active ? grad_output[o] : scalar_t(0);
       const bool valid = target >= 0 && target < in_plane;  // inactive lanes are invalid
-      if (active && !valid) *bad_index = 1;
+      if (active && !valid) {
+        bad_index[1] = target;
+        bad_index[0] = 1;
+      }
       scalar_t sum = 0;
       bool first = true;
       for (int other = 0; other < kWarp; ++other) {
@@ -95,24 +95,26 @@ void launch_max_pool2d(const scalar_t* input, scalar_t* output, int64_t* indices
                        const Pool2dShape& shape, cudaStream_t stream) {
   const int64_t numel = shape.planes * shape.out_h * shape.out_w;
   if (numel == 0) return;
-  max_pool2d_kernel<<<blocks_for(numel), kThreads, 0, stream>>>(input, output, indices, shape);
+  LENET_CUDA_LAUNCH(max_pool2d_kernel<scalar_t>, blocks_for(numel), kThreads, 0, stream, input,
+                    output, indices, shape);
 }
 
 template <typename scalar_t>
 void launch_max_pool2d_backward(const scalar_t* grad_output, const int64_t* indices,
                                 scalar_t* grad_input, int64_t planes, int64_t in_plane,
-                                int64_t out_plane, int* bad_index, cudaStream_t stream) {
+                                int64_t out_plane, int64_t* bad_index, cudaStream_t stream) {
   if (planes == 0 || in_plane == 0) return;
-  const int64_t blocks = std::min<int64_t>((planes + kWarpsPerBlock - 1) / kWarpsPerBlock,
+  const int64_t blocks = std::min<int64_t>((planes + kWarps - 1) / kWarps,
                                            int64_t{1} << 20);
-  max_pool2d_backward_kernel<<<static_cast<unsigned int>(blocks), kThreads, 0, stream>>>(
-      grad_output, indices, grad_input, planes, in_plane, out_plane, bad_index);
+  LENET_CUDA_LAUNCH(max_pool2d_backward_kernel<scalar_t>, static_cast<unsigned int>(blocks),
+                    kThreads, 0, stream, grad_output, indices, grad_input, planes, in_plane,
+                    out_plane, bad_index);
 }
 
 #define INSTANTIATE(T)                                                                        \
   template void launch_max_pool2d<T>(const T*, T*, int64_t*, const Pool2dShape&, cudaStream_t); \
   template void launch_max_pool2d_backward<T>(const T*, const int64_t*, T*, int64_t, int64_t, \
-                                              int64_t, int*, cudaStream_t);
+                                              int64_t, int64_t*, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
 

@@ -3,13 +3,14 @@
 // PyTorch's current stream (never the default one: CUDA graphs and torch.compile capture the
 // current stream) makes inputs contiguous, allocates outputs and launches the kernels of
 // csrc/cuda/<op>.cu, checking every launch.
+//
+// The emulated build (LENET_EXT_CUDA_EMULATED) compiles this same file with the kernels run by
+// HIP-CPU and registers it at the CPU key in place of the CPU kernels, so the op tests exercise
+// these entry points and kernels on CPU tensors. Only the device plumbing differs, below.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
 
@@ -25,23 +26,58 @@
 #include "../max_pool2d.h"
 #include "kernels.h"
 
+#if defined(LENET_EXT_CUDA_EMULATED)
+
+#define LENET_EXT_KERNEL_KEY CPU
+// HIP-CPU launches are asynchronous: wait for the kernel before its output reaches PyTorch.
+#define LENET_EXT_LAUNCH_CHECK()                                                              \
+  TORCH_CHECK(hipStreamSynchronize(nullptr) == hipSuccess && hipGetLastError() == hipSuccess, \
+              "lenet_ext: an emulated CUDA kernel failed")
+
 namespace lenet_ext {
 namespace {
 
+struct DeviceGuard {  // CPU tensors: no device to select
+  explicit DeviceGuard(c10::Device) {}
+};
+cudaStream_t current_stream() { return nullptr; }  // HIP-CPU's null stream
+bool stream_is_capturing(cudaStream_t) { return false; }
+
+#else
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#define LENET_EXT_KERNEL_KEY CUDA
+#define LENET_EXT_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
+
+namespace lenet_ext {
+namespace {
+
+using DeviceGuard = c10::cuda::CUDAGuard;
 // The current stream of the current device: call it after the device guard.
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+// A stream being captured into a CUDA graph must not be waited on.
+bool stream_is_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  return capture != cudaStreamCaptureStatusNone;
+}
+
+#endif
 
 // relu --------------------------------------------------------------------------------------------
 
 at::Tensor relu_cuda(const at::Tensor& input) {
   check_dtype("relu", "input", input);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const auto x = input.expect_contiguous();
   auto output = at::empty(input.sizes(), input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::relu", [&] {
     cuda::launch_relu(x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
                       x->numel(), current_stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    LENET_EXT_LAUNCH_CHECK();
   });
   return output;
 }
@@ -50,7 +86,7 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
   check_dtype("relu_backward", "result", result);
   check_same_dtype_device("relu_backward", "grad_output", grad_output, "result", result);
   check_same_shape("relu_backward", "grad_output", grad_output, result.sizes());
-  const c10::cuda::CUDAGuard guard(result.device());
+  const DeviceGuard guard(result.device());
   const auto grad = grad_output.expect_contiguous();
   const auto y = result.expect_contiguous();
   auto grad_input = at::empty(result.sizes(), result.options());
@@ -58,7 +94,7 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
     cuda::launch_relu_backward(grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
                                grad_input.mutable_data_ptr<scalar_t>(), y->numel(),
                                current_stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    LENET_EXT_LAUNCH_CHECK();
   });
   return grad_input;
 }
@@ -69,7 +105,7 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
 at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias) {
   check_linear_args(input, weight, bias);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const int64_t in_features = weight.size(1), out_features = weight.size(0);
   auto output = at::empty(linear_output_shape(input, weight), input.options());
   const auto x = input.expect_contiguous();
@@ -80,7 +116,7 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
     cuda::launch_linear(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
                         optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(),
                         linear_rows(input), in_features, out_features, current_stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    LENET_EXT_LAUNCH_CHECK();
   });
   return output;
 }
@@ -89,7 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
     const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
     std::array<bool, 3> output_mask) {
   check_linear_backward_args(grad_output, input, weight);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const int64_t in_features = weight.size(1), out_features = weight.size(0);
   const int64_t rows = linear_rows(input);
   const auto grad = grad_output.expect_contiguous();
@@ -104,18 +140,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
       cuda::launch_linear_grad_input(g, w->const_data_ptr<scalar_t>(),
                                      grad_input.mutable_data_ptr<scalar_t>(), rows, in_features,
                                      out_features, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      LENET_EXT_LAUNCH_CHECK();
     }
     if (grad_weight.defined()) {
       cuda::launch_linear_grad_weight(g, x->const_data_ptr<scalar_t>(),
                                       grad_weight.mutable_data_ptr<scalar_t>(), rows, in_features,
                                       out_features, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      LENET_EXT_LAUNCH_CHECK();
     }
     if (grad_bias.defined()) {
       cuda::launch_linear_grad_bias(g, grad_bias.mutable_data_ptr<scalar_t>(), rows, out_features,
                                     stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      LENET_EXT_LAUNCH_CHECK();
     }
   });
   return {grad_input, grad_weight, grad_bias};
@@ -138,7 +174,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
                        at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const auto output_shape =
       check_conv2d_args(input, weight, bias, stride, padding, dilation, groups);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const auto shape = conv2d_shape(input, weight, output_shape[2], output_shape[3], stride,
                                   padding, dilation, groups);
   auto output = at::empty(output_shape, input.options());
@@ -150,7 +186,7 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
     cuda::launch_conv2d(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
                         optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(), shape,
                         current_stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    LENET_EXT_LAUNCH_CHECK();
   });
   return output;
 }
@@ -160,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     std::array<bool, 3> output_mask) {
   check_conv2d_backward_args(grad_output, input, weight, stride, padding, dilation, groups);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const auto shape = conv2d_shape(input, weight, grad_output.size(2), grad_output.size(3), stride,
                                   padding, dilation, groups);
   const auto grad = grad_output.expect_contiguous();
@@ -174,16 +210,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
     if (grad_input.defined()) {
       cuda::launch_conv2d_grad_input(g, w->const_data_ptr<scalar_t>(),
                                      grad_input.mutable_data_ptr<scalar_t>(), shape, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      LENET_EXT_LAUNCH_CHECK();
     }
     if (grad_weight.defined()) {
       cuda::launch_conv2d_grad_weight(g, x->const_data_ptr<scalar_t>(),
                                       grad_weight.mutable_data_ptr<scalar_t>(), shape, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      LENET_EXT_LAUNCH_CHECK();
     }
     if (grad_bias.defined()) {
       cuda::launch_conv2d_grad_bias(g, grad_bias.mutable_data_ptr<scalar_t>(), shape, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      LENET_EXT_LAUNCH_CHECK();
     }
   });
   return {grad_input, grad_weight, grad_bias};
@@ -202,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input,
                                                    at::IntArrayRef dilation, bool ceil_mode) {
   const auto output_shape =
       check_max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const DeviceGuard guard(input.device());
   const int64_t rank = input.dim();
   const at::IntArrayRef window_stride = stride.empty() ? kernel_size : stride;  // torch's default
   const cuda::Pool2dShape shape{pool_planes(input.sizes()), input.size(-2), input.size(-1),
@@ -217,7 +253,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input,
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d", [&] {
     cuda::launch_max_pool2d(x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
                             indices.mutable_data_ptr<int64_t>(), shape, current_stream());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    LENET_EXT_LAUNCH_CHECK();
   });
   return {output, indices};
 }
@@ -225,37 +261,35 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input,
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& indices,
                                     at::IntArrayRef input_size) {
   check_max_pool2d_backward_args(grad_output, indices, input_size);
-  const c10::cuda::CUDAGuard guard(grad_output.device());
+  const DeviceGuard guard(grad_output.device());
   const int64_t in_h = input_size[input_size.size() - 2], in_w = input_size.back();
   const int64_t out_plane = grad_output.size(-2) * grad_output.size(-1);
   const auto grad = grad_output.expect_contiguous();
   const auto index = indices.expect_contiguous();
   auto grad_input = at::empty(input_size, grad_output.options());
-  auto bad_index = at::zeros({1}, grad_output.options().dtype(at::kInt));
+  auto bad_index = at::zeros({2}, grad_output.options().dtype(at::kLong));  // found, which
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "lenet_ext::max_pool2d_backward", [&] {
     cuda::launch_max_pool2d_backward(grad->const_data_ptr<scalar_t>(),
                                      index->const_data_ptr<int64_t>(),
                                      grad_input.mutable_data_ptr<scalar_t>(),
                                      pool_planes(input_size), in_h * in_w, out_plane,
-                                     bad_index.mutable_data_ptr<int>(), stream);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                     bad_index.mutable_data_ptr<int64_t>(), stream);
+    LENET_EXT_LAUNCH_CHECK();
   });
   // Reading the flag waits for the kernel. A stream being captured into a CUDA graph must not
   // wait, so there the check is skipped: the kernel still never follows a bad index.
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (capture == cudaStreamCaptureStatusNone) {
-    TORCH_CHECK(bad_index.item<int>() == 0, "lenet_ext.max_pool2d_backward: expected every "
-                "element of indices to be an offset h * ", in_w, " + w into an input plane of ",
-                in_h, "x", in_w, ", i.e. in [0, ", in_h * in_w, "), but got one outside it");
+  if (!stream_is_capturing(stream)) {
+    const auto found = bad_index.cpu();
+    const int64_t* report = found.const_data_ptr<int64_t>();
+    check_indices_in_plane(report[0] != 0, report[1], in_h * in_w, input_size);
   }
   return grad_input;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lenet_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(lenet_ext, LENET_EXT_KERNEL_KEY, m) {
   m.impl("relu", &relu_cuda);
   m.impl("relu_backward", &relu_backward_cuda);
   m.impl("linear", &linear_cuda);

@@ -30,15 +30,16 @@ __global__ void relu_backward_kernel(const scalar_t* grad_output, const scalar_t
 template <typename scalar_t>
 void launch_relu(const scalar_t* input, scalar_t* output, int64_t numel, cudaStream_t stream) {
   if (numel == 0) return;
-  relu_kernel<<<blocks_for(numel), kThreads, 0, stream>>>(input, output, numel);
+  LENET_CUDA_LAUNCH(relu_kernel<scalar_t>, blocks_for(numel), kThreads, 0, stream, input, output,
+                    numel);
 }
 
 template <typename scalar_t>
 void launch_relu_backward(const scalar_t* grad_output, const scalar_t* result, scalar_t* grad_input,
                           int64_t numel, cudaStream_t stream) {
   if (numel == 0) return;
-  relu_backward_kernel<<<blocks_for(numel), kThreads, 0, stream>>>(grad_output, result, grad_input,
-                                                                   numel);
+  LENET_CUDA_LAUNCH(relu_backward_kernel<scalar_t>, blocks_for(numel), kThreads, 0, stream,
+                    grad_output, result, grad_input, numel);
 }
 
 #define INSTANTIATE(T)                                                                 \

@@ -1,0 +1,2 @@
+// csrc/cuda/linear.cu compiled as host C++ for the emulated-CUDA build (setup.py, ../runtime.h).
+#include "../linear.cu"
