@@ -456,8 +456,6 @@ def describe(env: dict) -> str:
     if env["device"] == "cuda":
         tf32 = "on" if env["tf32_matmul"] or env["tf32_cudnn"] else "off"
         parts += [f"{env['gpu']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}, TF32 {tf32})"]
-    if (env["load_average"] or 0) > env["logical_cpus"]:
-        parts += [f"BUSY: load average {env['load_average']:g}, timings unreliable"]
     return " · ".join(parts)
 
 
@@ -482,14 +480,18 @@ def format_ratio(ratios: RoundRatios) -> str:
 
 
 def unstable_note(rows) -> str:
-    """A warning when any row stayed unstable, else ""."""
-    unstable = sum(not r.ratios.stable for r in rows)
+    """A warning when any row stayed unstable, saying whether the machine was busy, else ""."""
+    unstable = [r for r in rows if not r.ratios.stable]
     if not unstable:
         return ""
-    return (f"The machine was busy: {unstable} of {len(rows)} rows stayed UNSTABLE over {MEASURE_ATTEMPTS} "
-            f"attempts (their rounds' ratios more than {MAX_ROUND_SPREAD:.0%} of the median apart, or other "
-            f"processes using more than {MAX_CONTENTION:g} of a core our threads needed). Do not trust their "
-            f"ratios; rerun on a quiet machine.")
+    if any(r.contention > MAX_CONTENTION for r in unstable):
+        why = (f"the machine was busy: other processes took more than {MAX_CONTENTION:g} of a core "
+               f"our threads needed; rerun on a quiet machine")
+    else:
+        why = (f"their rounds' ratios lay more than {MAX_ROUND_SPREAD:.0%} of the median apart on a "
+               f"quiet machine: the op's time itself varies")
+    return (f"{len(unstable)} of {len(rows)} rows stayed UNSTABLE over {MEASURE_ATTEMPTS} attempts "
+            f"({why}). Do not trust their ratios.")
 
 
 def _markdown(header, lines, align: str) -> str:
