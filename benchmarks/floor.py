@@ -60,16 +60,14 @@ def main():
         steps = {name: bench.training_step(ZeroWorkLeNet() if name == "ZeroWorkLeNet"
                                            else getattr(models, name)(), images, targets)
                  for name in names}
-        for _ in range(bench.MEASURE_ATTEMPTS):  # as bench.measure: again while unstable
-            times, contention = bench.time_rounds(steps, args.min_run_time)
-            ratios = [bench.round_ratios(times[name], times["StockLeNet"], contention) for name in names[1:]]
-            if all(r.stable for r in ratios):
-                break
+        times, contention, _ = bench.time_against(steps, "StockLeNet", args.min_run_time)
+        ratios = [bench.round_ratios(times[name], times["StockLeNet"], contention) for name in names[1:]]
         unstable |= not all(r.stable for r in ratios)
         medians = (bench.format_time(statistics.median(times[name])) for name in names)
         print(f"| {batch} | {' | '.join(medians)} | {' | '.join(map(bench.format_ratio, ratios))} |")
     if unstable:
-        print("\nThe machine was busy: do not trust the ratios marked UNSTABLE (see bench.round_ratios).")
+        print(f"\nRatios marked UNSTABLE stayed so over {bench.MEASURE_ATTEMPTS} attempts (a busy machine, or "
+              "the step's own time varies; see bench.round_ratios): do not trust them.")
 
 
 if __name__ == "__main__":

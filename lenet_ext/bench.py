@@ -334,6 +334,17 @@ def time_rounds(fns: dict, seconds: float, rounds: int = ROUNDS) -> tuple:
     return times, max(0.0, (_others_cpu_seconds() - others) / (time.perf_counter() - start) - free_cpus)
 
 
+def time_against(fns: dict, reference: str, seconds: float) -> tuple:
+    """(times, contention, attempts): time_rounds, again (up to MEASURE_ATTEMPTS in all) while the
+    ratio of the reference's time to any other callable's stays unstable; keeps the last attempt."""
+    for attempt in range(1, MEASURE_ATTEMPTS + 1):
+        times, contention = time_rounds(fns, seconds)
+        if all(round_ratios(times[name], times[reference], contention).stable
+               for name in fns if name != reference):
+            break
+    return times, contention, attempt
+
+
 def measure(pair: Pair, min_run_time: float) -> Row:
     """Checks the pair equal, then times ours and stock for min_run_time each, in ROUNDS rounds, and
     again (up to MEASURE_ATTEMPTS in all) while the row is unstable; keeps the last attempt."""
@@ -349,13 +360,10 @@ def measure(pair: Pair, min_run_time: float) -> Row:
     if not error <= TOLERANCE:
         raise MismatchError(f"{pair.name} {pair.mode} batch {pair.batch}: {label} differs from torch "
                             f"(max relative error {error:.1e} > {TOLERANCE:.0e}); not timing it")
-    for attempt in range(1, MEASURE_ATTEMPTS + 1):
-        times, contention = time_rounds({"ours": pair.ours, "stock": pair.stock}, min_run_time)
-        row = Row(pair.name, pair.mode, pair.batch, pair.shape, pair.unit, pair.work, error,
-                  times["ours"], times["stock"], contention, attempt)
-        if row.ratios.stable:
-            break
-    return row
+    times, contention, attempts = time_against({"ours": pair.ours, "stock": pair.stock}, "stock",
+                                               min_run_time)
+    return Row(pair.name, pair.mode, pair.batch, pair.shape, pair.unit, pair.work, error,
+               times["ours"], times["stock"], contention, attempts)
 
 
 @dataclasses.dataclass

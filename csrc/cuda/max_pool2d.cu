@@ -12,7 +12,6 @@
 namespace lenet_ext::cuda {
 namespace {
 
-
 // First cell at or after `start` on the grid start + k * dilation that is >= 0.
 __device__ int64_t first_in_bounds(int64_t start, int64_t dilation) {
   return start >= 0 ? start : start + (-start + dilation - 1) / dilation * dilation;
@@ -104,8 +103,7 @@ void launch_max_pool2d_backward(const scalar_t* grad_output, const int64_t* indi
                                 scalar_t* grad_input, int64_t planes, int64_t in_plane,
                                 int64_t out_plane, int64_t* bad_index, cudaStream_t stream) {
   if (planes == 0 || in_plane == 0) return;
-  const int64_t blocks = std::min<int64_t>((planes + kWarps - 1) / kWarps,
-                                           int64_t{1} << 20);
+  const int64_t blocks = std::min<int64_t>((planes + kWarps - 1) / kWarps, int64_t{1} << 20);
   LENET_CUDA_LAUNCH(max_pool2d_backward_kernel<scalar_t>, static_cast<unsigned int>(blocks),
                     kThreads, 0, stream, grad_output, indices, grad_input, planes, in_plane,
                     out_plane, bad_index);
