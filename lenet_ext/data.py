@@ -9,7 +9,8 @@ training set's pixel mean and standard deviation (MNIST 0.1307 and 0.3081, Fashi
 Files are looked for in ``root`` and in torchvision's layout ``root/MNIST/raw`` (``FashionMNIST/raw``),
 gzip-compressed or raw, spelled ``t10k-images-idx3-ubyte`` or ``t10k-images.idx3-ubyte``. Missing
 files are downloaded into torchvision's layout (checksums verified) unless ``download=False``.
-Anything else — a missing, corrupt or truncated file — raises ``DataError`` saying which file and why.
+Anything else — a missing, corrupt, truncated or empty file, images that are not 28x28, a folder that
+cannot be read — raises ``DataError`` saying which file and why.
 
 ``BUNDLED_MNIST`` is a folder inside the package holding real MNIST digits, 4,000 for training and
 1,000 for test (400 and 100 per class), with their licence note: ``load("mnist", BUNDLED_MNIST)``
@@ -54,6 +55,7 @@ DATASETS = {
     },
 }
 
+IMAGE_SIZE = (28, 28)  # MNIST's and Fashion-MNIST's: the networks' first layers are sized for it
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -81,6 +83,8 @@ def read_idx(path, ndim: int) -> torch.Tensor:
     if len(data) != expected:
         kind = "truncated" if len(data) < expected else "corrupt"
         raise DataError(f"{path}: {kind}: {len(data)} bytes, expected {expected} for shape {shape}")
+    if 0 in shape:
+        raise DataError(f"{path}: empty: its header says shape {shape}")
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(shape)
 
 
@@ -89,8 +93,11 @@ def _find(root: Path, folder: str, name: str) -> Optional[Path]:
     for directory in (root, root / folder / "raw"):
         for spelling in spellings:
             for suffix in ("", ".gz"):
-                if (directory / (spelling + suffix)).is_file():
-                    return directory / (spelling + suffix)
+                try:
+                    if (directory / (spelling + suffix)).is_file():
+                        return directory / (spelling + suffix)
+                except OSError as error:  # a folder we may not read
+                    raise DataError(f"{directory}: cannot read the folder: {error.strerror}") from None
     return None
 
 
@@ -117,10 +124,13 @@ def download_file(dataset: str, root, name: str) -> Path:
         if md5 != spec["md5"][name]:
             failures.append(f"{url}: MD5 {md5}, expected {spec['md5'][name]}")
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".part")
-        partial.write_bytes(data)
-        partial.replace(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_bytes(data)
+            partial.replace(target)
+        except OSError as error:
+            raise DataError(f"cannot save the download as {target}: {error.strerror}") from None
         return target
     raise DataError(f"could not download {name}.gz: " + "; ".join(failures))
 
@@ -133,8 +143,10 @@ def load(dataset: str, root, train: bool = True, *, pad_to: Optional[int] = None
         raise ValueError(f"unknown dataset {dataset!r}, expected one of {sorted(DATASETS)}")
     spec = DATASETS[dataset]
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: not a folder")
     split = "train" if train else "t10k"
-    arrays = []
+    arrays, paths = [], []
     for kind, ndim in (("images-idx3", 3), ("labels-idx1", 1)):
         name = f"{split}-{kind}-ubyte"
         path = _find(root, spec["folder"], name)
@@ -147,7 +159,11 @@ def load(dataset: str, root, train: bool = True, *, pad_to: Optional[int] = None
                 raise DataError(f"{name} not found in {root} or {root / spec['folder'] / 'raw'}, "
                                 f"and {error}") from None
         arrays.append(read_idx(path, ndim))
+        paths.append(path)
     images, labels = arrays
+    if tuple(images.shape[1:]) != IMAGE_SIZE:
+        raise DataError(f"{paths[0]}: images of {images.shape[1]}x{images.shape[2]} pixels; "
+                        f"{dataset} images are {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}")
     if images.shape[0] != labels.shape[0]:
         raise DataError(f"{dataset} {split}: {images.shape[0]} images but {labels.shape[0]} labels")
     if labels.numel() and int(labels.max()) > 9:

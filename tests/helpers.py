@@ -64,10 +64,10 @@ def idx_bytes(array: torch.Tensor) -> bytes:
     return header + array.to(torch.uint8).numpy().tobytes()
 
 
-def write_split(directory: Path, split="train", count=6, gz=True, dot=False):
-    """Writes random images (count, 28, 28) and labels of one split, named like
+def write_split(directory: Path, split="train", count=6, gz=True, dot=False, size=28):
+    """Writes random images (count, size, size) and labels of one split, named like
     train-images-idx3-ubyte (or, with dot, train-images.idx3-ubyte); returns them."""
-    images = torch.randint(0, 256, (count, 28, 28), dtype=torch.uint8)
+    images = torch.randint(0, 256, (count, size, size), dtype=torch.uint8)
     labels = torch.randint(0, 10, (count,), dtype=torch.uint8)
     directory.mkdir(parents=True, exist_ok=True)
     for kind, array in (("images-idx3", images), ("labels-idx1", labels)):

@@ -1,15 +1,18 @@
 """lenet_ext.data: MNIST / Fashion-MNIST from IDX files (synthetic ones in tmp_path, and the real
-MNIST sample inside the package), with clear errors for missing, corrupt and truncated files."""
+MNIST sample inside the package), with clear errors for missing, corrupt, truncated and empty files,
+images of the wrong size and folders that cannot be read; the training CLI says each in one line."""
 import gzip
 import hashlib
 import re
+from pathlib import Path
 
 import pytest
 import torch
 
-from lenet_ext import data
+from lenet_ext import data, train
 from lenet_ext.data import DataError
 from helpers import idx_bytes, write_split
+
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gzip", "raw"])
 @pytest.mark.parametrize("dot", [False, True], ids=["images-idx3", "images.idx3"])
@@ -153,3 +156,66 @@ def test_reads_the_real_mnist_5k_sample(mnist_5k, train, count):
 
 def test_the_bundled_sample_carries_its_licence_note():
     assert "CC BY-SA 3.0" in (data.BUNDLED_MNIST / "README.md").read_text()
+
+
+# Each bad data set the training CLI may meet: exit 2 and one line naming the file and the fault.
+def zero_items(root):
+    write_split(root, "train", count=0)
+    write_split(root, "t10k", count=4)
+    return root / "train-images-idx3-ubyte.gz", "empty: its header says shape [0, 28, 28]"
+
+
+def sized(train_size, test_size):
+    def build(root):
+        write_split(root, "train", count=8, size=train_size)
+        write_split(root, "t10k", count=4, size=test_size)
+        bad = ("train", train_size) if train_size != 28 else ("t10k", test_size)
+        return (root / f"{bad[0]}-images-idx3-ubyte.gz",
+                f"images of {bad[1]}x{bad[1]} pixels; mnist images are 28x28")
+    return build
+
+
+def not_a_folder(root):
+    path = root / "file"
+    path.write_text("not a folder")
+    return path, "not a folder"
+
+
+@pytest.mark.parametrize("model", ["lenet", "mlp"])
+@pytest.mark.parametrize("build", [zero_items, sized(29, 29), sized(33, 33), sized(29, 28),
+                                   sized(28, 29), not_a_folder],
+                         ids=["0-items", "29x29", "33x33", "train-29-test-28", "train-28-test-29",
+                              "not-a-folder"])
+def test_the_cli_refuses_bad_data_in_one_line_naming_the_file(tmp_path, capsys, build, model):
+    path, reason = build(tmp_path)
+    data_dir = path if build is not_a_folder else tmp_path
+    code = train.main(["--data-dir", str(data_dir), "--no-download", "--model", model, "--epochs", "1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "epoch=" not in out
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"lenet_ext.train: error: --data-dir {data_dir}: {path}: {reason}")
+
+
+def test_the_cli_names_a_folder_it_cannot_read(tmp_path, capsys, monkeypatch):
+    # Tests run as root, whom chmod does not stop: the refusal is simulated where it would arise.
+    write_split(tmp_path, "train")
+    real_is_file = Path.is_file
+
+    def is_file(path):
+        if path.parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+    monkeypatch.setattr(Path, "is_file", is_file)
+    code = train.main(["--data-dir", str(tmp_path), "--no-download", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{tmp_path}: cannot read the folder: Permission denied" in err
+
+
+def test_a_download_that_cannot_be_saved_is_a_data_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_fetch", lambda url: b"")
+    monkeypatch.setitem(data.DATASETS["mnist"]["md5"], "train-images-idx3-ubyte",
+                        "d41d8cd98f00b204e9800998ecf8427e")  # the MD5 of no bytes
+    (tmp_path / "MNIST").write_text("a file where the download's folder would go")
+    with pytest.raises(DataError, match="cannot save the download as .*train-images-idx3-ubyte.gz"):
+        data.load("mnist", tmp_path)

@@ -1,9 +1,11 @@
 """DistributedDataParallel over lenet_ext's ops: gloo processes on CPU average their gradients into
 exactly what one process computes on the whole batch, and torchrun runs the training CLI."""
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -74,3 +76,38 @@ def test_torchrun_two_processes_train_like_one_with_the_whole_batch(synthetic_mn
     assert float(results[WORLD_SIZE]["train_loss"]) == pytest.approx(
         float(results[1]["train_loss"]), rel=1e-4)
     assert results[WORLD_SIZE]["test_acc"] == results[1]["test_acc"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_stops_every_rank_and_rank_0_alone_saves(tmp_path):
+    """Ctrl-C reaches torchrun and its workers (one process group); the ranks agree on the step to
+    stop at, rank 0 writes the checkpoint, and the run resumes under torchrun to the end."""
+    path = tmp_path / "run.pt"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+              f"--nproc_per_node={WORLD_SIZE}", "-m", "lenet_ext.train", "--threads", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with open(tmp_path / "err", "w") as err:
+        run = subprocess.Popen([*launch, "--epochs", "30", "--checkpoint", str(path)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not path.exists():
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        run.wait(timeout=120)
+    lines = (tmp_path / "err").read_text().replace("\r", "\n").splitlines()
+    stopped = [line for line in lines if "stopped by SIGINT" in line]
+    assert len(stopped) == 1, lines[-20:]  # rank 0 alone speaks
+    assert (f"saved {path}; continue with: torchrun --nproc_per_node={WORLD_SIZE} -m "
+            f"lenet_ext.train --resume {path}") in stopped[0]
+    # torchrun's own SignalException traceback is the launcher's; no worker may have one.
+    assert not any("lenet_ext" in line for line in lines if line.startswith("  File"))
+    state = torch.load(path)
+    assert state["processes"] == WORLD_SIZE and state["epoch"] < 30
+    assert not list(tmp_path.glob(".run.pt.*"))  # no second writer left a partial file
+
+    resumed = subprocess.run([*launch, "--resume", str(path), "--epochs", str(state["epoch"] + 1)],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(path)["epoch"] == state["epoch"] + 1

@@ -56,7 +56,7 @@ def test_fashion_mnist_without_data_dir_looks_in_data(capsys, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     code, epochs, summary, err = run_cli(capsys, "--dataset", "fashion-mnist", "--epochs", 1)
     assert code == 2 and not epochs
-    assert "(now --data-dir data)" in err and "could not download" in err
+    assert err.startswith("lenet_ext.train: error: --data-dir data: ") and "could not download" in err
 
 
 @pytest.mark.parametrize("model, dataset, optimizer", [
@@ -83,11 +83,10 @@ def test_checkpoint_loads_into_the_stock_network(capsys, synthetic_mnist, tmp_pa
     code, *_, err = run_cli(capsys, "--data-dir", synthetic_mnist, "--model", model, "--epochs", 1,
                             "--checkpoint", checkpoint, "--no-download")
     assert code == 0, err
-    state = torch.load(checkpoint)
     network = stock()
-    network.load_state_dict(state)  # strict: the same keys and shapes
+    network.load_state_dict(torch.load(checkpoint)["model"])  # strict: the same keys and shapes
     untrained = stock()
-    assert not torch.equal(state["fc3.weight"], untrained.fc3.weight)
+    assert not torch.equal(network.fc3.weight, untrained.fc3.weight)
 
 
 def test_without_data_and_offline_exits_2_naming_data_dir(capsys, tmp_path, offline):
@@ -116,3 +115,108 @@ def test_compiled_training_matches_eager(capsys, synthetic_mnist):
         results.append(epochs[0])
     assert results[0]["test_acc"] == results[1]["test_acc"]
     assert float(results[0]["train_loss"]) == pytest.approx(float(results[1]["train_loss"]), rel=1e-4)
+
+
+def test_eval_reports_loss_accuracy_and_a_confusion_matrix(capsys, synthetic_mnist, tmp_path):
+    path = tmp_path / "net.pt"
+    code, epochs, summary, err = run_cli(capsys, "--data-dir", synthetic_mnist, "--epochs", 2,
+                                         "--checkpoint", path, "--no-download")
+    assert code == 0, err
+    # The run's settings come from the checkpoint: only the data must be named again.
+    assert train.main(["--eval", str(path), "--data-dir", str(synthetic_mnist)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    result = parse(out[0])
+    assert out[0].startswith("eval ") and result["epoch"] == "2" and result["images"] == "32"
+    assert (result["test_loss"], result["test_acc"]) == (epochs[-1]["test_loss"],
+                                                          epochs[-1]["test_acc"])
+    rows = [line.split() for line in out[2:12]]
+    confusion = torch.tensor([[int(n) for n in row[1:11]] for row in rows])
+    labels = train.load(  # the test labels, as the CLI reads them
+        "mnist", synthetic_mnist, False, download=False)[1]
+    assert torch.equal(confusion.sum(1), labels.bincount(minlength=10))
+    assert 100 * confusion.trace().item() / 32 == pytest.approx(float(result["test_acc"]), abs=0.005)
+
+    # A bare state_dict (the stock network's, say) is evaluated too, as the model named.
+    torch.save(StockLeNet().state_dict(), tmp_path / "stock.pt")
+    assert train.main(["--eval", str(tmp_path / "stock.pt"), "--data-dir", str(synthetic_mnist)]) == 0
+    assert capsys.readouterr().out.startswith(f"eval checkpoint={tmp_path / 'stock.pt'} model=lenet")
+
+
+def test_metrics_csv_and_plot_every_epoch(capsys, synthetic_mnist, tmp_path):
+    out_dir = tmp_path / "new" / "folder"
+    code, epochs, *_ = run_cli(capsys, "--data-dir", synthetic_mnist, "--epochs", 3, "--no-download",
+                               "--out", out_dir, "--plot")
+    assert code == 0
+    rows = (out_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "epoch,train_loss,test_loss,test_acc,images_per_s,seconds"
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3"]
+    for row, epoch in zip(rows[1:], epochs):
+        values = dict(zip(rows[0].split(","), row.split(",")))
+        assert float(values["test_acc"]) == float(epoch["test_acc"])
+        assert float(values["seconds"]) > 0
+    png = (out_dir / "metrics.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    # Without --out, beside the checkpoint and named like it.
+    code, *_ = run_cli(capsys, "--data-dir", synthetic_mnist, "--epochs", 1, "--no-download",
+                       "--checkpoint", tmp_path / "run.pt")
+    assert code == 0 and len((tmp_path / "run.csv").read_text().splitlines()) == 2
+
+
+def test_resume_keeps_the_run_settings_and_extends_it(capsys, synthetic_mnist, tmp_path):
+    path = tmp_path / "run.pt"
+    common = ["--data-dir", synthetic_mnist, "--no-download"]
+    code, *_ = run_cli(capsys, *common, "--epochs", 1, "--optimizer", "sgd", "--checkpoint", path)
+    assert code == 0
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--resume", str(path), "--lr", "0.5"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert f"--resume: the run was started with --lr 0.05; a resumed run keeps it" in err
+
+    code, epochs, summary, err = run_cli(capsys, "--resume", path, "--epochs", 3)
+    assert code == 0, err
+    assert [line["epoch"] for line in epochs] == ["2/3", "3/3"]
+    assert summary["optimizer"] == "sgd" and summary["epochs"] == "3"
+    assert len((tmp_path / "run.csv").read_text().splitlines()) == 4  # header and epochs 1-3
+
+    code, epochs, summary, err = run_cli(capsys, "--resume", path)
+    assert code == 0 and not epochs and "has all 3 epochs already" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "-1"], "argument --threads: expected a positive int, got -1"),
+    (["--epochs", "0"], "argument --epochs: expected a positive int, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: expected a positive int, got 0"),
+    (["--lr", "-0.1"], "argument --lr: expected a positive float, got -0.1"),
+    (["--lr", "nan"], "argument --lr: expected a positive float, got nan"),
+    (["--save-every", "0"], "argument --save-every: expected a positive int, got 0"),
+    (["--checkpoint", "no/such/folder/net.pt"],
+     "--checkpoint no/such/folder/net.pt: directory no/such/folder does not exist"),
+    (["--resume", "no-such.pt"], "--resume: no-such.pt does not exist"),
+    (["--eval", "a.pt", "--resume", "b.pt"], "--resume and --eval exclude each other"),
+])
+def test_bad_arguments_are_one_line_errors(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        train.main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err == f"python -m lenet_ext.train: error: {message} (see --help)\n"
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(capsys, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save(StockLeNet().state_dict(), tmp_path / "bare.pt")
+    for path, reason in ((tmp_path / "junk.pt", "is not a readable checkpoint"),
+                         (tmp_path / "bare.pt", "is not a training checkpoint")):
+        with pytest.raises(SystemExit):
+            train.main(["--resume", str(path)])
+        assert f"--resume: {path} {reason}" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(capsys, monkeypatch):
+    monkeypatch.setattr(train.metrics, "plotting_available", lambda: False)
+    with pytest.raises(SystemExit):
+        train.main(["--plot", "--out", "."])
+    assert "--plot needs matplotlib: pip install 'lenet_ext[plot]'" in capsys.readouterr().err
