@@ -14,6 +14,7 @@ entry is the network's ``state_dict``, so the stock network loads it in one line
 """
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import torch
@@ -53,10 +54,9 @@ def check_writable(path) -> None:
         raise CheckpointError(f"{path} is a directory, expected a file name")
     if not path.parent.is_dir():
         raise CheckpointError(f"directory {path.parent} does not exist")
-    probe = path.with_name(f".{path.name}.partial")
-    try:
-        probe.touch()
-        probe.unlink()
+    try:  # a name of its own: every process of a distributed run checks at once
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+            pass
     except OSError as error:
         raise CheckpointError(f"cannot write in {path.parent}: {error.strerror}") from None
 

@@ -198,6 +198,7 @@ class StopRequest:
     SIGTERM to its workers): a save in progress is never cut short but by SIGKILL."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    AGREE_EVERY = 10
 
     def __init__(self):
         self.signal = 0
@@ -218,11 +219,14 @@ class StopRequest:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
-    def agreed(self, device) -> int:
+    def agreed(self, device, step=0) -> int:
         """The signal to stop for (0: go on), the same on every process: one that stops alone
-        would leave the others waiting in a collective."""
+        would leave the others waiting in a collective. Processes agree every AGREE_EVERY steps:
+        an all_reduce costs ~80 µs on gloo, 5% of a LeNet step at batch 32."""
         if not dist.is_initialized():
             return self.signal
+        if step % self.AGREE_EVERY:
+            return 0
         flag = torch.tensor([self.signal], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return int(flag)
@@ -444,7 +448,7 @@ class Run:
                 bar.update(len(target) * self.world_size)
                 if self.step % 10 == 0:  # .item() waits for the device: not every step
                     bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-                signum = stop.agreed(self.device)
+                signum = stop.agreed(self.device, self.step)
                 if signum and self.step < steps:
                     break
             if loss is not None:  # drawn at least once: an epoch can end before tqdm's first redraw
@@ -503,7 +507,7 @@ class Run:
         self.epoch, self.step = saved["epoch"], saved["step"]
         self.partial, self.history = dict(saved["partial"]), list(saved["history"])
         checkpoint.set_random_state(saved["random"], self.shuffle, self.device)
-        if self.args.metrics_path:  # drops any epoch done after this checkpoint
+        if self.is_main and self.args.metrics_path:  # drops epochs done after this checkpoint
             metrics.write_csv(self.history, self.args.metrics_path)
 
     def interrupted(self, signum, steps) -> int:
