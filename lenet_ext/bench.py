@@ -649,3 +649,129 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
     print(f"\n{markdown_table(rows)}\n" + (f"\n{note}\n" if note else ""))
     print(f"wrote {', '.join(map(str, paths))}")
     return 0
+
+
+# the machine's FMA peak, CPU flags, peak memory, report folder names ---------------------------
+# (helpers for benchmarks/bench_shapes.py and any other script; nothing above uses them)
+
+_FMA_PEAK_LINE = r"^(\d+) threads?: ([0-9.]+) GFLOP/s"
+
+
+def fma_peak(source: Path, timeout: float = 120.0) -> dict:
+    """The machine's fp32 FMA peak from benchmarks/peak_fma.c, compiled as its header says
+    ($CC or cc, -O2 -march=native -fopenmp) into a temporary folder and run once:
+    {"gflops": {threads: GFLOP/s}, "command": the compile command, "output": its output,
+    "error": None, or why there is no number (no compiler, no AVX-512, ...)}. peak_fma.c measures
+    1 and 2 threads."""
+    import re
+    import tempfile
+
+    command = [os.environ.get("CC", "cc"), "-O2", "-march=native", "-fopenmp", str(source)]
+    result = {"gflops": {}, "command": shlex.join(command + ["-o", "peak_fma"]), "output": "", "error": None}
+    with tempfile.TemporaryDirectory() as folder:
+        binary = str(Path(folder) / "peak_fma")
+        try:
+            subprocess.run(command + ["-o", binary], check=True, capture_output=True, text=True,
+                           timeout=timeout)
+            run = subprocess.run([binary], check=True, capture_output=True, text=True, timeout=timeout)
+        except (OSError, subprocess.SubprocessError) as error:
+            detail = (getattr(error, "stderr", None) or str(error)).strip().splitlines()
+            result["error"] = f"{type(error).__name__}: {detail[-1] if detail else error}"
+            return result
+    result["output"] = run.stdout.strip()
+    for line in run.stdout.splitlines():
+        match = re.match(_FMA_PEAK_LINE, line.strip())
+        if match:
+            result["gflops"][int(match[1])] = float(match[2])
+    if not result["gflops"]:
+        result["error"] = f"no GFLOP/s line in its output: {run.stdout.strip()!r}"
+    return result
+
+
+def peak_for_threads(gflops: dict, threads: int) -> tuple:
+    """(GFLOP/s peak for `threads` threads, estimated): the measured figure where fma_peak measured
+    that count, else the one-thread figure times `threads` (estimated=True: one FMA unit a
+    thread assumed); (None, False) without a one-thread figure. Keys may be ints or JSON's strings."""
+    gflops = {int(k): v for k, v in gflops.items()}
+    if threads in gflops:
+        return gflops[threads], False
+    if 1 in gflops:
+        return gflops[1] * threads, True
+    return None, False
+
+
+def cpu_flags() -> list:
+    """The first CPU's vector-ISA flags from /proc/cpuinfo (sse4*, avx*, fma, f16c, amx*), sorted;
+    [] where there is no /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.partition(":")[2].split() for line in cpuinfo if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(f for f in flags if f.startswith(("sse4", "avx", "amx")) or f in ("fma", "f16c"))
+
+
+def machine_name(env: dict) -> str:
+    """A folder-name slug for environment()'s machine, as in benchmarks/results/<date>-<machine>:
+    the GPU's name on CUDA (as benchmarks/gpu_check.sh names it), else the CPU's vendor and brand
+    with its x86 family and model: "Intel(R) Xeon(R) Processor (family 6, model 207)" ->
+    "intel-xeon-6-207"."""
+    import re
+
+    if env.get("device") == "cuda" and env.get("gpu"):
+        return re.sub(r"[^a-z0-9]+", "-", env["gpu"].lower()).strip("-")
+    cpu = env.get("cpu") or platform.machine()
+    family = re.search(r"\(family (\d+), model (\d+)\)", cpu)
+    words = re.sub(r"\((r|tm)\)", " ", cpu.split(" (family")[0], flags=re.I).lower().split()
+    slug = "-".join(re.sub(r"[^a-z0-9]+", "-", w).strip("-") for w in words[:2]) or "cpu"
+    return slug + (f"-{family[1]}-{family[2]}" if family else "")
+
+
+def _rss_bytes() -> dict:
+    """VmRSS and VmHWM (peak resident set since the last reset) of this process, in bytes."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def peak_bytes(fn: Callable[[], Any], device) -> Optional[int]:
+    """Bytes fn() needed at its peak beyond what was allocated before the call, its results
+    included; None where this cannot be measured.
+
+    CUDA: torch.cuda.max_memory_allocated after reset_peak_memory_stats, less memory_allocated
+    before the call (the caching allocator's own count: every tensor, no cache).
+    CPU: the rise of the peak resident set (VmHWM, reset by writing 5 to /proc/self/clear_refs,
+    Linux >= 4.0) over the resident set before the call, after malloc_trim(0) has handed every
+    free malloc page (all arenas) back to the kernel, so that whatever fn allocates, reused or new,
+    is faulted in afresh and counted. It counts every allocation alike: tensors from torch's CPU
+    allocator and scratch buffers that kernels take with malloc/new/std::vector (our im2col
+    columns, oneDNN's scratchpads), which the profiler's memory events (torch's allocator only)
+    would miss. Page-granular (4 KB), and it includes what Python allocates meanwhile and where
+    the heap's layout puts a block, so figures under ~1 MB move by a few pages from run to run."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+        del result
+        return peak
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            trim(0)
+            clear_refs.write("5")  # VmHWM := VmRSS
+        before = _rss_bytes()["VmRSS"]
+    except (AttributeError, OSError, KeyError):
+        return None  # not glibc, not Linux, or clear_refs not writable
+    result = fn()
+    peak = _rss_bytes()["VmHWM"] - before
+    del result
+    return max(0, peak)
