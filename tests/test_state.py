@@ -44,7 +44,7 @@ def test_cli_checkpoint_round_trips_through_ours_and_stock(capsys, synthetic_mni
     code = train.main(["--data-dir", str(synthetic_mnist), "--epochs", "1", "--threads", "1",
                        "--checkpoint", str(checkpoint), "--no-download"])
     assert code == 0, capsys.readouterr().err
-    state = torch.load(checkpoint)
+    state = torch.load(checkpoint)["model"]  # the state_dict inside the training checkpoint
     ours, stock = LeNet(), StockLeNet()
     ours.load_state_dict(state)
     stock.load_state_dict(ours.state_dict())  # through ours, back out, into stock
