@@ -31,6 +31,8 @@
 #include "../conv2d.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "parallel.h"
+#include "simd.h"
 
 namespace lenet_ext {
 namespace cpu {
@@ -43,11 +45,6 @@ ConvShape conv_shape(const at::Tensor& input, const at::Tensor& weight,
           weight.size(0) / groups, output_shape[2], output_shape[3],
           weight.size(2),  weight.size(3),  stride[0],  stride[1],
           padding[0],      padding[1],      dilation[0], dilation[1]};
-}
-
-// Enough steps per task that a task is worth ~64k multiply-adds, as in gemm.h.
-int64_t grain_for(int64_t multiply_adds_per_step) {
-  return std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, multiply_adds_per_step));
 }
 
 // The output indices o in [first, last) whose input index o * stride + offset lies in [0, size).
@@ -130,7 +127,7 @@ void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
 // transposed once per image to [position][lane], and a tile of taps (two kernel rows) accumulates in
 // registers over the image's positions. A vector is gemm.h's: one 512-bit register.
 template <typename scalar_t>
-using Lanes = gemm_detail::Vec<scalar_t>;
+using Lanes = simd::Vec<scalar_t>;
 
 // dst[0, count) = src[0, count) for the short rows of the direct kernels: whole vectors, then
 // single elements. (std::copy becomes a memmove call per row, which costs more than the copy.)
@@ -244,7 +241,7 @@ void direct_forward(const scalar_t* input, const scalar_t* weight, const scalar_
     inits[g] = V::load(init);
   }
   const int64_t tiles_per_row = (s.out_w + kMaxRowTile - 1) / kMaxRowTile;
-  at::parallel_for(0, batch * groups, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * groups, grain(s.multiply_adds(), kConvTask), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t g = i % groups;
       const scalar_t* image = input + i * s.input_block();
@@ -325,7 +322,7 @@ template <typename scalar_t>
 void row_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                  scalar_t* output, int64_t first, int64_t batch, int64_t groups,
                  const ConvShape& s) {
-  at::parallel_for(first * groups, batch * groups, grain_for(s.multiply_adds()),
+  at::parallel_for(first * groups, batch * groups, grain(s.multiply_adds(), kConvTask),
                    [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t g = i % groups;
@@ -334,21 +331,6 @@ void row_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* 
                         s);
     }
   });
-}
-
-// The images are split into a fixed number of contiguous parts (it depends on the batch, never on
-// the thread count); each part sums its images in order into its own partial, and the partials are
-// added in part order, so grad_weight is bitwise the same however the parts are spread on threads.
-constexpr int64_t kWeightParts = 16;
-
-// out[k] = parts' partials[part * numel + k] added in part order, k < numel (zero for no parts);
-// out may be the first part.
-template <typename scalar_t>
-void sum_parts(const scalar_t* partials, int64_t parts, int64_t numel, scalar_t* out) {
-  if (parts == 0) std::fill_n(out, numel, scalar_t(0));
-  else if (out != partials) std::copy_n(partials, numel, out);
-  for (int64_t part = 1; part < parts; ++part)
-    for (int64_t k = 0; k < numel; ++k) out[k] += partials[part * numel + k];
 }
 
 // ---- Batch-lane path ------------------------------------------------------------------------------
@@ -365,13 +347,13 @@ void sum_parts(const scalar_t* partials, int64_t parts, int64_t numel, scalar_t*
 // dst[e][lane] = src[lane * stride + e] for e < count: kLanes images' blocks -> interleaved
 template <typename scalar_t>
 void to_lanes(const scalar_t* src, int64_t stride, int64_t count, scalar_t* dst) {
-  transpose(src, stride, dst, Lanes<scalar_t>::kLanes, Lanes<scalar_t>::kLanes, count);
+  simd::transpose(src, stride, dst, Lanes<scalar_t>::kLanes, Lanes<scalar_t>::kLanes, count);
 }
 
 // the inverse: dst[lane * stride + e] = src[e][lane]
 template <typename scalar_t>
 void from_lanes(const scalar_t* src, int64_t count, scalar_t* dst, int64_t stride) {
-  transpose(src, Lanes<scalar_t>::kLanes, dst, stride, count, Lanes<scalar_t>::kLanes);
+  simd::transpose(src, Lanes<scalar_t>::kLanes, dst, stride, count, Lanes<scalar_t>::kLanes);
 }
 
 // the most accumulators of a tile: 32 registers less the operands in flight
@@ -573,7 +555,7 @@ void sum_lanes(const scalar_t* sums, int64_t count, scalar_t* out) {
   for (; k0 + L <= count; k0 += L) {
     typename V::type vectors[L];
     for (int i = 0; i < L; ++i) vectors[i] = V::load(sums + (k0 + i) * L);
-    V::store(out + k0, gemm_detail::fold_all<scalar_t>(vectors));
+    V::store(out + k0, simd::fold_all<scalar_t>(vectors));
   }
   for (; k0 < count; ++k0) {
     scalar_t sum = 0;
@@ -583,7 +565,7 @@ void sum_lanes(const scalar_t* sums, int64_t count, scalar_t* out) {
 }
 
 // grad_input and/or grad_weight of the first batch / kLanes * kLanes images; returns how many
-// images that was. grad_weight's blocks are summed in at most kWeightParts contiguous parts (fixed
+// images that was. grad_weight's blocks are summed in BatchParts (parallel.h) (fixed
 // by the batch), each part's lanes folded at its end, and the parts added in order.
 template <typename scalar_t>
 int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
@@ -591,17 +573,17 @@ int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const
                        const ConvShape& s) {
   constexpr int L = Lanes<scalar_t>::kLanes;
   const int64_t blocks = batch / L;
-  const int64_t parts = std::min(blocks, kWeightParts);
+  const BatchParts parts(blocks);
   const int64_t weight_numel = groups * s.weight_block();
-  std::unique_ptr<scalar_t[]> partials(grad_weight ? new scalar_t[parts * weight_numel] : nullptr);
-  at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+  std::unique_ptr<scalar_t[]> partials(grad_weight ? new scalar_t[parts.count * weight_numel] : nullptr);
+  at::parallel_for(0, parts.count, 1, [&](int64_t begin, int64_t end) {
     // not zeroed: to_lanes and the grad_input rows write every element; the sums are zeroed per part
     const std::unique_ptr<scalar_t[]> grad(new scalar_t[s.output_block() * L]);
     const std::unique_ptr<scalar_t[]> lanes(new scalar_t[s.input_block() * L]);  // input, grad_input
     const std::unique_ptr<scalar_t[]> sums(grad_weight ? new scalar_t[weight_numel * L] : nullptr);
     for (int64_t part = begin; part < end; ++part) {
       if (grad_weight) std::fill(sums.get(), sums.get() + weight_numel * L, scalar_t(0));
-      for (int64_t block = part * blocks / parts; block < (part + 1) * blocks / parts; ++block)
+      for (int64_t block = parts.begin(part); block < parts.end(part); ++block)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = block * L * groups + g;  // lane 0's (image, group)
           to_lanes(grad_output + i * s.output_block(), groups * s.output_block(), s.output_block(),
@@ -620,7 +602,7 @@ int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const
       if (grad_weight) sum_lanes(sums.get(), weight_numel, partials.get() + part * weight_numel);
     }
   });
-  if (grad_weight) sum_parts(partials.get(), parts, weight_numel, grad_weight);
+  if (grad_weight) sum_parts(partials.get(), parts.count, weight_numel, grad_weight);
   return blocks * L;
 }
 
@@ -638,7 +620,7 @@ void conv2d_forward(const scalar_t* input, const scalar_t* weight, const scalar_
                            : 0;
   if (row_forward_fits<scalar_t>(s))
     return row_forward(input, weight, bias, output, done, batch, groups, s);
-  at::parallel_for(done * groups, batch * groups, grain_for(s.multiply_adds()), [&](int64_t begin,
+  at::parallel_for(done * groups, batch * groups, grain(s.multiply_adds(), kConvTask), [&](int64_t begin,
                                                                                    int64_t end) {
     std::vector<scalar_t> columns(s.taps() * s.positions());
     for (int64_t i = begin; i < end; ++i) {
@@ -723,7 +705,7 @@ void direct_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
               weight[g * s.weight_block() + (oc * s.channels + c) * s.kernel_h * s.kernel_w + k];
   // kernel_w - 1 zeros left of each row, and enough right of it that a vector never leaves it
   const int64_t row_stride = s.kernel_w - 1 + L;
-  at::parallel_for(0, batch * groups, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * groups, grain(s.multiply_adds(), kConvTask), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> grad_rows(s.out_channels * s.out_h * row_stride, scalar_t(0));
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* grad = grad_output + i * s.output_block();
@@ -752,10 +734,10 @@ void conv2d_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
   // weight^T per group, [taps, out_channels], so that the GEMM reads contiguous rows
   std::vector<scalar_t> weight_t(groups * s.weight_block());
   for (int64_t g = 0; g < groups; ++g)
-    transpose(weight + g * s.weight_block(), s.taps(), weight_t.data() + g * s.weight_block(),
+    simd::transpose(weight + g * s.weight_block(), s.taps(), weight_t.data() + g * s.weight_block(),
               s.out_channels, s.out_channels, s.taps());
   const int64_t steps = batch * groups;
-  at::parallel_for(0, steps, grain_for(s.multiply_adds()), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, steps, grain(s.multiply_adds(), kConvTask), [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> columns(s.taps() * s.positions());
     for (int64_t i = begin; i < end; ++i) {
       gemm(weight_t.data() + (i % groups) * s.weight_block(), grad_output + i * s.output_block(),
@@ -796,18 +778,17 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
                         int64_t batch, int64_t groups, const ConvShape& s) {
   constexpr int L = Lanes<scalar_t>::kLanes;
   const int64_t lanes_block = s.taps() * L;  // one group's [taps][lanes]
-  const int64_t parts = std::min(batch, kWeightParts);
+  const BatchParts parts(batch);
   // at least one part: an empty batch's gradient is its zeros
-  std::vector<scalar_t> partials(std::max<int64_t>(parts, 1) * groups * lanes_block, scalar_t(0));
-  const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
-  const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
-  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+  std::vector<scalar_t> partials(std::max<int64_t>(parts.count, 1) * groups * lanes_block, scalar_t(0));
+  const int64_t part_grain = grain(parts.most_items() * groups * s.multiply_adds(), kConvTask);
+  at::parallel_for(0, parts.count, part_grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> grad_lanes(s.positions() * L, scalar_t(0));  // lanes >= out_channels stay 0
     for (int64_t part = begin; part < end; ++part)
-      for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
+      for (int64_t n = parts.begin(part); n < parts.end(part); ++n)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = n * groups + g;
-          transpose(grad_output + i * s.output_block(), s.positions(), grad_lanes.data(), L,
+          simd::transpose(grad_output + i * s.output_block(), s.positions(), grad_lanes.data(), L,
                     s.out_channels, s.positions());
           scalar_t* partial = partials.data() + (part * groups + g) * lanes_block;
           for (int64_t c = 0; c < s.channels; ++c)
@@ -825,9 +806,9 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
   });
   // Parts summed into the first, then [taps][lanes] -> [out_channels][taps] by blocks in registers
   // (a scalar gather here costs 4-5 µs, more than conv2's FMAs at batch 1).
-  sum_parts(partials.data(), parts, groups * lanes_block, partials.data());
+  sum_parts(partials.data(), parts.count, groups * lanes_block, partials.data());
   for (int64_t g = 0; g < groups; ++g)
-    transpose(partials.data() + g * lanes_block, L, grad_weight + g * s.weight_block(), s.taps(),
+    simd::transpose(partials.data() + g * lanes_block, L, grad_weight + g * s.weight_block(), s.taps(),
               s.taps(), s.out_channels);
 }
 
@@ -890,18 +871,17 @@ void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_
                      int64_t batch, int64_t groups, const ConvShape& s) {
   constexpr int L = Lanes<scalar_t>::kLanes;
   const int64_t sums_block = s.weight_block() * L;  // one group's [out_channels][taps][lanes]
-  const int64_t parts = std::min(batch, kWeightParts);
+  const BatchParts parts(batch);
   // at least one part: an empty batch's gradient is its zeros
-  std::vector<scalar_t> partials(std::max<int64_t>(parts, 1) * groups * sums_block, scalar_t(0));
-  const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
-  const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
+  std::vector<scalar_t> partials(std::max<int64_t>(parts.count, 1) * groups * sums_block, scalar_t(0));
+  const int64_t part_grain = grain(parts.most_items() * groups * s.multiply_adds(), kConvTask);
   const int64_t row_stride = kDirectKernelW - 1 + 2 * L;
-  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, parts.count, part_grain, [&](int64_t begin, int64_t end) {
     // zero-padded copies; the padding is written once and stays zero
     std::vector<scalar_t> grad_rows(s.out_channels * s.out_h * 2 * L, scalar_t(0));
     std::vector<scalar_t> image_rows(s.channels * s.in_h * row_stride, scalar_t(0));
     for (int64_t part = begin; part < end; ++part)
-      for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
+      for (int64_t n = parts.begin(part); n < parts.end(part); ++n)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = n * groups + g;
           const scalar_t* grad = grad_output + i * s.output_block();
@@ -930,7 +910,7 @@ void row_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_
   // Each weight (g, oc, tap), in grad_weight's order, is its vector summed over the parts, then
   // folded across lanes kLanes weights at a time (a scalar sum of 16 lanes a weight costs ~2.5 µs,
   // a fifth of conv1's grad_weight at batch 1).
-  sum_parts(partials.data(), parts, groups * sums_block, partials.data());
+  sum_parts(partials.data(), parts.count, groups * sums_block, partials.data());
   sum_lanes(partials.data(), groups * s.weight_block(), grad_weight);
 }
 
@@ -942,14 +922,13 @@ void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
   if (direct_grad_weight_fits<scalar_t>(s))
     return direct_grad_weight(grad_output, input, grad_weight, batch, groups, s);
   const int64_t weight_numel = groups * s.weight_block();
-  const int64_t parts = std::min(batch, kWeightParts);
-  std::vector<scalar_t> partials(parts * weight_numel, scalar_t(0));
-  const int64_t images_per_part = parts == 0 ? 0 : (batch + parts - 1) / parts;
-  const int64_t grain = grain_for(images_per_part * groups * s.multiply_adds());
-  at::parallel_for(0, parts, grain, [&](int64_t begin, int64_t end) {
+  const BatchParts parts(batch);
+  std::vector<scalar_t> partials(parts.count * weight_numel, scalar_t(0));
+  const int64_t part_grain = grain(parts.most_items() * groups * s.multiply_adds(), kConvTask);
+  at::parallel_for(0, parts.count, part_grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> columns_t(s.positions() * s.taps()), product(s.weight_block());
     for (int64_t part = begin; part < end; ++part) {
-      for (int64_t n = part * batch / parts; n < (part + 1) * batch / parts; ++n)
+      for (int64_t n = parts.begin(part); n < parts.end(part); ++n)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = n * groups + g;
           im2col(input + i * s.input_block(), columns_t.data(), s, /*transposed=*/true);
@@ -961,7 +940,7 @@ void conv2d_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
         }
     }
   });
-  sum_parts(partials.data(), parts, weight_numel, grad_weight);
+  sum_parts(partials.data(), parts.count, weight_numel, grad_weight);
 }
 
 // Per channel, over images in order; within a plane kLanes interleaved running sums (fixed, so
@@ -972,10 +951,10 @@ template <typename scalar_t>
 void conv2d_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, int64_t batch,
                       int64_t channels, int64_t positions) {
   constexpr int64_t kLanes = 16;
-  typedef scalar_t Sums __attribute__((vector_size(kLanes * sizeof(scalar_t))));
+  using Sums = typename simd::Vec<scalar_t, kLanes>::type;
   // a grain by work: a grain of one channel would fork a thread even at batch 1 (100 additions a
   // channel for conv2)
-  at::parallel_for(0, channels, grain_for(batch * positions), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, channels, grain(batch * positions, kConvTask), [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       Sums lanes = {};
       for (int64_t n = 0; n < batch; ++n) {

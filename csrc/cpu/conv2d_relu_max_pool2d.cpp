@@ -24,20 +24,12 @@
 
 #include "../backward.h"
 #include "../conv2d_relu_max_pool2d.h"
+#include "../shapes.h"
+#include "parallel.h"
+#include "simd.h"
 
 namespace lenet_ext {
 namespace cpu {
-namespace {
-
-constexpr int64_t kGrain = 1 << 14;  // conv-output elements per task
-
-// Offsets of the value's width, so that one compare mask selects value and offset and the loop
-// vectorises (as in max_pool2d.cpp).
-template <typename scalar_t>
-using offset_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
-
-}  // namespace
-
 namespace {
 
 // L outputs of a row at a time as GCC vectors (AVX with -march=native, SSE without): each input
@@ -46,20 +38,13 @@ namespace {
 // to branches, mispredicted on random signs: ~5 ns an input cell).
 template <typename scalar_t, typename index_t, int L>
 struct Group {
-  using offset = offset_t<scalar_t>;
-  typedef scalar_t Values __attribute__((vector_size(L * sizeof(scalar_t))));
-  // of the values' width, so that a compare's mask selects offsets too
-  typedef offset Offsets __attribute__((vector_size(L * sizeof(offset))));
-  // (int64_t spelled as a dependent type: GCC drops vector_size from a non-dependent one here)
-  using int64 = std::enable_if_t<sizeof(scalar_t) != 0, int64_t>;
-  typedef int64 Indices __attribute__((vector_size(L * sizeof(int64_t))));
-  typedef index_t Codes __attribute__((vector_size(L * sizeof(index_t))));  // uint8_t index_t
+  using offset = simd::offset_t<scalar_t>;  // a compare's mask of the values selects offsets too
+  using Values = typename simd::Vec<scalar_t, L>::type;
+  using Offsets = typename simd::Vec<offset, L>::type;
+  using Indices = typename simd::Vec<int64_t, L>::type;
+  using Codes = typename simd::Vec<index_t, L>::type;  // uint8_t index_t
 
-  static Values load(const scalar_t* p) {
-    Values v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
+  static Values load(const scalar_t* p) { return simd::Vec<scalar_t, L>::load(p); }
   template <int... I>
   static Values columns(Values a, Values b, std::integer_sequence<int, I...>, int first) {
     return Values{(I < L / 2 ? a[2 * I + first] : b[2 * I - L + first])...};
@@ -72,17 +57,16 @@ struct Group {
   static void pool(const scalar_t* upper, const scalar_t* lower, int64_t conv_w, int64_t corner,
                    scalar_t* out, index_t* idx) {
     constexpr bool kCodes = !std::is_same_v<index_t, int64_t>;
-    const Values zero = {};
     // a window code is dy * 2 + dx; an index, the cell's offset in the plane
     const offset cell_offsets[4] = {0, 1, static_cast<offset>(kCodes ? 2 : conv_w),
                                     static_cast<offset>(kCodes ? 3 : conv_w + 1)};
     const Values u0 = load(upper), u1 = load(upper + L), l0 = load(lower), l1 = load(lower + L);
     Values cells[4] = {left(u0, u1), right(u0, u1), left(l0, l1), right(l0, l1)};
-    for (Values& c : cells) c = c < zero ? zero : c;  // ReLU; NaN passes
+    for (Values& c : cells) c = relu(c);
     Values best = cells[0];
     Offsets offset = {};
     for (int k = 1; k < 4; ++k) {
-      const auto take = (cells[k] > best) | (cells[k] != cells[k]);  // greater, or NaN
+      const auto take = takes_over(cells[k], best);
       best = take ? cells[k] : best;
       offset = take ? Offsets{} + cell_offsets[k] : offset;
     }
@@ -134,8 +118,7 @@ void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, index_t* indices, 
                       int64_t conv_h, int64_t conv_w) {
   const int64_t out_h = conv_h / 2, out_w = conv_w / 2;
   const int64_t conv_plane = conv_h * conv_w;
-  at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, conv_plane)),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, planes, grain(conv_plane, kPoolTask), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p)
       for (int64_t oh = 0; oh < out_h; ++oh) {
         const int64_t at = (p * out_h + oh) * out_w;
@@ -175,8 +158,7 @@ bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* outp
   const int64_t conv_plane = conv_h * conv_w, out_plane = out_h * out_w;
   std::atomic<bool> ok{true};
   std::atomic<int64_t> bad{0};
-  at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, conv_plane)),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, planes, grain(conv_plane, kPoolTask), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       scalar_t* plane_grad = grad_conv + p * conv_plane;
       const scalar_t* grad = grad_output + p * out_plane;

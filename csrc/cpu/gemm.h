@@ -10,11 +10,10 @@
 //   forward: input times weight as stored). No transpose, no packing: a tile of ROWS x COLS dot
 //   products accumulates kLanes-wide partial sums along k, and one butterfly folds the kLanes
 //   accumulators into one vector of kLanes results. ROWS = 1 is the GEMV of batch 1.
-// GCC vector extensions (not intrinsics) keep both portable: AVX-512 with -march=native, SSE without.
+// simd.h's vectors (GCC vector extensions) keep both portable: AVX-512 native, SSE without.
 // Each C element is summed in an order fixed by the shapes alone, by one thread, so results are
 // bitwise the same for any thread count.
 #pragma once
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -24,34 +23,13 @@
 #include <type_traits>
 #include <vector>
 
-namespace lenet_ext {
+#include "parallel.h"
+#include "simd.h"
+
+namespace lenet_ext::cpu {
 namespace gemm_detail {
 
-template <typename scalar_t>
-struct Vec {
-  static constexpr int kLanes = 64 / sizeof(scalar_t);  // one 512-bit register
-  typedef scalar_t type __attribute__((vector_size(64)));
-  using index_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
-  typedef index_t index_type __attribute__((vector_size(64)));
-  static type load(const scalar_t* p) {
-    type v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  static void store(scalar_t* p, const type& v) { std::memcpy(p, &v, sizeof(v)); }
-  static index_type lane_index() {
-    index_type index;
-    for (int lane = 0; lane < kLanes; ++lane) index[lane] = lane;
-    return index;
-  }
-};
-
-// ~1M multiply-adds per task. On two cores (an FMA unit each), a split product of LeNet's batch 64
-// runs no faster than one thread, while from ~2M multiply-adds on the split wins (~1.5x for fc1
-// and fc2 at batch 256).
-inline int64_t grain_for(int64_t multiply_adds_per_item) {
-  return std::max<int64_t>(1, (int64_t(1) << 20) / std::max<int64_t>(1, multiply_adds_per_item));
-}
+using simd::Vec;
 
 // ---- gemm --------------------------------------------------------------------------------------
 
@@ -140,7 +118,7 @@ void gemm_panels(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* 
                  int64_t panel_step, int64_t ldb, const scalar_t* tail_b, const scalar_t* bias,
                  scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size, int64_t n_size) {
   const int64_t row_blocks = (m_size + kRows - 1) / kRows;
-  at::parallel_for(0, row_blocks, grain_for(kRows * k_size * n_size), [&](int64_t begin,
+  at::parallel_for(0, row_blocks, grain(kRows * k_size * n_size, kGemmTask), [&](int64_t begin,
                                                                           int64_t end) {
     const int64_t m0 = begin * kRows;
     gemm_rows(a + m0 * a_row, a_row, a_k, b, panel_step, ldb, tail_b, bias, c + m0 * ldc, ldc,
@@ -155,7 +133,7 @@ template <typename scalar_t>
 void gemm(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int64_t ldb,
           const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size,
           int64_t n_size) {
-  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  constexpr int64_t kCols = 2 * simd::Vec<scalar_t>::kLanes;
   const int64_t tail = n_size % kCols, tail_n0 = n_size - tail;
   std::vector<scalar_t> tail_b(tail ? k_size * kCols : 0);
   for (int64_t k = 0; tail && k < k_size; ++k)
@@ -167,7 +145,7 @@ void gemm(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int6
 // Size of pack_transposed's result: ceil(n_size / kCols) panels of k_size x kCols.
 template <typename scalar_t>
 int64_t packed_size(int64_t k_size, int64_t n_size) {
-  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  constexpr int64_t kCols = 2 * simd::Vec<scalar_t>::kLanes;
   return (n_size + kCols - 1) / kCols * kCols * k_size;
 }
 
@@ -181,43 +159,6 @@ void gemm(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* 
 // ---- gemm_nt -----------------------------------------------------------------------------------
 
 namespace gemm_detail {
-
-// Folds kLanes vectors into one: result[i] = sum of the lanes of acc[i]. Each level adds the two
-// halves of every item's lanes, packing two vectors' items into one (x's items, then y's), so
-// after log2(kLanes) levels the items sit in order, one lane each.
-template <typename scalar_t, int HALF>
-inline typename Vec<scalar_t>::type fold(const typename Vec<scalar_t>::type& x,
-                                         const typename Vec<scalar_t>::type& y) {
-  using V = Vec<scalar_t>;
-  constexpr int L = V::kLanes, items = L / (2 * HALF);  // items in x (and in y)
-  typename V::index_type low;
-  for (int lane = 0; lane < L; ++lane) {
-    const int item = lane / HALF, offset = lane % HALF;
-    low[lane] = item < items ? item * 2 * HALF + offset : L + (item - items) * 2 * HALF + offset;
-  }
-  return __builtin_shuffle(x, y, low) + __builtin_shuffle(x, y, low + HALF);
-}
-
-template <typename scalar_t, int HALF = Vec<scalar_t>::kLanes / 2>
-inline typename Vec<scalar_t>::type fold_all(typename Vec<scalar_t>::type* acc) {
-  for (int i = 0; i < HALF; ++i)  // 2 * HALF vectors in, HALF out
-    acc[i] = fold<scalar_t, HALF>(acc[2 * i], acc[2 * i + 1]);
-  if constexpr (HALF == 1) {
-    return acc[0];
-  } else {
-    return fold_all<scalar_t, HALF / 2>(acc);
-  }
-}
-
-// Keeps a loaded vector in a register: left alone, GCC folds the load into each of the ROWS (or
-// COLS) multiply-adds that use it, and the extra loads, not the FMAs, bound the loop.
-template <typename vector_t>
-inline vector_t pin(vector_t v) {
-#if defined(__x86_64__) && defined(__AVX512F__)
-  __asm__("" : "+v"(v));
-#endif
-  return v;
-}
 
 // ROWS x COLS dot products (ROWS * COLS = kLanes) of rows of A and rows of B over k_size >= kLanes
 // elements, kLanes at a time; the last, partial step re-reads the final kLanes elements and masks
@@ -240,7 +181,7 @@ inline void dot_tile(const scalar_t* a, const scalar_t* b, const scalar_t* bias,
     const typename V::index_type counted =
         V::lane_index() < static_cast<typename V::index_t>(k - start);
     const auto load = [&](const scalar_t* row) {
-      return pin(counted ? typename V::type{} : V::load(row + start));
+      return simd::pin(counted ? typename V::type{} : V::load(row + start));
     };
     typename V::type a_k[ROWS];
     for (int r = 0; r < ROWS; ++r) a_k[r] = load(a_row[r]);
@@ -249,7 +190,7 @@ inline void dot_tile(const scalar_t* a, const scalar_t* b, const scalar_t* bias,
       for (int r = 0; r < ROWS; ++r) acc[r * COLS + j] += a_k[r] * b_k;
     }
   }
-  typename V::type sums = fold_all<scalar_t>(acc);
+  typename V::type sums = simd::fold_all<scalar_t>(acc);
   if (bias) {
     typename V::type bias_lanes;
     for (int lane = 0; lane < L; ++lane)
@@ -278,7 +219,7 @@ void gemm_nt(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_
   const int64_t full_rows = m_size / kRows * kRows;
   const int64_t tiles_n = (n_size + kCols - 1) / kCols, gemv_n = (n_size + L - 1) / L;
   const int64_t tasks = full_rows / kRows * tiles_n + (m_size - full_rows) * gemv_n;
-  at::parallel_for(0, tasks, grain_for(L * k_size), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks, grain(L * k_size, kGemmTask), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       if (task < full_rows / kRows * tiles_n) {
         const int64_t m0 = task / tiles_n * kRows, n0 = task % tiles_n * kCols;
@@ -295,55 +236,11 @@ void gemm_nt(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_
   });
 }
 
-namespace gemm_detail {
-
-// Transposes a kLanes x kLanes block held in kLanes vectors: at each level, rows i and i + HALF
-// swap their off-diagonal HALF x HALF sub-blocks.
-template <typename scalar_t, int HALF = Vec<scalar_t>::kLanes / 2>
-inline void transpose_block(typename Vec<scalar_t>::type* rows) {
-  using V = Vec<scalar_t>;
-  constexpr int L = V::kLanes;
-  typename V::index_type keep_low, keep_high;  // (row i, row i + HALF) -> new row i / i + HALF
-  for (int lane = 0; lane < L; ++lane) {
-    keep_low[lane] = lane & HALF ? L + lane - HALF : lane;
-    keep_high[lane] = lane & HALF ? L + lane : lane + HALF;
-  }
-  for (int i = 0; i < L; ++i) {
-    if (i & HALF) continue;
-    const typename V::type low = rows[i], high = rows[i + HALF];
-    rows[i] = __builtin_shuffle(low, high, keep_low);
-    rows[i + HALF] = __builtin_shuffle(low, high, keep_high);
-  }
-  if constexpr (HALF > 1) transpose_block<scalar_t, HALF / 2>(rows);
-}
-
-}  // namespace gemm_detail
-
-// out[j * ld_out + i] = in[i * ld_in + j] for i < rows, j < cols (out = in^T, row strides ld_in
-// and ld_out), kLanes x kLanes blocks in registers, scalar at the edges.
-template <typename scalar_t>
-void transpose(const scalar_t* in, int64_t ld_in, scalar_t* out, int64_t ld_out, int64_t rows,
-               int64_t cols) {
-  using V = gemm_detail::Vec<scalar_t>;
-  constexpr int L = V::kLanes;
-  const int64_t full_rows = rows / L * L, full_cols = cols / L * L;
-  for (int64_t i = 0; i < full_rows; i += L)
-    for (int64_t j = 0; j < full_cols; j += L) {
-      typename V::type block[L];
-      for (int r = 0; r < L; ++r) block[r] = V::load(in + (i + r) * ld_in + j);
-      gemm_detail::transpose_block<scalar_t>(block);
-      for (int r = 0; r < L; ++r) V::store(out + (j + r) * ld_out + i, block[r]);
-    }
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = i < full_rows ? full_cols : 0; j < cols; ++j)
-      out[j * ld_out + i] = in[i * ld_in + j];
-}
-
 // B = W^T for W [n_size, k_size] as gemm_panels' panels: panels[p][k][j] = W[p * kCols + j][k],
 // zero past n_size. Transposing and padding in one pass, kLanes x kLanes blocks in registers.
 template <typename scalar_t>
 void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_t k_size) {
-  using V = gemm_detail::Vec<scalar_t>;
+  using V = simd::Vec<scalar_t>;
   constexpr int64_t L = V::kLanes, kCols = 2 * L;
   const int64_t full_k = k_size / L * L;
   for (int64_t n0 = 0; n0 < n_size; n0 += L) {  // L rows of W -> L columns of one panel
@@ -353,7 +250,7 @@ void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_
       typename V::type block[L];
       for (int r = 0; r < L; ++r)
         block[r] = r < rows ? V::load(w + (n0 + r) * k_size + k0) : typename V::type{};
-      gemm_detail::transpose_block<scalar_t>(block);
+      simd::transpose_block<scalar_t>(block);
       for (int r = 0; r < L; ++r) V::store(out + (k0 + r) * kCols, block[r]);
     }
     for (int64_t k = full_k; k < k_size; ++k)
@@ -375,17 +272,14 @@ template <typename scalar_t>
 void gemm_nt_packed(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
                     int64_t m_size, int64_t k_size, int64_t n_size) {
   using gemm_detail::kRows;
-  constexpr int64_t kCols = 2 * gemm_detail::Vec<scalar_t>::kLanes;
+  constexpr int64_t kCols = 2 * simd::Vec<scalar_t>::kLanes;
   const int64_t panels = (n_size + kCols - 1) / kCols, row_blocks = (m_size + kRows - 1) / kRows;
   if (panels == 0 || row_blocks == 0) return;
   const int64_t threads = at::get_num_threads();
   const int64_t chunks = std::min(row_blocks, threads / std::gcd(panels, threads));
   const int64_t chunk_rows = (row_blocks + chunks - 1) / chunks * kRows;
-  // 256K multiply-adds a task, not gemm's 1M: with no pack ahead of the products, the split of
-  // fc2 at batch 64 (6 tasks of 138K) gains from the second thread
   const int64_t task_work = chunk_rows * std::max<int64_t>(1, k_size) * kCols;  // multiply-adds
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / task_work);
-  at::parallel_for(0, panels * chunks, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, panels * chunks, grain(task_work, kPackedGemmTask), [&](int64_t begin, int64_t end) {
     const int64_t first = begin / chunks, n0 = first * kCols;
     const int64_t n1 = std::min(n_size, ((end - 1) / chunks + 1) * kCols);
     // not zeroed: pack_transposed writes it all
@@ -403,4 +297,4 @@ void gemm_nt_packed(const scalar_t* a, const scalar_t* b, const scalar_t* bias, 
   });
 }
 
-}  // namespace lenet_ext
+}  // namespace lenet_ext::cpu

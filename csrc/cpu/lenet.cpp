@@ -26,6 +26,7 @@
 #include "../checks.h"
 #include "../conv2d_relu_max_pool2d.h"
 #include "kernels.h"
+#include "parallel.h"
 
 namespace lenet_ext {
 namespace cpu {
@@ -55,20 +56,6 @@ int64_t chunk_count(int64_t batch) { return (batch + kChunk - 1) / kChunk; }
 template <typename scalar_t>
 std::unique_ptr<scalar_t[]> scratch(int64_t images, int64_t per_image, int64_t batch) {
   return std::unique_ptr<scalar_t[]>(new scalar_t[std::min(images, batch) * per_image]);
-}
-
-template <typename scalar_t>
-void relu_in_place(scalar_t* x, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) x[i] = x[i] < scalar_t(0) ? scalar_t(0) : x[i];
-}
-
-// grad = 0 where the ReLU's result is <= 0 (a NaN result passes, as torch's relu backward)
-template <typename scalar_t>
-void relu_mask_in_place(scalar_t* grad, const scalar_t* result, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    const scalar_t g = grad[i], y = result[i];  // both loads unconditional: the loop vectorises
-    grad[i] = y <= scalar_t(0) ? scalar_t(0) : g;
-  }
 }
 
 // What the forward saves for the backward, [batch, ...] each: written by the forward
@@ -103,9 +90,9 @@ void lenet_forward(const scalar_t* input, const std::array<const scalar_t*, kPar
     }
   });
   linear_forward(a.pool2, p[kFc1W], p[kFc1B], a.fc1_relu, batch, kPool2, kFc1);
-  relu_in_place(a.fc1_relu, batch * kFc1);
+  relu_forward(a.fc1_relu, a.fc1_relu, batch * kFc1);
   linear_forward(a.fc1_relu, p[kFc2W], p[kFc2B], a.fc2_relu, batch, kFc1, kFc2);
-  relu_in_place(a.fc2_relu, batch * kFc2);
+  relu_forward(a.fc2_relu, a.fc2_relu, batch * kFc2);
   linear_forward(a.fc2_relu, p[kFc3W], p[kFc3B], logits, batch, kFc2, kClasses);
 }
 
@@ -128,12 +115,12 @@ bool lenet_backward(const scalar_t* grad_logits, const scalar_t* input,
   linear_backward(grad_logits, a.fc2_relu, p[kFc3W], below(1 + kFc3W) ? grad_fc2_relu.get() : nullptr,
                   grads[1 + kFc3W], grads[1 + kFc3B], batch, kFc2, kClasses);
   if (!below(1 + kFc3W)) return true;
-  relu_mask_in_place(grad_fc2_relu.get(), a.fc2_relu, batch * kFc2);
+  relu_backward(grad_fc2_relu.get(), a.fc2_relu, grad_fc2_relu.get(), batch * kFc2);
   linear_backward(grad_fc2_relu.get(), a.fc1_relu, p[kFc2W],
                   below(1 + kFc2W) ? grad_fc1_relu.get() : nullptr, grads[1 + kFc2W],
                   grads[1 + kFc2B], batch, kFc1, kFc2);
   if (!below(1 + kFc2W)) return true;
-  relu_mask_in_place(grad_fc1_relu.get(), a.fc1_relu, batch * kFc1);
+  relu_backward(grad_fc1_relu.get(), a.fc1_relu, grad_fc1_relu.get(), batch * kFc1);
   linear_backward(grad_fc1_relu.get(), a.pool2, p[kFc1W],
                   below(1 + kFc1W) ? grad_pool2.get() : nullptr, grads[1 + kFc1W],
                   grads[1 + kFc1B], batch, kPool2, kFc1);
@@ -189,14 +176,9 @@ bool lenet_backward(const scalar_t* grad_logits, const scalar_t* input,
   });
   *bad_index = bad.load();
   if (!ok.load()) return false;
-  for (int64_t i = 0; i < 4; ++i) {
-    scalar_t* sum = grads[1 + conv_params[i]];
-    if (sum == nullptr) continue;
-    const int64_t numel = partials[i].size() / chunks;
-    std::copy(partial(i, 0), partial(i, 0) + numel, sum);
-    for (int64_t chunk = 1; chunk < chunks; ++chunk)
-      for (int64_t k = 0; k < numel; ++k) sum[k] += partial(i, chunk)[k];
-  }
+  for (int64_t i = 0; i < 4; ++i)
+    if (grads[1 + conv_params[i]])
+      sum_parts(partials[i].data(), chunks, partials[i].size() / chunks, grads[1 + conv_params[i]]);
   return true;
 }
 

@@ -47,7 +47,7 @@ inline void axpy(scalar_t a, const scalar_t* __restrict x, scalar_t* __restrict 
 template <typename scalar_t>
 void linear_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t rows, int64_t in_features, int64_t out_features) {
-  constexpr int64_t lanes = gemm_detail::Vec<scalar_t>::kLanes;
+  constexpr int64_t lanes = simd::Vec<scalar_t>::kLanes;
   if (in_features >= lanes && !forward_transposes(rows, in_features, out_features, lanes))
     gemm_nt(input, weight, bias, output, rows, in_features, out_features);
   else

@@ -23,11 +23,13 @@
 #include <vector>
 
 #include "../max_pool2d.h"
+#include "parallel.h"
+#include "simd.h"
 
-namespace lenet_ext {
+namespace lenet_ext::cpu {
 namespace {
 
-constexpr int64_t kGrain = 1 << 14;  // input elements per task: below this a thread costs more than it saves
+using simd::offset_t;
 
 // The pooling arithmetic of one spatial dimension.
 struct PoolAxis {
@@ -35,9 +37,7 @@ struct PoolAxis {
 
   int64_t start(int64_t o) const { return o * stride - padding; }
   // taps [first_tap, end_tap) of window o fall inside the input
-  int64_t first_tap(int64_t o) const {
-    return start(o) < 0 ? (-start(o) + dilation - 1) / dilation : 0;
-  }
+  int64_t first_tap(int64_t o) const { return first_tap_inside(start(o), dilation); }
   int64_t end_tap(int64_t o) const {
     return std::min(kernel, (input - start(o) + dilation - 1) / dilation);
   }
@@ -50,16 +50,8 @@ struct PoolAxis {
   }
 };
 
-template <typename scalar_t>
-inline bool takes_over(scalar_t value, scalar_t best) {
-  return (value > best) | (value != value);  // NaN != NaN; `|` keeps it branch-free
-}
-
-// Offset of a cell from its window's top-left cell. Of the value's width, so that one compare mask
-// selects both value and offset and GCC vectorises the loop (for double that takes SSE4.1: the
-// portable SSE2 build leaves float64 scalar, and float32 is what LeNet runs).
-template <typename scalar_t>
-using offset_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
+// Offsets of a cell from its window's top-left cell are simd::offset_t, of the value's width (for
+// double the select takes SSE4.1: the portable SSE2 build leaves float64 scalar).
 
 // One tap of the window (at `offset`) across `count` output columns whose windows lie inside the
 // input. A compile-time stride lets the loads vectorise; 0 means `stride`, known at run time.
@@ -155,42 +147,23 @@ void max_pool_row_2x2(const scalar_t* in, scalar_t* out, int64_t* idx, int64_t o
   }
 }
 
-// A GCC vector of kLanes T (in a template of its own: GCC drops vector_size from a typedef of a
-// non-dependent type in a class template).
-template <typename T, int kLanes>
-struct Vector {
-  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
-};
-
 // kLanes 2x2 windows side by side as GCC vectors: AVX-512, AVX2 or SSE, whatever -march allows.
 // Two input rows are loaded and split into even and odd columns by shuffles; the compare masks of
 // the values (int32 lanes for float, int64 for double) select the window offsets too.
 template <typename scalar_t, int kLanes>
 struct Windows {
-  using values = typename Vector<scalar_t, kLanes>::type;
-  using offsets = typename Vector<offset_t<scalar_t>, kLanes>::type;
-  using indices = typename Vector<int64_t, kLanes>::type;
+  using Values = simd::Vec<scalar_t, kLanes>;
+  using Offsets = simd::Vec<offset_t<scalar_t>, kLanes>;
+  using Indices = simd::Vec<int64_t, kLanes>;
+  using values = typename Values::type;
+  using offsets = typename Offsets::type;
+  using indices = typename Indices::type;
 
-  template <typename Vector, typename T>
-  static Vector load(const T* p) {
-    Vector v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
-  template <typename Vector, typename T>
-  static void store(T* p, const Vector& v) { std::memcpy(p, &v, sizeof(v)); }
-  // lane i holds first + step * i
-  template <typename Vector>
-  static Vector ramp(int64_t first, int64_t step) {
-    Vector v;
-    for (int i = 0; i < kLanes; ++i) v[i] = first + step * i;
-    return v;
-  }
   // even and odd cells of the 2 * kLanes cells at p
   static void split(const scalar_t* p, values& even, values& odd) {
-    const values low = load<values>(p), high = load<values>(p + kLanes);
-    even = __builtin_shuffle(low, high, ramp<offsets>(0, 2));
-    odd = __builtin_shuffle(low, high, ramp<offsets>(1, 2));
+    const values low = Values::load(p), high = Values::load(p + kLanes);
+    even = __builtin_shuffle(low, high, Offsets::ramp(0, 2));
+    odd = __builtin_shuffle(low, high, Offsets::ramp(1, 2));
   }
   // Windows of output columns [ow, ow + kLanes) of output row oh, scanned as torch does.
   static void pool(const scalar_t* plane, scalar_t* out, int64_t* idx, int64_t oh, int64_t ow,
@@ -201,15 +174,15 @@ struct Windows {
     split(plane + corner + width, bottom_left, bottom_right);
     offsets offset = {};
     auto take = [&](const values& candidate, int64_t candidate_offset) {
-      const offsets wins = (candidate > best) | (candidate != candidate);  // NaN != NaN
+      const offsets wins = takes_over(candidate, best);
       best = wins ? candidate : best;
       offset = wins ? offsets{} + offset_t<scalar_t>(candidate_offset) : offset;
     };
     take(value, 1);
     take(bottom_left, width);
     take(bottom_right, width + 1);
-    store(out + ow, best);
-    store(idx + ow, corner + ramp<indices>(0, 2) + __builtin_convertvector(offset, indices));
+    Values::store(out + ow, best);
+    Indices::store(idx + ow, corner + Indices::ramp(0, 2) + __builtin_convertvector(offset, indices));
   }
 };
 
@@ -273,7 +246,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
     scalar_t* out = output.mutable_data_ptr<scalar_t>();
     int64_t* idx = indices.mutable_data_ptr<int64_t>();
     const int lanes = lenet_2x2 ? block_lanes<scalar_t>(cols.output) : 0;
-    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / in_plane), [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, planes, grain(in_plane, kPoolTask), [&](int64_t begin, int64_t end) {
       if (lanes) {
         with_lanes<scalar_t>(lanes, [&]<int kLanes>() {
           for (int64_t plane = begin; plane < end; ++plane) {
@@ -337,8 +310,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
     const scalar_t* g = grad->const_data_ptr<scalar_t>();
     const int64_t* where = idx->const_data_ptr<int64_t>();
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, in_plane)),
-                     [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, planes, grain(in_plane, kPoolTask), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         int64_t bad;
         if (!scatter_plane(g + plane * out_plane, where + plane * out_plane, out_plane,
@@ -364,4 +336,4 @@ TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
 }
 #endif
 
-}  // namespace lenet_ext
+}  // namespace lenet_ext::cpu
