@@ -1,5 +1,6 @@
 // The schemas of every lenet_ext op, in one block, and the stub Python module that loads them.
-// Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/ (registered by csrc/cuda/registration.cpp);
+// Kernels live in csrc/cpu/<op>.cpp or csrc/cpu/<op>/ and csrc/cuda/ (registered by
+// csrc/cpu/registration.cpp and csrc/cuda/registration.cpp; csrc/README.md is the map);
 // autograd in csrc/autograd.cpp; fake kernels are registered from Python (lenet_ext/ops.py).
 #include <Python.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
@@ -40,6 +41,17 @@ TORCH_LIBRARY(lenet_ext, m) {
         " int[2] dilation, int groups) -> Tensor");
   m.def("conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride,"
         " int[2] padding, int[2] dilation, int groups, bool[3] output_mask)"
+        " -> (Tensor, Tensor, Tensor)");
+
+  // Internal (tests): the algorithm csrc/cpu/conv2d/select.cpp picks for a step ("forward",
+  // "grad_input", "grad_weight"), and conv2d with one algorithm forced ("reference", "im2col",
+  // "direct", "rows", "lanes"; a shape it does not claim raises). CPU only.
+  m.def("_conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[2] padding,"
+        " int[2] dilation, int groups, str step) -> str");
+  m.def("_conv2d_forced(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding,"
+        " int[2] dilation, int groups, str algorithm) -> Tensor");
+  m.def("_conv2d_backward_forced(Tensor grad_output, Tensor input, Tensor weight, int[2] stride,"
+        " int[2] padding, int[2] dilation, int groups, bool[3] output_mask, str algorithm)"
         " -> (Tensor, Tensor, Tensor)");
 
   // Returns (output, indices); indices are flat offsets into each input plane, as torch's.

@@ -28,8 +28,7 @@
 #include "parallel.h"
 #include "simd.h"
 
-namespace lenet_ext {
-namespace cpu {
+namespace lenet_ext::cpu {
 namespace {
 
 // L outputs of a row at a time as GCC vectors (AVX with -march=native, SSE without): each input
@@ -219,8 +218,6 @@ LENET_EXT_INSTANTIATE(float, uint8_t)
 LENET_EXT_INSTANTIATE(double, uint8_t)
 #undef LENET_EXT_INSTANTIATE
 
-namespace {
-
 std::tuple<at::Tensor, at::Tensor> conv2d_relu_max_pool2d_cpu(const at::Tensor& input,
                                                               const at::Tensor& weight,
                                                               const at::Tensor& bias) {
@@ -290,12 +287,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_max_pool2d_backward_c
   return {grad_input, grad_weight, grad_bias};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
-  m.impl("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d_cpu);
-  m.impl("conv2d_relu_max_pool2d_backward", &conv2d_relu_max_pool2d_backward_cpu);
-}
-
-}  // namespace cpu
-}  // namespace lenet_ext
+}  // namespace lenet_ext::cpu

@@ -1,5 +1,5 @@
 // The CPU kernels of conv2d, linear and relu as plain functions of raw pointers and sizes: the op entry
-// points (conv2d.cpp, linear.cpp, relu.cpp) call them after checking and allocating, and so do the fused
+// points (conv2d/op.cpp, linear.cpp, relu.cpp) call them after checking and allocating, and so do the fused
 // ops, which chain them without going back through the dispatcher. Arrays are contiguous (NCHW,
 // row-major); a null output pointer means that output is not wanted. Defined for float and double.
 #pragma once

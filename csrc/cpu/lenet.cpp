@@ -28,8 +28,7 @@
 #include "kernels.h"
 #include "parallel.h"
 
-namespace lenet_ext {
-namespace cpu {
+namespace lenet_ext::cpu {
 namespace {
 
 constexpr int64_t kChunk = 16;  // images per chunk of the conv blocks
@@ -207,6 +206,8 @@ void check_indices(const char* op, const char* arg, const at::Tensor& t, at::Int
   check_same_shape(op, arg, t, shape);
 }
 
+}  // namespace
+
 using Tensors11 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                              at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -306,12 +307,4 @@ Tensors11 lenet_backward_cpu(const at::Tensor& grad_logits, const at::Tensor& in
   return std::apply([](auto&... t) { return Tensors11{t...}; }, grads);
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
-  m.impl("lenet", &lenet_cpu);
-  m.impl("lenet_backward", &lenet_backward_cpu);
-}
-
-}  // namespace cpu
-}  // namespace lenet_ext
+}  // namespace lenet_ext::cpu

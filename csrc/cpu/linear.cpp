@@ -19,8 +19,7 @@
 #include "gemm.h"
 #include "kernels.h"
 
-namespace lenet_ext {
-namespace cpu {
+namespace lenet_ext::cpu {
 
 namespace {
 
@@ -103,8 +102,6 @@ LENET_EXT_INSTANTIATE(float)
 LENET_EXT_INSTANTIATE(double)
 #undef LENET_EXT_INSTANTIATE
 
-namespace {
-
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight,
                       const std::optional<at::Tensor>& bias) {
   check_linear_args(input, weight, bias);
@@ -139,16 +136,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   return {grad_input, grad_weight, grad_bias};
 }
 
-}  // namespace
-
-// The emulated-CUDA build registers the CUDA kernels at the CPU key instead
-// (csrc/cuda/registration.cpp).
-#if !defined(LENET_EXT_CUDA_EMULATED)
-TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
-  m.impl("linear", &linear_cpu);
-  m.impl("linear_backward", &linear_backward_cpu);
-}
-#endif
-
-}  // namespace cpu
-}  // namespace lenet_ext
+}  // namespace lenet_ext::cpu

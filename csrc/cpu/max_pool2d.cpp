@@ -223,6 +223,8 @@ void max_pool_plane_2x2(const scalar_t* plane, scalar_t* out, int64_t* idx, int6
   }
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input,
                                                   at::IntArrayRef kernel_size,
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
@@ -324,16 +326,5 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   check_indices_in_plane(found_bad_index.load(), bad_index.load(), in_plane, input_size);
   return grad_input;
 }
-
-}  // namespace
-
-// The emulated-CUDA build registers the CUDA kernels at the CPU key instead
-// (csrc/cuda/registration.cpp).
-#if !defined(LENET_EXT_CUDA_EMULATED)
-TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
-  m.impl("max_pool2d", &max_pool2d_cpu);
-  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
-}
-#endif
 
 }  // namespace lenet_ext::cpu

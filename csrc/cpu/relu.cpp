@@ -41,8 +41,6 @@ LENET_EXT_INSTANTIATE(float)
 LENET_EXT_INSTANTIATE(double)
 #undef LENET_EXT_INSTANTIATE
 
-namespace {
-
 at::Tensor relu_cpu(const at::Tensor& input) {
   check_dtype("relu", "input", input);
   const auto x = input.expect_contiguous();
@@ -66,16 +64,5 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
   });
   return grad_input;
 }
-
-}  // namespace
-
-// The emulated-CUDA build registers the CUDA kernels at the CPU key instead
-// (csrc/cuda/registration.cpp).
-#if !defined(LENET_EXT_CUDA_EMULATED)
-TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
-  m.impl("relu", &relu_cpu);
-  m.impl("relu_backward", &relu_backward_cpu);
-}
-#endif
 
 }  // namespace lenet_ext::cpu
