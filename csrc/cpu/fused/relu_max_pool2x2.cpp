@@ -1,34 +1,26 @@
-// conv2d_relu_max_pool2d on CPU: LeNet's feature block as one op. The convolution (+ bias) is
-// conv2d's own kernel (kernels.h); ReLU and the 2x2 pool are then one pass over the conv output,
-// which the kernel has just written and is still in cache, so ReLU costs no pass over memory and
-// the ReLU'd plane is never stored. ReLU is applied to each cell before the max, so output and
-// indices are torch's max_pool2d(relu(conv)) bit for bit, ties and NaN included. Backward zeroes
-// each conv-gradient plane and stores the output gradient at the argmax where the output passed
-// the ReLU (one pass over the plane, in cache), then runs conv2d's backward. Threads split planes:
-// bitwise the same for any count.
-#include <ATen/Dispatch.h>
+// The fused ReLU + 2x2 max-pool pass of LeNet's feature block, over a conv output the conv kernel
+// has just written and that is still in cache: ReLU costs no pass over memory and the ReLU'd plane
+// is never stored. ReLU is applied to each cell before the max, so output and indices are torch's
+// max_pool2d(relu(conv)) bit for bit, ties and NaN included. Backward zeroes each conv-gradient
+// plane and stores the output gradient at the argmax where the output passed the ReLU (one pass
+// over the plane, in cache). Memory: each conv cell read once, each output written once. Threads
+// split planes: bitwise the same for any count.
 #include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <tuple>
 #include <type_traits>
 #include <utility>
 
-#include "../backward.h"
-#include "../conv2d_relu_max_pool2d.h"
-#include "../shapes.h"
-#include "parallel.h"
-#include "simd.h"
+#include "../../shapes.h"
+#include "../parallel.h"
+#include "../simd.h"
+#include "algorithms.h"
 
-namespace lenet_ext::cpu {
+namespace lenet_ext::cpu::fused {
 namespace {
 
 // L outputs of a row at a time as GCC vectors (AVX with -march=native, SSE without): each input
@@ -218,73 +210,4 @@ LENET_EXT_INSTANTIATE(float, uint8_t)
 LENET_EXT_INSTANTIATE(double, uint8_t)
 #undef LENET_EXT_INSTANTIATE
 
-std::tuple<at::Tensor, at::Tensor> conv2d_relu_max_pool2d_cpu(const at::Tensor& input,
-                                                              const at::Tensor& weight,
-                                                              const at::Tensor& bias) {
-  constexpr const char* op = "conv2d_relu_max_pool2d";
-  const BlockShape s = check_conv2d_relu_max_pool2d_args(input, weight, op);
-  check_same_dtype_device(op, "bias", bias, "input", input);
-  check_same_shape(op, "bias", bias, {weight.size(0)});
-  const int64_t batch = input.size(0);
-  auto output = at::empty(s.output_sizes(batch), input.options());
-  auto indices = at::empty(s.output_sizes(batch), input.options().dtype(at::kLong));
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  const auto b = bias.expect_contiguous();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d", [&] {
-    // not zeroed: the conv kernel writes every element
-    const std::unique_ptr<scalar_t[]> conv(new scalar_t[batch * s.conv.output_block()]);
-    conv2d_forward(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
-                   b->const_data_ptr<scalar_t>(), conv.get(), batch, 1, s.conv);
-    relu_max_pool2x2(conv.get(), output.mutable_data_ptr<scalar_t>(),
-                     indices.mutable_data_ptr<int64_t>(), batch * s.conv.out_channels,
-                     s.conv.out_h, s.conv.out_w);
-  });
-  return {output, indices};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_max_pool2d_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& indices,
-    const at::Tensor& input, const at::Tensor& weight, std::array<bool, 3> output_mask) {
-  constexpr const char* op = "conv2d_relu_max_pool2d_backward";
-  const BlockShape s = check_conv2d_relu_max_pool2d_args(input, weight, op);
-  const int64_t batch = input.size(0);
-  const auto output_sizes = s.output_sizes(batch);
-  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
-  check_same_shape(op, "grad_output", grad_output, output_sizes);
-  check_same_dtype_device(op, "output", output, "input", input);
-  check_same_shape(op, "output", output, output_sizes);
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "lenet_ext.", op,
-                   ": expected indices to have dtype int64, but got ", indices.scalar_type());
-  TORCH_CHECK(indices.device() == input.device(), "lenet_ext.", op, ": expected indices to be on "
-              "the same device as input (", input.device(), "), but got ", indices.device());
-  check_same_shape(op, "indices", indices, output_sizes);
-
-  const auto grad = grad_output.expect_contiguous();
-  const auto y = output.expect_contiguous();
-  const auto idx = indices.expect_contiguous();
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
-  int64_t bad_index = 0;
-  bool indices_ok = true;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d_backward", [&] {
-    // not zeroed: the scatter zeroes each plane it writes
-    const std::unique_ptr<scalar_t[]> grad_conv(new scalar_t[batch * s.conv.output_block()]);
-    indices_ok = relu_max_pool2x2_backward(
-        grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
-        idx->const_data_ptr<int64_t>(), grad_conv.get(), batch * s.conv.out_channels,
-        s.conv.out_h, s.conv.out_w, &bad_index);
-    if (!indices_ok) return;
-    conv2d_backward(grad_conv.get(), x->const_data_ptr<scalar_t>(),
-                    w->const_data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_input),
-                    data_or_null<scalar_t>(grad_weight), data_or_null<scalar_t>(grad_bias),
-                    batch, 1, s.conv);
-  });
-  TORCH_CHECK(indices_ok, "lenet_ext.", op, ": expected indices in [0, conv_h * conv_w) = [0, ",
-              s.conv.positions(), "), but got ", bad_index);
-  return {grad_input, grad_weight, grad_bias};
-}
-
-}  // namespace lenet_ext::cpu
+}  // namespace lenet_ext::cpu::fused
