@@ -37,7 +37,7 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, Args&&..
 // A backward op called from a node. Through the Autograd key only while the backward itself is
 // recorded (create_graph=True): there the backward ops' Autograd kernel records a node that
 // raises "not implemented" for a second derivative. Otherwise that kernel, a boxed fallback, only
-// redispatches, at ~1 µs a call.
+// redispatches, which costs a little every call.
 template <typename Signature, typename... Args>
 auto call_backward(const c10::TypedOperatorHandle<Signature>& op, Args&&... args) {
   if (at::GradMode::is_enabled()) return op.call(std::forward<Args>(args)...);

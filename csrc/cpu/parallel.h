@@ -10,9 +10,8 @@
 
 namespace lenet_ext::cpu {
 
-// Work a task holds, by kind of kernel (measured on 2 cores, docs/performance.md):
-// GEMM tiles: from ~2M multiply-adds a split wins (~1.5x for fc1, fc2 at batch 256), below it two
-// threads run no faster than one.
+// Work a task holds, by kind of kernel (the measurements: docs/performance.md, threads):
+// GEMM tiles: from ~2M multiply-adds a split wins, below it two threads run no faster than one.
 constexpr int64_t kGemmTask = int64_t(1) << 20;
 // GEMM over W^T packed per thread: no pack ahead of the products, so fc2 at batch 64 (6 tasks of
 // 138K multiply-adds) already gains from the second thread.

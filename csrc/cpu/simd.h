@@ -2,12 +2,10 @@
 // one AVX-512 register, unless a kernel asks for fewer lanes), with its loads, stores and the few
 // whole-vector moves the kernels share (lane folds, register transposes).
 // Why not ATen's at::vec::Vectorized<T>: an extension is compiled once, outside ATen's
-// per-capability builds, and there Vectorized falls back to its generic array form. Measured on
-// this project's Intel Xeon (1 thread, a 14 x 16-lane FMA tile as conv2d's direct forward runs):
-// 189 GFLOP/s with this type, 13.8 with Vectorized<float> (8 lanes); 167-183 only once
-// CPU_CAPABILITY_AVX512 is forced, which ties the binary to AVX-512. GCC vectors follow -march
-// instead (AVX-512 native, SSE2 portable), and take __bf16 / _Float16 lanes when mixed precision
-// comes. Kernels use it through Vec<T, N>; no other vector type is defined under csrc/cpu.
+// per-capability builds, and there Vectorized falls back to its generic array form, an order of
+// magnitude slower unless CPU_CAPABILITY_AVX512 is forced, which ties the binary to AVX-512
+// (docs/performance.md, common to every kernel). GCC vectors follow -march instead (AVX-512
+// native, SSE2 portable), and take __bf16 / _Float16 lanes when mixed precision comes. Kernels use it through Vec<T, N>; no other vector type is defined under csrc/cpu.
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -249,7 +249,7 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
         }
   });
   // Parts summed into the first, then [taps][lanes] -> [out_channels][taps] by blocks in registers
-  // (a scalar gather here costs 4-5 µs, more than conv2's FMAs at batch 1).
+  // (a scalar gather here costs more than conv2's FMAs at batch 1).
   sum_parts(partials.data(), parts.count, groups * lanes_block, partials.data());
   for (int64_t g = 0; g < groups; ++g)
     simd::transpose(partials.data() + g * lanes_block, L, grad_weight + g * s.weight_block(), s.taps(),

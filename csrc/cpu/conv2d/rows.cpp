@@ -165,8 +165,8 @@ void rows_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar
         }
   });
   // Each weight (g, oc, tap), in grad_weight's order, is its vector summed over the parts, then
-  // folded across lanes kLanes weights at a time (a scalar sum of 16 lanes a weight costs ~2.5 µs,
-  // a fifth of conv1's grad_weight at batch 1).
+  // folded across lanes kLanes weights at a time (a scalar sum of the lanes of each weight is a
+  // large part of conv1's grad_weight at batch 1).
   sum_parts(partials.data(), parts.count, groups * sums_block, partials.data());
   sum_lanes(partials.data(), groups * s.weight_block(), grad_weight);
 }

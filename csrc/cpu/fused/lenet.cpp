@@ -54,8 +54,8 @@ const std::vector<int64_t> kParamShapes[kParams] = {
 
 int64_t chunk_count(int64_t batch) { return (batch + kChunk - 1) / kChunk; }
 
-// Scratch memory, not initialised (a zeroed std::vector costs a pass over it: 30 µs a call at
-// batch 1, a fifth of the forward). Sized for one chunk, or the whole batch when smaller.
+// Scratch memory, not initialised (a zeroed std::vector costs a pass over it, a large part of a
+// batch-1 forward). Sized for one chunk, or the whole batch when smaller.
 template <typename scalar_t>
 std::unique_ptr<scalar_t[]> scratch(int64_t images, int64_t per_image, int64_t batch) {
   return std::unique_ptr<scalar_t[]>(new scalar_t[std::min(images, batch) * per_image]);

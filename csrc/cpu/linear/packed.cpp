@@ -55,8 +55,8 @@ void pack_transposed(const scalar_t* w, scalar_t* panels, int64_t n_size, int64_
 // The tasks are (panel, chunk of rows) pairs, panel-major, with as many row chunks as make them
 // divide evenly over the threads; each thread packs just the panels of its own tasks, into a
 // buffer of its own, and starts on them at once (a panel two threads share is packed by both).
-// One pack of all of B before a row-block split would cost fc1's forward at batch 64 ~6 µs of
-// ~45 µs (the pack gains nothing from a second thread), plus a second fork and join.
+// One pack of all of B before a row-block split would run on one thread (the pack gains nothing
+// from a second), plus a second fork and join.
 template <typename scalar_t>
 void gemm_nt_packed(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c,
                     int64_t m_size, int64_t k_size, int64_t n_size) {
