@@ -79,7 +79,9 @@ def build():
     built = {"cuda": "CPU and CUDA", "cpu": "CPU", "emulated": "emulated CUDA"}[kernels]
     print(f"lenet_ext: building the {built} kernels: {reason}", file=sys.stderr)
 
-    sources = ["csrc/lenet_ext.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    # csrc/cpu/<op>.cpp and csrc/cpu/<op>/*.cpp (an op with several algorithms has a folder)
+    sources = ["csrc/lenet_ext.cpp", "csrc/autograd.cpp"] + sorted(
+        glob.glob("csrc/cpu/**/*.cpp", recursive=True))
     cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=fast", "-fdiagnostics-color=always"]
     if os.environ.get("LENET_EXT_NATIVE", "1") != "0":
         cxx_flags.append("-march=native")

@@ -1,23 +1,24 @@
 // Autograd of the forward ops, in C++, registered at the Autograd key for every device. Each
 // saves what its backward op needs and asks that op only for the gradients autograd wants
-// (output_mask). Registered from Python (torch.library.register_autograd), the same wiring costs
-// ~7 µs per call, with or without grad, the whole run time of a batch-1 op; here a call without
-// grad goes straight to the kernel. The four layer ops record a hand-written autograd Node, as
-// ATen's generated ops do; a torch::autograd::Function (kept for the fused ops, one node a block or
-// a network) costs ~4-9 µs more per forward+backward.
+// (output_mask); a call without grad goes straight to the kernel (Python's
+// torch.library.register_autograd costs several times a batch-1 kernel per call).
+// One style for every op: a hand-written autograd Node, as ATen's generated ops record, not a
+// torch::autograd::Function, whose bookkeeping (CppNode, its mutex, output wrapping, saved-variable
+// lists) costs more per forward+backward than the batch-1 kernels (docs/performance.md, autograd).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <memory>
+#include <vector>
 #include <tuple>
 #include <type_traits>
 
 namespace lenet_ext {
 namespace {
 
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // The dispatcher's handle of lenet_ext::<name>, looked up once per op.
@@ -36,7 +37,7 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Signature>& op, Args&&..
 // A backward op called from a node. Through the Autograd key only while the backward itself is
 // recorded (create_graph=True): there the backward ops' Autograd kernel records a node that
 // raises "not implemented" for a second derivative. Otherwise that kernel, a boxed fallback, only
-// redispatches, at ~1 µs a call.
+// redispatches, which costs a little every call.
 template <typename Signature, typename... Args>
 auto call_backward(const c10::TypedOperatorHandle<Signature>& op, Args&&... args) {
   if (at::GradMode::is_enabled()) return op.call(std::forward<Args>(args)...);
@@ -78,9 +79,6 @@ const auto& relu_op() {
   return op;
 }
 
-// relu's node is written by hand, as ATen's generated ReluBackward0 is, rather than as a
-// torch::autograd::Function: that wrapper's bookkeeping (CppNode, its mutex, output wrapping,
-// saved-variable lists) costs ~4 µs per forward+backward, more than the batch-1 kernels.
 // Nodes are intrusive_ptr-counted in torch 2.13 and shared_ptr-counted in older releases (2.11
 // among them); the two helpers spell both, and the branch not taken is never instantiated.
 template <typename N, typename... Args>
@@ -262,21 +260,46 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& input,
   return {output, indices};
 }
 
-}  // namespace
+// fused: conv2d_relu_max_pool2d and lenet ---------------------------------------------------------
 
-TORCH_LIBRARY_IMPL(lenet_ext, Autograd, m) {
-  m.impl("relu", &relu_autograd);
-  m.impl("linear", &linear_autograd);
-  m.impl("conv2d", &conv2d_autograd);
-  m.impl("max_pool2d", &max_pool2d_autograd);
+// The fused ops' node: the tensors the backward op needs, handed with the wanted mask (one entry a
+// forward input, an edge each) to `backward`, which calls the backward op. A tensor the forward
+// returned with this node as its grad_fn is saved as an output.
+template <typename Backward>
+struct SavedBackward : torch::autograd::Node {
+  SavedBackward(const char* name, Backward backward) : name_(name), backward_(std::move(backward)) {}
+  std::vector<torch::autograd::SavedVariable> saved;
+
+  variable_list apply(variable_list&& grads) override {
+    std::vector<bool> mask(num_outputs());
+    bool any = false;
+    for (size_t i = 0; i < mask.size(); ++i) any |= mask[i] = should_compute_output(i);
+    if (!grads[0].defined() || !any) return variable_list(mask.size());
+    std::vector<at::Tensor> tensors;
+    for (auto& s : saved) tensors.push_back(s.unpack(pointer_to(this)));
+    return backward_(grads[0], tensors, mask);
+  }
+  std::string name() const override { return name_; }
+  void release_variables() override {
+    for (auto& s : saved) s.reset_data();
+  }
+
+ private:
+  const char* name_;
+  Backward backward_;
+};
+
+// Records `output`'s node: an edge to each of `inputs`, and `saved` saved (output itself among
+// them is saved as an output). The other results of the forward get no gradient.
+template <typename Backward>
+void record_saved_node(const at::Tensor& output, const variable_list& inputs,
+                       const variable_list& saved, const char* name, Backward backward) {
+  auto node = make_node<SavedBackward<Backward>>(name, std::move(backward));
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs));
+  torch::autograd::set_history(output, node);
+  for (const at::Tensor& t : saved)
+    node->saved.emplace_back(t, /*is_output=*/t.is_same(output));
 }
-
-}  // namespace lenet_ext
-
-// fused: conv2d_relu_max_pool2d and lenet ----------------------------------------------------------
-
-namespace lenet_ext {
-namespace {
 
 using BlockSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
                                                     const at::Tensor&);
@@ -289,34 +312,23 @@ const auto& block_op() {
   return op;
 }
 
-struct Conv2dReluMaxPool2d : torch::autograd::Function<Conv2dReluMaxPool2d> {
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& input,
-                               const at::Tensor& weight, const at::Tensor& bias) {
-    auto [output, indices] = call_below_autograd(block_op(), input, weight, bias);
-    ctx->mark_non_differentiable({indices});
-    ctx->set_materialize_grads(false);
-    ctx->save_for_backward({output, indices, input, weight});
-    return {output, indices};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<BlockBackwardSig>("lenet_ext::conv2d_relu_max_pool2d_backward");
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
-    const auto saved = ctx->get_saved_variables();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      ctx->needs_input_grad(2)};
-    auto [grad_input, grad_weight, grad_bias] =
-        call_backward(op, grads[0], saved[0], saved[1], saved[2], saved[3], mask);
-    return {grad_input, grad_weight, grad_bias};
-  }
-};
-
 std::tuple<at::Tensor, at::Tensor> conv2d_relu_max_pool2d_autograd(const at::Tensor& input,
                                                                    const at::Tensor& weight,
                                                                    const at::Tensor& bias) {
   check_no_tangent("lenet_ext.conv2d_relu_max_pool2d", {&input, &weight, &bias});
-  if (!wants_grad({&input, &weight, &bias})) return call_below_autograd(block_op(), input, weight, bias);
-  auto outputs = Conv2dReluMaxPool2d::apply(input, weight, bias);
-  return {outputs[0], outputs[1]};
+  auto [output, indices] = call_below_autograd(block_op(), input, weight, bias);
+  if (!wants_grad({&input, &weight, &bias})) return {output, indices};
+  record_saved_node(output, {input, weight, bias}, {output, indices, input, weight},
+                    "lenet_ext::Conv2dReluMaxPool2dBackward",
+                    [](const at::Tensor& grad, const std::vector<at::Tensor>& s,
+                       const std::vector<bool>& mask) {
+                      static const auto op = handle<BlockBackwardSig>(
+                          "lenet_ext::conv2d_relu_max_pool2d_backward");
+                      auto [grad_input, grad_weight, grad_bias] = call_backward(
+                          op, grad, s[0], s[1], s[2], s[3], std::array<bool, 3>{mask[0], mask[1], mask[2]});
+                      return variable_list{grad_input, grad_weight, grad_bias};
+                    });
+  return {output, indices};
 }
 
 using T = const at::Tensor&;
@@ -334,53 +346,45 @@ const auto& lenet_op() {
 }
 
 // Saves the input, the five weights and the six activations the forward returns after the logits
-// (non-differentiable outputs: only the logits have a gradient).
-struct Lenet : torch::autograd::Function<Lenet> {
-  static variable_list forward(AutogradContext* ctx, T input, T conv1_weight, T conv1_bias,
-                               T conv2_weight, T conv2_bias, T fc1_weight, T fc1_bias,
-                               T fc2_weight, T fc2_bias, T fc3_weight, T fc3_bias) {
-    auto outputs = std::apply(
-        [](auto&&... t) { return variable_list{t...}; },
-        call_below_autograd(lenet_op(), input, conv1_weight, conv1_bias, conv2_weight, conv2_bias,
-                            fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weight, fc3_bias));
-    ctx->mark_non_differentiable(variable_list(outputs.begin() + 1, outputs.end()));
-    ctx->set_materialize_grads(false);
-    variable_list saved = {input, conv1_weight, conv2_weight, fc1_weight, fc2_weight, fc3_weight};
-    saved.insert(saved.end(), outputs.begin() + 1, outputs.end());
-    ctx->save_for_backward(saved);
-    return outputs;
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static const auto op = handle<LenetBackwardSig>("lenet_ext::lenet_backward");
-    if (!grads[0].defined()) return variable_list(11);
-    const auto s = ctx->get_saved_variables();
-    std::array<bool, 11> mask;
-    for (size_t i = 0; i < mask.size(); ++i) mask[i] = ctx->needs_input_grad(i);
-    return std::apply([](auto&&... t) { return variable_list{t...}; },
-                      call_backward(op, grads[0], s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                                    s[7], s[8], s[9], s[10], s[11], mask));
-  }
-};
-
+// (only the logits have a gradient).
 LenetOutputs lenet_autograd(T input, T conv1_weight, T conv1_bias, T conv2_weight, T conv2_bias,
                             T fc1_weight, T fc1_bias, T fc2_weight, T fc2_bias, T fc3_weight,
                             T fc3_bias) {
-  check_no_tangent("lenet_ext.lenet", {&input, &conv1_weight, &conv1_bias, &conv2_weight,
-                                       &conv2_bias, &fc1_weight, &fc1_bias, &fc2_weight, &fc2_bias,
-                                       &fc3_weight, &fc3_bias});
-  if (!wants_grad({&input, &conv1_weight, &conv1_bias, &conv2_weight, &conv2_bias, &fc1_weight,
-                   &fc1_bias, &fc2_weight, &fc2_bias, &fc3_weight, &fc3_bias}))
-    return call_below_autograd(lenet_op(), input, conv1_weight, conv1_bias, conv2_weight,
-                               conv2_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weight,
-                               fc3_bias);
-  const auto o = Lenet::apply(input, conv1_weight, conv1_bias, conv2_weight, conv2_bias,
-                              fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weight, fc3_bias);
-  return {o[0], o[1], o[2], o[3], o[4], o[5], o[6]};
+  const variable_list inputs = {input, conv1_weight, conv1_bias, conv2_weight, conv2_bias,
+                                fc1_weight, fc1_bias, fc2_weight, fc2_bias, fc3_weight, fc3_bias};
+  check_no_tangent("lenet_ext.lenet", {&inputs[0], &inputs[1], &inputs[2], &inputs[3], &inputs[4],
+                                       &inputs[5], &inputs[6], &inputs[7], &inputs[8], &inputs[9],
+                                       &inputs[10]});
+  auto outputs = call_below_autograd(lenet_op(), input, conv1_weight, conv1_bias, conv2_weight,
+                                     conv2_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias,
+                                     fc3_weight, fc3_bias);
+  if (!wants_grad({&inputs[0], &inputs[1], &inputs[2], &inputs[3], &inputs[4], &inputs[5],
+                   &inputs[6], &inputs[7], &inputs[8], &inputs[9], &inputs[10]}))
+    return outputs;
+  const auto& [logits, pool1, pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu] = outputs;
+  record_saved_node(logits, inputs,
+                    {input, conv1_weight, conv2_weight, fc1_weight, fc2_weight, fc3_weight, pool1,
+                     pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu},
+                    "lenet_ext::LenetBackward",
+                    [](const at::Tensor& grad, const std::vector<at::Tensor>& s,
+                       const std::vector<bool>& mask) {
+                      static const auto op = handle<LenetBackwardSig>("lenet_ext::lenet_backward");
+                      std::array<bool, 11> wanted;
+                      std::copy(mask.begin(), mask.end(), wanted.begin());
+                      return std::apply([](auto&&... t) { return variable_list{t...}; },
+                                        call_backward(op, grad, s[0], s[1], s[2], s[3], s[4], s[5],
+                                                      s[6], s[7], s[8], s[9], s[10], s[11], wanted));
+                    });
+  return outputs;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(lenet_ext, Autograd, m) {
+  m.impl("relu", &relu_autograd);
+  m.impl("linear", &linear_autograd);
+  m.impl("conv2d", &conv2d_autograd);
+  m.impl("max_pool2d", &max_pool2d_autograd);
   m.impl("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d_autograd);
   m.impl("lenet", &lenet_autograd);
 }

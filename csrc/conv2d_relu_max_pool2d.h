@@ -1,6 +1,5 @@
 // lenet_ext.conv2d_relu_max_pool2d (LeNet's feature block: valid stride-1 convolution + bias, ReLU,
-// 2x2 stride-2 max-pool): argument checks, and the fused ReLU + pool pass and its backward as raw
-// pointer kernels, which the whole-network op (csrc/cpu/lenet.cpp) chains as well.
+// 2x2 stride-2 max-pool): its sizes and argument checks. The kernels: csrc/cpu/fused/.
 #pragma once
 #include <vector>
 
@@ -42,25 +41,4 @@ inline BlockShape check_conv2d_relu_max_pool2d_args(const at::Tensor& input,
           conv_h / 2, conv_w / 2};
 }
 
-namespace cpu {
-
-// output[p][oh][ow] = max over the 2x2 window of relu(conv[p]): torch's max_pool2d(relu(conv), 2)
-// exactly (ties keep the first cell, NaN wins). indices tells the argmax: with index_t = int64_t
-// its flat offset into the conv plane (torch's indices), with uint8_t its window code dy * 2 + dx
-// (an eighth of the memory, for a caller that keeps them only for its own backward).
-// `planes` planes of conv_h x conv_w; an odd last row or column is not read.
-template <typename scalar_t, typename index_t>
-void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, index_t* indices, int64_t planes,
-                      int64_t conv_h, int64_t conv_w);
-
-// grad_conv = 0, then grad_conv[p][cell of indices[o]] += grad_output[o] where output[o] passed
-// the ReLU (output > 0 or NaN, as torch's relu backward); indices as relu_max_pool2x2 wrote them.
-// Returns false (and leaves the offending gradient out) if an index lies outside its plane or a
-// code is past 3; *bad_index is then one of them.
-template <typename scalar_t, typename index_t>
-bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* output,
-                               const index_t* indices, scalar_t* grad_conv, int64_t planes,
-                               int64_t conv_h, int64_t conv_w, int64_t* bad_index);
-
-}  // namespace cpu
 }  // namespace lenet_ext

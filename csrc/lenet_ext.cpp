@@ -1,5 +1,6 @@
 // The schemas of every lenet_ext op, in one block, and the stub Python module that loads them.
-// Kernels live in csrc/cpu/<op>.cpp and csrc/cuda/ (registered by csrc/cuda/registration.cpp);
+// Kernels live in csrc/cpu/<op>.cpp or csrc/cpu/<op>/ and csrc/cuda/ (registered by
+// csrc/cpu/registration.cpp and csrc/cuda/registration.cpp; csrc/README.md is the map);
 // autograd in csrc/autograd.cpp; fake kernels are registered from Python (lenet_ext/ops.py).
 #include <Python.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
@@ -33,6 +34,13 @@ TORCH_LIBRARY(lenet_ext, m) {
   // output_mask selects (grad_input, grad_weight, grad_bias); unselected outputs are undefined.
   m.def("linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask)"
         " -> (Tensor, Tensor, Tensor)");
+  // Internal (tests): the algorithm csrc/cpu/linear/select.cpp picks for a step ("forward",
+  // "grad_input", "grad_weight"), and linear with one algorithm forced ("reference", "dot",
+  // "packed" forward; "reference", "axpy", "gemm" backward; a shape it does not claim raises).
+  m.def("_linear_algorithm(Tensor input, Tensor weight, str step) -> str");
+  m.def("_linear_forced(Tensor input, Tensor weight, Tensor? bias, str algorithm) -> Tensor");
+  m.def("_linear_backward_forced(Tensor grad_output, Tensor input, Tensor weight,"
+        " bool[3] output_mask, str algorithm) -> (Tensor, Tensor, Tensor)");
 
   // Symmetric padding only: lenet_ext.functional pads the extra row/column of an even-kernel
   // 'same' convolution itself, as torch does.
@@ -42,10 +50,27 @@ TORCH_LIBRARY(lenet_ext, m) {
         " int[2] padding, int[2] dilation, int groups, bool[3] output_mask)"
         " -> (Tensor, Tensor, Tensor)");
 
+  // Internal (tests): the algorithm csrc/cpu/conv2d/select.cpp picks for a step ("forward",
+  // "grad_input", "grad_weight"), and conv2d with one algorithm forced ("reference", "im2col",
+  // "direct", "rows", "lanes"; a shape it does not claim raises). CPU only.
+  m.def("_conv2d_algorithm(Tensor input, Tensor weight, int[2] stride, int[2] padding,"
+        " int[2] dilation, int groups, str step) -> str");
+  m.def("_conv2d_forced(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[2] padding,"
+        " int[2] dilation, int groups, str algorithm) -> Tensor");
+  m.def("_conv2d_backward_forced(Tensor grad_output, Tensor input, Tensor weight, int[2] stride,"
+        " int[2] padding, int[2] dilation, int groups, bool[3] output_mask, str algorithm)"
+        " -> (Tensor, Tensor, Tensor)");
+
   // Returns (output, indices); indices are flat offsets into each input plane, as torch's.
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
         " int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size) -> Tensor");
+  // Internal (tests): the algorithm csrc/cpu/max_pool2d/select.cpp picks, and max_pool2d with one
+  // forced ("reference", "general", "2x2"; a shape it does not claim raises). CPU only.
+  m.def("_max_pool2d_algorithm(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
+        " int[2] dilation, bool ceil_mode) -> str");
+  m.def("_max_pool2d_forced(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
+        " int[2] dilation, bool ceil_mode, str algorithm) -> (Tensor, Tensor)");
 
   // Fused ops (CPU only). LeNet's feature block: valid stride-1 conv2d + bias, ReLU, 2x2 stride-2
   // max-pool; output and indices are max_pool2d(relu(conv2d(input, weight, bias)), 2)'s.
@@ -66,6 +91,23 @@ TORCH_LIBRARY(lenet_ext, m) {
         " Tensor pool1, Tensor pool1_indices, Tensor pool2, Tensor pool2_indices,"
         " Tensor fc1_relu, Tensor fc2_relu, bool[11] output_mask) -> (Tensor, Tensor, Tensor,"
         " Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Internal (tests): the fused ops with their algorithm forced ("reference": each op's reference
+  // kernels chained; "fused": what the ops run). Same arguments and results, then the name.
+  m.def("_conv2d_relu_max_pool2d_forced(Tensor input, Tensor weight, Tensor bias, str algorithm)"
+        " -> (Tensor output, Tensor indices)");
+  m.def("_conv2d_relu_max_pool2d_backward_forced(Tensor grad_output, Tensor output,"
+        " Tensor indices, Tensor input, Tensor weight, bool[3] output_mask, str algorithm)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("_lenet_forced(Tensor input, Tensor conv1_weight, Tensor conv1_bias, Tensor conv2_weight,"
+        " Tensor conv2_bias, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight,"
+        " Tensor fc2_bias, Tensor fc3_weight, Tensor fc3_bias, str algorithm) -> (Tensor logits,"
+        " Tensor pool1, Tensor pool1_indices, Tensor pool2, Tensor pool2_indices,"
+        " Tensor fc1_relu, Tensor fc2_relu)");
+  m.def("_lenet_backward_forced(Tensor grad_logits, Tensor input, Tensor conv1_weight,"
+        " Tensor conv2_weight, Tensor fc1_weight, Tensor fc2_weight, Tensor fc3_weight,"
+        " Tensor pool1, Tensor pool1_indices, Tensor pool2, Tensor pool2_indices,"
+        " Tensor fc1_relu, Tensor fc2_relu, bool[11] output_mask, str algorithm) -> (Tensor,"
+        " Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 // The backward ops have no derivative of their own (yet). Without an Autograd kernel, autograd

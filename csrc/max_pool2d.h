@@ -11,30 +11,30 @@ namespace lenet_ext {
 inline std::vector<int64_t> check_max_pool2d_args(const at::Tensor& input,
                                                   at::IntArrayRef kernel_size,
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
-                                                  at::IntArrayRef dilation, bool ceil_mode) {
-  constexpr const char* op = "max_pool2d";
+                                                  at::IntArrayRef dilation, bool ceil_mode,
+                                                  const char* op = "max_pool2d") {
   check_dtype(op, "input", input);
   const int64_t dim = input.dim();
-  TORCH_CHECK(dim == 3 || dim == 4, "lenet_ext.max_pool2d: expected input to be a 3-D (C, H, W) or "
+  TORCH_CHECK(dim == 3 || dim == 4, "lenet_ext.", op, ": expected input to be a 3-D (C, H, W) or "
               "4-D (N, C, H, W) tensor, but got a ", dim, "-D tensor of shape ", input.sizes());
   TORCH_CHECK(input.size(-1) > 0 && input.size(-2) > 0 && input.size(-3) > 0,
-              "lenet_ext.max_pool2d: expected input to have non-zero C, H and W (only N may be 0), "
+              "lenet_ext.", op, ": expected input to have non-zero C, H and W (only N may be 0), "
               "but got shape ", input.sizes());
   check_array_size(op, "kernel_size", kernel_size, 2);
   check_array_size(op, "stride", stride, 2);
   check_array_size(op, "padding", padding, 2);
   check_array_size(op, "dilation", dilation, 2);
-  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, "lenet_ext.max_pool2d: expected kernel_size "
+  TORCH_CHECK(kernel_size[0] > 0 && kernel_size[1] > 0, "lenet_ext.", op, ": expected kernel_size "
               "to be positive, but got ", kernel_size);
-  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "lenet_ext.max_pool2d: expected stride to be "
+  TORCH_CHECK(stride[0] > 0 && stride[1] > 0, "lenet_ext.", op, ": expected stride to be "
               "positive, but got ", stride);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "lenet_ext.max_pool2d: expected dilation to be "
+  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "lenet_ext.", op, ": expected dilation to be "
               "positive, but got ", dilation);
   check_int32_range(op, "kernel_size", kernel_size);
   check_int32_range(op, "stride", stride);
   check_int32_range(op, "dilation", dilation);
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0 && padding[0] <= kernel_size[0] / 2 &&
-              padding[1] <= kernel_size[1] / 2, "lenet_ext.max_pool2d: expected padding to be "
+              padding[1] <= kernel_size[1] / 2, "lenet_ext.", op, ": expected padding to be "
               "non-negative and at most half of kernel_size ", kernel_size, ", but got ", padding);
   std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
   for (int d = 0; d < 2; ++d) {
@@ -43,13 +43,13 @@ inline std::vector<int64_t> check_max_pool2d_args(const at::Tensor& input,
                                           ceil_mode);
   }
   const int64_t out_h = shape[dim - 2], out_w = shape[dim - 1];
-  TORCH_CHECK(out_h >= 1 && out_w >= 1, "lenet_ext.max_pool2d: expected an output of at least 1x1, "
+  TORCH_CHECK(out_h >= 1 && out_w >= 1, "lenet_ext.", op, ": expected an output of at least 1x1, "
               "but input of shape ", input.sizes(), " with kernel_size ", kernel_size, ", stride ",
               stride, ", padding ", padding, ", dilation ", dilation, " and ceil_mode=", ceil_mode,
               " gives ", out_h, "x", out_w);
   TORCH_CHECK(pool_windows_hit_input(input.size(-2), stride[0], padding[0], dilation[0], out_h) &&
               pool_windows_hit_input(input.size(-1), stride[1], padding[1], dilation[1], out_w),
-              "lenet_ext.max_pool2d: expected every window to hold at least one input cell, but "
+              "lenet_ext.", op, ": expected every window to hold at least one input cell, but "
               "input of shape ", input.sizes(), " with kernel_size ", kernel_size, ", stride ",
               stride, ", padding ", padding, " and dilation ", dilation, " has a window whose "
               "dilated taps all fall in the padding");

@@ -1,4 +1,5 @@
-// Output-size arithmetic of conv2d and max_pool2d, in one place for the CPU and CUDA sides.
+// The rules the CPU and CUDA kernels share, each defined once: output sizes of conv2d and
+// max_pool2d, the first tap of a pooling window inside the input, torch's NaN-aware max and relu.
 // Plain C++ with no PyTorch header, so the .cu files (compiled by nvcc without PyTorch) include it.
 #pragma once
 #include <cstdint>
@@ -36,6 +37,36 @@ LENET_HOST_DEVICE inline int64_t pool_output_size(int64_t input, int64_t kernel,
   return out;
 }
 
+// The first tap of a window starting at `start` (negative in the left padding) that falls inside
+// the input, for taps `dilation` apart.
+LENET_HOST_DEVICE inline int64_t first_tap_inside(int64_t start, int64_t dilation) {
+  return start < 0 ? (-start + dilation - 1) / dilation : 0;
+}
+
+// Whether `value` replaces `best` as a running max, as torch's max_pool2d scans: greater, or NaN
+// (the last NaN wins, ties keep the first). `|`, not `||`: branch-free, and the same expression
+// serves GCC vectors, whose compares are lane masks.
+template <typename T>
+LENET_HOST_DEVICE inline auto takes_over(T value, T best) {
+  return (value > best) | (value != value);  // NaN != NaN
+}
+
+// torch's relu: x < 0 ? 0 : x, so a NaN passes; a select, never a branch on the sign. Scalars or
+// GCC vectors.
+template <typename T>
+LENET_HOST_DEVICE inline T relu(T x) {
+  const T zero{};
+  return x < zero ? zero : x;
+}
+
+// relu's backward from its result: the gradient passes where result > 0 or is NaN (y <= 0 is
+// false for NaN), as torch's does. Both operands by value: read unconditionally, so a loop of it
+// vectorises (a load under the condition may not be speculated: 10x slower on random signs).
+template <typename T>
+LENET_HOST_DEVICE inline T relu_grad(T grad, T result) {
+  return result <= T(0) ? T(0) : grad;
+}
+
 // Whether each of `output` pooling windows holds at least one input cell (padding <= kernel / 2
 // assumed). A window starting at or after 0 holds its first cell, since the last window starts inside
 // the input; one starting in the left padding can step over a small input with its dilated taps
@@ -45,7 +76,7 @@ LENET_HOST_DEVICE inline bool pool_windows_hit_input(int64_t input, int64_t stri
                                                      int64_t dilation, int64_t output) {
   for (int64_t o = 0; o < output && o * stride < padding; ++o) {
     const int64_t start = o * stride - padding;
-    const int64_t first_inside = start + (-start + dilation - 1) / dilation * dilation;
+    const int64_t first_inside = start + first_tap_inside(start, dilation) * dilation;
     if (first_inside >= input) return false;
   }
   return true;

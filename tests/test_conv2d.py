@@ -179,16 +179,10 @@ def test_results_do_not_depend_on_the_thread_count(device):
 
 
 # special paths chosen by shape -------------------------------------------------------------------
-# Stride-1, undilated, unpadded convs with at most one vector of output channels (16 float32 or 8
-# float64 lanes) take direct kernels: the forward when they fill more than half the lanes,
-# grad_weight for 5-wide kernels (output channels as lanes, or output rows as lanes for at most
-# half a vector of channels and rows up to two vectors wide), grad_input for input rows up to one
-# vector wide and finite weights. From a batch of one vector's lanes of images, those convs with
-# 5-wide kernels take grad_weight, grad_input for input rows at most 14 wide, and the forward for at
-# most half a vector of output channels with the images as the lanes, a block of lanes images at a
-# time, the images past the last block as above. Each case is (batch,
-# in_channels, out_channels, size, kernel, groups, padding), sizes in lanes, with the cases beside
-# each boundary.
+# Shapes beside the bounds of the fast algorithms (csrc/cpu/conv2d/select.cpp), sizes in lanes (16
+# float32, 8 float64): each case is (batch, in_channels, out_channels, size, kernel, groups,
+# padding). Here they run through the op's own choice; test_conv2d_algorithms.py forces every
+# algorithm on each of them and pins the choices LeNet's shapes get.
 def _lanes(dtype):
     return 64 // torch.empty((), dtype=dtype).element_size()
 

@@ -1,5 +1,5 @@
-// The CPU kernels of conv2d and linear as plain functions of raw pointers and sizes: the op entry
-// points (conv2d.cpp, linear.cpp) call them after checking and allocating, and so do the fused
+// The CPU kernels of conv2d, linear and relu as plain functions of raw pointers and sizes: the op entry
+// points (conv2d/op.cpp, linear.cpp, relu.cpp) call them after checking and allocating, and so do the fused
 // ops, which chain them without going back through the dispatcher. Arrays are contiguous (NCHW,
 // row-major); a null output pointer means that output is not wanted. Defined for float and double.
 #pragma once
@@ -42,5 +42,13 @@ template <typename scalar_t>
 void linear_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
                      scalar_t* grad_input, scalar_t* grad_weight, scalar_t* grad_bias,
                      int64_t rows, int64_t in_features, int64_t out_features);
+
+// relu of numel elements; output may be input (and grad_input grad_output): an in-place pass
+template <typename scalar_t>
+void relu_forward(const scalar_t* input, scalar_t* output, int64_t numel);
+
+template <typename scalar_t>
+void relu_backward(const scalar_t* grad_output, const scalar_t* result, scalar_t* grad_input,
+                   int64_t numel);
 
 }  // namespace lenet_ext::cpu

@@ -11,42 +11,42 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../shapes.h"
+#include "kernels.h"
+#include "parallel.h"
 
-namespace lenet_ext {
-namespace {
-
-constexpr int64_t kGrain = 1 << 15;  // elements per task, as stock's elementwise ops
+namespace lenet_ext::cpu {
 
 template <typename scalar_t>
-void relu_kernel(const scalar_t* input, scalar_t* output, int64_t numel) {
-  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const scalar_t x = input[i];
-      output[i] = x < scalar_t(0) ? scalar_t(0) : x;
-    }
+void relu_forward(const scalar_t* input, scalar_t* output, int64_t numel) {
+  at::parallel_for(0, numel, grain(1, kStreamTask), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) output[i] = relu(input[i]);
   });
 }
 
 template <typename scalar_t>
-void relu_backward_kernel(const scalar_t* grad_output, const scalar_t* result, scalar_t* grad_input,
-                          int64_t numel) {
-  at::parallel_for(0, numel, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      // Both loads happen unconditionally: a load under the condition may not be speculated, and
-      // then the loop does not vectorise (10x slower on random signs).
-      const scalar_t grad = grad_output[i], y = result[i];
-      // y <= 0 (not y > 0) so that a NaN result passes its gradient through, as torch's does
-      grad_input[i] = y <= scalar_t(0) ? scalar_t(0) : grad;
-    }
+void relu_backward(const scalar_t* grad_output, const scalar_t* result, scalar_t* grad_input,
+                   int64_t numel) {
+  at::parallel_for(0, numel, grain(1, kStreamTask), [&](int64_t begin, int64_t end) {
+    // Both loads happen unconditionally: a load under the condition may not be speculated, and
+    // then the loop does not vectorise (10x slower on random signs).
+    for (int64_t i = begin; i < end; ++i) grad_input[i] = relu_grad(grad_output[i], result[i]);
   });
 }
+
+#define LENET_EXT_INSTANTIATE(scalar_t)                                          \
+  template void relu_forward(const scalar_t*, scalar_t*, int64_t);               \
+  template void relu_backward(const scalar_t*, const scalar_t*, scalar_t*, int64_t);
+LENET_EXT_INSTANTIATE(float)
+LENET_EXT_INSTANTIATE(double)
+#undef LENET_EXT_INSTANTIATE
 
 at::Tensor relu_cpu(const at::Tensor& input) {
   check_dtype("relu", "input", input);
   const auto x = input.expect_contiguous();
   auto output = at::empty(input.sizes(), input.options());
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::relu", [&] {
-    relu_kernel(x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), x->numel());
+    relu_forward(x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(), x->numel());
   });
   return output;
 }
@@ -59,21 +59,10 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
   const auto y = result.expect_contiguous();
   auto grad_input = at::empty(result.sizes(), result.options());
   AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "lenet_ext::relu_backward", [&] {
-    relu_backward_kernel(grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
+    relu_backward(grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
                          grad_input.mutable_data_ptr<scalar_t>(), y->numel());
   });
   return grad_input;
 }
 
-}  // namespace
-
-// The emulated-CUDA build registers the CUDA kernels at the CPU key instead
-// (csrc/cuda/registration.cpp).
-#if !defined(LENET_EXT_CUDA_EMULATED)
-TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
-  m.impl("relu", &relu_cpu);
-  m.impl("relu_backward", &relu_backward_cpu);
-}
-#endif
-
-}  // namespace lenet_ext
+}  // namespace lenet_ext::cpu

@@ -6,16 +6,12 @@
 // Fixed order, no atomics: bitwise deterministic. An index outside the plane is flagged, not used.
 #include <cmath>
 
+#include "../shapes.h"
 #include "common.cuh"
 #include "kernels.h"
 
 namespace lenet_ext::cuda {
 namespace {
-
-// First cell at or after `start` on the grid start + k * dilation that is >= 0.
-__device__ int64_t first_in_bounds(int64_t start, int64_t dilation) {
-  return start >= 0 ? start : start + (-start + dilation - 1) / dilation * dilation;
-}
 
 template <typename scalar_t>
 __global__ void max_pool2d_kernel(const scalar_t* input, scalar_t* output, int64_t* indices,
@@ -30,8 +26,8 @@ __global__ void max_pool2d_kernel(const scalar_t* input, scalar_t* output, int64
     const int64_t w_stop = w_start + (s.kernel_w - 1) * s.dilation_w + 1;
     const int64_t h_end = h_stop < s.in_h ? h_stop : s.in_h;
     const int64_t w_end = w_stop < s.in_w ? w_stop : s.in_w;
-    const int64_t h_first = first_in_bounds(h_start, s.dilation_h);
-    const int64_t w_first = first_in_bounds(w_start, s.dilation_w);
+    const int64_t h_first = h_start + first_tap_inside(h_start, s.dilation_h) * s.dilation_h;
+    const int64_t w_first = w_start + first_tap_inside(w_start, s.dilation_w) * s.dilation_w;
     scalar_t max_value = -static_cast<scalar_t>(INFINITY);
     int64_t max_index = h_first * s.in_w + w_first;
     for (int64_t h = h_first; h < h_end; h += s.dilation_h) {

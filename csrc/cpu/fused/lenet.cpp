@@ -1,6 +1,7 @@
 // lenet on CPU: the tutorial's whole LeNet, forward and backward, each as one op, so that a
 // training step costs two dispatcher calls instead of ~25. It chains conv2d's and linear's kernels
-// (kernels.h) and the block's fused ReLU + pool pass (conv2d_relu_max_pool2d.h) on raw pointers.
+// (kernels.h) and the block's fused ReLU + pool pass (relu_max_pool2x2.cpp) on raw pointers, or
+// for the tests their reference kernels (algorithms.h).
 // The conv blocks run on chunks of kChunk images, chunks spread over threads: a chunk's conv
 // output and gradients (~0.5 MB) stay in L2 between the kernels that write and read them. The fc
 // layers run on the whole batch (bigger GEMMs); their ReLU is an in-place pass, and in backward a
@@ -17,19 +18,22 @@
 #include <array>
 #include <atomic>
 #include <memory>
+#include <optional>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
 #include <c10/util/accumulate.h>
 
-#include "../checks.h"
-#include "../conv2d_relu_max_pool2d.h"
-#include "kernels.h"
+#include "../../checks.h"
+#include "../parallel.h"
+#include "algorithms.h"
 
-namespace lenet_ext {
-namespace cpu {
+namespace lenet_ext::cpu {
 namespace {
+
+using fused::Algorithm;
 
 constexpr int64_t kChunk = 16;  // images per chunk of the conv blocks
 
@@ -50,25 +54,11 @@ const std::vector<int64_t> kParamShapes[kParams] = {
 
 int64_t chunk_count(int64_t batch) { return (batch + kChunk - 1) / kChunk; }
 
-// Scratch memory, not initialised (a zeroed std::vector costs a pass over it: 30 µs a call at
-// batch 1, a fifth of the forward). Sized for one chunk, or the whole batch when smaller.
+// Scratch memory, not initialised (a zeroed std::vector costs a pass over it, a large part of a
+// batch-1 forward). Sized for one chunk, or the whole batch when smaller.
 template <typename scalar_t>
 std::unique_ptr<scalar_t[]> scratch(int64_t images, int64_t per_image, int64_t batch) {
   return std::unique_ptr<scalar_t[]>(new scalar_t[std::min(images, batch) * per_image]);
-}
-
-template <typename scalar_t>
-void relu_in_place(scalar_t* x, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) x[i] = x[i] < scalar_t(0) ? scalar_t(0) : x[i];
-}
-
-// grad = 0 where the ReLU's result is <= 0 (a NaN result passes, as torch's relu backward)
-template <typename scalar_t>
-void relu_mask_in_place(scalar_t* grad, const scalar_t* result, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    const scalar_t g = grad[i], y = result[i];  // both loads unconditional: the loop vectorises
-    grad[i] = y <= scalar_t(0) ? scalar_t(0) : g;
-  }
 }
 
 // What the forward saves for the backward, [batch, ...] each: written by the forward
@@ -88,25 +78,27 @@ struct Activations {
 
 template <typename scalar_t>
 void lenet_forward(const scalar_t* input, const std::array<const scalar_t*, kParams>& p,
-                   scalar_t* logits, const Activations<scalar_t>& a, int64_t batch) {
+                   scalar_t* logits, const Activations<scalar_t>& a, int64_t batch,
+                   Algorithm algorithm) {
+  const auto k = fused::kernels<scalar_t, uint8_t>(algorithm);
   at::parallel_for(0, chunk_count(batch), 1, [&](int64_t begin, int64_t end) {
     const auto conv = scratch<scalar_t>(kChunk, kConv1.output_block(), batch);  // conv1's, then conv2's
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t first = chunk * kChunk, count = std::min(kChunk, batch - first);
-      conv2d_forward(input + first * kImage, p[kConv1W], p[kConv1B], conv.get(), count, 1, kConv1);
-      relu_max_pool2x2(conv.get(), a.pool1 + first * kPool1, a.pool1_indices + first * kPool1,
+      k.conv2d_forward(input + first * kImage, p[kConv1W], p[kConv1B], conv.get(), count, 1, kConv1);
+      k.relu_max_pool2x2(conv.get(), a.pool1 + first * kPool1, a.pool1_indices + first * kPool1,
                        count * kConv1.out_channels, kConv1.out_h, kConv1.out_w);
-      conv2d_forward(a.pool1 + first * kPool1, p[kConv2W], p[kConv2B], conv.get(), count, 1,
+      k.conv2d_forward(a.pool1 + first * kPool1, p[kConv2W], p[kConv2B], conv.get(), count, 1,
                      kConv2);
-      relu_max_pool2x2(conv.get(), a.pool2 + first * kPool2, a.pool2_indices + first * kPool2,
+      k.relu_max_pool2x2(conv.get(), a.pool2 + first * kPool2, a.pool2_indices + first * kPool2,
                        count * kConv2.out_channels, kConv2.out_h, kConv2.out_w);
     }
   });
-  linear_forward(a.pool2, p[kFc1W], p[kFc1B], a.fc1_relu, batch, kPool2, kFc1);
-  relu_in_place(a.fc1_relu, batch * kFc1);
-  linear_forward(a.fc1_relu, p[kFc2W], p[kFc2B], a.fc2_relu, batch, kFc1, kFc2);
-  relu_in_place(a.fc2_relu, batch * kFc2);
-  linear_forward(a.fc2_relu, p[kFc3W], p[kFc3B], logits, batch, kFc2, kClasses);
+  k.linear_forward(a.pool2, p[kFc1W], p[kFc1B], a.fc1_relu, batch, kPool2, kFc1);
+  relu_forward(a.fc1_relu, a.fc1_relu, batch * kFc1);
+  k.linear_forward(a.fc1_relu, p[kFc2W], p[kFc2B], a.fc2_relu, batch, kFc1, kFc2);
+  relu_forward(a.fc2_relu, a.fc2_relu, batch * kFc2);
+  k.linear_forward(a.fc2_relu, p[kFc3W], p[kFc3B], logits, batch, kFc2, kClasses);
 }
 
 // grads[0] is the input's gradient, grads[1 + i] parameter i's; null where not wanted. The chain
@@ -117,7 +109,8 @@ bool lenet_backward(const scalar_t* grad_logits, const scalar_t* input,
                     const std::array<const scalar_t*, kParams>& p,
                     const Activations<const scalar_t>& a,
                     const std::array<scalar_t*, 1 + kParams>& grads, int64_t batch,
-                    int64_t* bad_index) {
+                    int64_t* bad_index, Algorithm algorithm) {
+  const auto k = fused::kernels<scalar_t, uint8_t>(algorithm);
   const int64_t lowest = std::find_if(grads.begin(), grads.end(), [](auto* g) { return g; }) -
                          grads.begin();
   // grads index of each layer's weight: the layer's input gradient is needed when lower is wanted
@@ -125,16 +118,16 @@ bool lenet_backward(const scalar_t* grad_logits, const scalar_t* input,
   const auto grad_fc2_relu = scratch<scalar_t>(batch, kFc2, batch);
   const auto grad_fc1_relu = scratch<scalar_t>(batch, kFc1, batch);
   const auto grad_pool2 = scratch<scalar_t>(batch, kPool2, batch);
-  linear_backward(grad_logits, a.fc2_relu, p[kFc3W], below(1 + kFc3W) ? grad_fc2_relu.get() : nullptr,
+  k.linear_backward(grad_logits, a.fc2_relu, p[kFc3W], below(1 + kFc3W) ? grad_fc2_relu.get() : nullptr,
                   grads[1 + kFc3W], grads[1 + kFc3B], batch, kFc2, kClasses);
   if (!below(1 + kFc3W)) return true;
-  relu_mask_in_place(grad_fc2_relu.get(), a.fc2_relu, batch * kFc2);
-  linear_backward(grad_fc2_relu.get(), a.fc1_relu, p[kFc2W],
+  relu_backward(grad_fc2_relu.get(), a.fc2_relu, grad_fc2_relu.get(), batch * kFc2);
+  k.linear_backward(grad_fc2_relu.get(), a.fc1_relu, p[kFc2W],
                   below(1 + kFc2W) ? grad_fc1_relu.get() : nullptr, grads[1 + kFc2W],
                   grads[1 + kFc2B], batch, kFc1, kFc2);
   if (!below(1 + kFc2W)) return true;
-  relu_mask_in_place(grad_fc1_relu.get(), a.fc1_relu, batch * kFc1);
-  linear_backward(grad_fc1_relu.get(), a.pool2, p[kFc1W],
+  relu_backward(grad_fc1_relu.get(), a.fc1_relu, grad_fc1_relu.get(), batch * kFc1);
+  k.linear_backward(grad_fc1_relu.get(), a.pool2, p[kFc1W],
                   below(1 + kFc1W) ? grad_pool2.get() : nullptr, grads[1 + kFc1W],
                   grads[1 + kFc1B], batch, kPool2, kFc1);
   if (!below(1 + kFc1W)) return true;
@@ -164,39 +157,34 @@ bool lenet_backward(const scalar_t* grad_logits, const scalar_t* input,
     int64_t chunk_bad = 0;
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t first = chunk * kChunk, count = std::min(kChunk, batch - first);
-      if (!relu_max_pool2x2_backward(grad_pool2.get() + first * kPool2, a.pool2 + first * kPool2,
+      if (!k.relu_max_pool2x2_backward(grad_pool2.get() + first * kPool2, a.pool2 + first * kPool2,
                                      a.pool2_indices + first * kPool2, grad_conv.get(),
                                      count * kConv2.out_channels, kConv2.out_h, kConv2.out_w,
                                      &chunk_bad)) {
         bad.store(chunk_bad), ok.store(false);
         continue;
       }
-      conv2d_backward(grad_conv.get(), a.pool1 + first * kPool1, p[kConv2W],
+      k.conv2d_backward(grad_conv.get(), a.pool1 + first * kPool1, p[kConv2W],
                       below(1 + kConv2W) ? grad_pool1.get() : nullptr, partial(2, chunk),
                       partial(3, chunk), count, 1, kConv2);
       if (!below(1 + kConv2W)) continue;
-      if (!relu_max_pool2x2_backward(grad_pool1.get(), a.pool1 + first * kPool1,
+      if (!k.relu_max_pool2x2_backward(grad_pool1.get(), a.pool1 + first * kPool1,
                                      a.pool1_indices + first * kPool1, grad_conv.get(),
                                      count * kConv1.out_channels, kConv1.out_h, kConv1.out_w,
                                      &chunk_bad)) {
         bad.store(chunk_bad), ok.store(false);
         continue;
       }
-      conv2d_backward(grad_conv.get(), input + first * kImage, p[kConv1W],
+      k.conv2d_backward(grad_conv.get(), input + first * kImage, p[kConv1W],
                       grads[0] ? grads[0] + first * kImage : nullptr, partial(0, chunk),
                       partial(1, chunk), count, 1, kConv1);
     }
   });
   *bad_index = bad.load();
   if (!ok.load()) return false;
-  for (int64_t i = 0; i < 4; ++i) {
-    scalar_t* sum = grads[1 + conv_params[i]];
-    if (sum == nullptr) continue;
-    const int64_t numel = partials[i].size() / chunks;
-    std::copy(partial(i, 0), partial(i, 0) + numel, sum);
-    for (int64_t chunk = 1; chunk < chunks; ++chunk)
-      for (int64_t k = 0; k < numel; ++k) sum[k] += partial(i, chunk)[k];
-  }
+  for (int64_t i = 0; i < 4; ++i)
+    if (grads[1 + conv_params[i]])
+      sum_parts(partials[i].data(), chunks, partials[i].size() / chunks, grads[1 + conv_params[i]]);
   return true;
 }
 
@@ -225,15 +213,23 @@ void check_indices(const char* op, const char* arg, const at::Tensor& t, at::Int
   check_same_shape(op, arg, t, shape);
 }
 
+}  // namespace
+
 using Tensors11 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                              at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
-lenet_cpu(const at::Tensor& input, const at::Tensor& conv1_weight, const at::Tensor& conv1_bias,
+using Tensors7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                            at::Tensor>;
+
+namespace {
+
+// The ops' entry points; `algorithm` set (the _forced ops) runs that algorithm's kernels.
+Tensors7 lenet_run(std::optional<std::string_view> algorithm, const at::Tensor& input, const at::Tensor& conv1_weight, const at::Tensor& conv1_bias,
           const at::Tensor& conv2_weight, const at::Tensor& conv2_bias,
           const at::Tensor& fc1_weight, const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
           const at::Tensor& fc2_bias, const at::Tensor& fc3_weight, const at::Tensor& fc3_bias) {
-  constexpr const char* op = "lenet";
+  const char* op = algorithm ? "_lenet_forced" : "lenet";
+  const Algorithm chosen = fused::chosen_algorithm(op, algorithm);
   check_input(op, input);
   const std::array<const at::Tensor*, kParams> params = {
       &conv1_weight, &conv1_bias, &conv2_weight, &conv2_bias, &fc1_weight,
@@ -262,19 +258,21 @@ lenet_cpu(const at::Tensor& input, const at::Tensor& conv1_weight, const at::Ten
                                   pool2_indices.mutable_data_ptr<uint8_t>(),
                                   fc1_relu.mutable_data_ptr<scalar_t>(),
                                   fc2_relu.mutable_data_ptr<scalar_t>()};
-    lenet_forward(x->const_data_ptr<scalar_t>(), p, logits.mutable_data_ptr<scalar_t>(), a, batch);
+    lenet_forward(x->const_data_ptr<scalar_t>(), p, logits.mutable_data_ptr<scalar_t>(), a, batch,
+                  chosen);
   });
   return {logits, pool1, pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu};
 }
 
-Tensors11 lenet_backward_cpu(const at::Tensor& grad_logits, const at::Tensor& input,
+Tensors11 lenet_backward_run(std::optional<std::string_view> algorithm, const at::Tensor& grad_logits, const at::Tensor& input,
                              const at::Tensor& conv1_weight, const at::Tensor& conv2_weight,
                              const at::Tensor& fc1_weight, const at::Tensor& fc2_weight,
                              const at::Tensor& fc3_weight, const at::Tensor& pool1,
                              const at::Tensor& pool1_indices, const at::Tensor& pool2,
                              const at::Tensor& pool2_indices, const at::Tensor& fc1_relu,
                              const at::Tensor& fc2_relu, std::array<bool, 11> output_mask) {
-  constexpr const char* op = "lenet_backward";
+  const char* op = algorithm ? "_lenet_backward_forced" : "lenet_backward";
+  const Algorithm chosen = fused::chosen_algorithm(op, algorithm);
   check_input(op, input);
   const int64_t batch = input.size(0);
   const std::array<std::pair<Param, const at::Tensor*>, 5> weights = {
@@ -317,7 +315,7 @@ Tensors11 lenet_backward_cpu(const at::Tensor& grad_logits, const at::Tensor& in
     for (int64_t i = 0; i < 1 + kParams; ++i)
       out[i] = grads[i].defined() ? grads[i].mutable_data_ptr<scalar_t>() : nullptr;
     indices_ok = lenet_backward(g->const_data_ptr<scalar_t>(), x->const_data_ptr<scalar_t>(), p,
-                                a, out, batch, &bad_index);
+                                a, out, batch, &bad_index, chosen);
   });
   TORCH_CHECK(indices_ok, "lenet_ext.", op, ": expected pool1_indices and pool2_indices in "
               "[0, 4) (window codes dy * 2 + dx), but got ", bad_index);
@@ -326,10 +324,32 @@ Tensors11 lenet_backward_cpu(const at::Tensor& grad_logits, const at::Tensor& in
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
-  m.impl("lenet", &lenet_cpu);
-  m.impl("lenet_backward", &lenet_backward_cpu);
+using T = const at::Tensor&;
+
+Tensors7 lenet_cpu(T input, T w1, T b1, T w2, T b2, T w3, T b3, T w4, T b4, T w5, T b5) {
+  return lenet_run(std::nullopt, input, w1, b1, w2, b2, w3, b3, w4, b4, w5, b5);
 }
 
-}  // namespace cpu
-}  // namespace lenet_ext
+Tensors7 lenet_forced_cpu(T input, T w1, T b1, T w2, T b2, T w3, T b3, T w4, T b4, T w5, T b5,
+                          c10::string_view algorithm) {
+  return lenet_run(std::string_view(algorithm.data(), algorithm.size()), input, w1, b1, w2, b2, w3,
+                   b3, w4, b4, w5, b5);
+}
+
+Tensors11 lenet_backward_cpu(T grad_logits, T input, T w1, T w2, T w3, T w4, T w5, T pool1,
+                             T pool1_indices, T pool2, T pool2_indices, T fc1_relu, T fc2_relu,
+                             std::array<bool, 11> output_mask) {
+  return lenet_backward_run(std::nullopt, grad_logits, input, w1, w2, w3, w4, w5, pool1,
+                            pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu, output_mask);
+}
+
+Tensors11 lenet_backward_forced_cpu(T grad_logits, T input, T w1, T w2, T w3, T w4, T w5, T pool1,
+                                    T pool1_indices, T pool2, T pool2_indices, T fc1_relu,
+                                    T fc2_relu, std::array<bool, 11> output_mask,
+                                    c10::string_view algorithm) {
+  return lenet_backward_run(std::string_view(algorithm.data(), algorithm.size()), grad_logits,
+                            input, w1, w2, w3, w4, w5, pool1, pool1_indices, pool2, pool2_indices,
+                            fc1_relu, fc2_relu, output_mask);
+}
+
+}  // namespace lenet_ext::cpu

@@ -1,43 +1,26 @@
-// conv2d_relu_max_pool2d on CPU: LeNet's feature block as one op. The convolution (+ bias) is
-// conv2d's own kernel (kernels.h); ReLU and the 2x2 pool are then one pass over the conv output,
-// which the kernel has just written and is still in cache, so ReLU costs no pass over memory and
-// the ReLU'd plane is never stored. ReLU is applied to each cell before the max, so output and
-// indices are torch's max_pool2d(relu(conv)) bit for bit, ties and NaN included. Backward zeroes
-// each conv-gradient plane and stores the output gradient at the argmax where the output passed
-// the ReLU (one pass over the plane, in cache), then runs conv2d's backward. Threads split planes:
-// bitwise the same for any count.
-#include <ATen/Dispatch.h>
+// The fused ReLU + 2x2 max-pool pass of LeNet's feature block, over a conv output the conv kernel
+// has just written and that is still in cache: ReLU costs no pass over memory and the ReLU'd plane
+// is never stored. ReLU is applied to each cell before the max, so output and indices are torch's
+// max_pool2d(relu(conv)) bit for bit, ties and NaN included. Backward zeroes each conv-gradient
+// plane and stores the output gradient at the argmax where the output passed the ReLU (one pass
+// over the plane, in cache). Memory: each conv cell read once, each output written once. Threads
+// split planes: bitwise the same for any count.
 #include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <tuple>
 #include <type_traits>
 #include <utility>
 
-#include "../backward.h"
-#include "../conv2d_relu_max_pool2d.h"
+#include "../../shapes.h"
+#include "../parallel.h"
+#include "../simd.h"
+#include "algorithms.h"
 
-namespace lenet_ext {
-namespace cpu {
-namespace {
-
-constexpr int64_t kGrain = 1 << 14;  // conv-output elements per task
-
-// Offsets of the value's width, so that one compare mask selects value and offset and the loop
-// vectorises (as in max_pool2d.cpp).
-template <typename scalar_t>
-using offset_t = std::conditional_t<sizeof(scalar_t) == 4, int32_t, int64_t>;
-
-}  // namespace
-
+namespace lenet_ext::cpu::fused {
 namespace {
 
 // L outputs of a row at a time as GCC vectors (AVX with -march=native, SSE without): each input
@@ -46,20 +29,13 @@ namespace {
 // to branches, mispredicted on random signs: ~5 ns an input cell).
 template <typename scalar_t, typename index_t, int L>
 struct Group {
-  using offset = offset_t<scalar_t>;
-  typedef scalar_t Values __attribute__((vector_size(L * sizeof(scalar_t))));
-  // of the values' width, so that a compare's mask selects offsets too
-  typedef offset Offsets __attribute__((vector_size(L * sizeof(offset))));
-  // (int64_t spelled as a dependent type: GCC drops vector_size from a non-dependent one here)
-  using int64 = std::enable_if_t<sizeof(scalar_t) != 0, int64_t>;
-  typedef int64 Indices __attribute__((vector_size(L * sizeof(int64_t))));
-  typedef index_t Codes __attribute__((vector_size(L * sizeof(index_t))));  // uint8_t index_t
+  using offset = simd::offset_t<scalar_t>;  // a compare's mask of the values selects offsets too
+  using Values = typename simd::Vec<scalar_t, L>::type;
+  using Offsets = typename simd::Vec<offset, L>::type;
+  using Indices = typename simd::Vec<int64_t, L>::type;
+  using Codes = typename simd::Vec<index_t, L>::type;  // uint8_t index_t
 
-  static Values load(const scalar_t* p) {
-    Values v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
-  }
+  static Values load(const scalar_t* p) { return simd::Vec<scalar_t, L>::load(p); }
   template <int... I>
   static Values columns(Values a, Values b, std::integer_sequence<int, I...>, int first) {
     return Values{(I < L / 2 ? a[2 * I + first] : b[2 * I - L + first])...};
@@ -72,17 +48,16 @@ struct Group {
   static void pool(const scalar_t* upper, const scalar_t* lower, int64_t conv_w, int64_t corner,
                    scalar_t* out, index_t* idx) {
     constexpr bool kCodes = !std::is_same_v<index_t, int64_t>;
-    const Values zero = {};
     // a window code is dy * 2 + dx; an index, the cell's offset in the plane
     const offset cell_offsets[4] = {0, 1, static_cast<offset>(kCodes ? 2 : conv_w),
                                     static_cast<offset>(kCodes ? 3 : conv_w + 1)};
     const Values u0 = load(upper), u1 = load(upper + L), l0 = load(lower), l1 = load(lower + L);
     Values cells[4] = {left(u0, u1), right(u0, u1), left(l0, l1), right(l0, l1)};
-    for (Values& c : cells) c = c < zero ? zero : c;  // ReLU; NaN passes
+    for (Values& c : cells) c = relu(c);
     Values best = cells[0];
     Offsets offset = {};
     for (int k = 1; k < 4; ++k) {
-      const auto take = (cells[k] > best) | (cells[k] != cells[k]);  // greater, or NaN
+      const auto take = takes_over(cells[k], best);
       best = take ? cells[k] : best;
       offset = take ? Offsets{} + cell_offsets[k] : offset;
     }
@@ -134,8 +109,7 @@ void relu_max_pool2x2(const scalar_t* conv, scalar_t* output, index_t* indices, 
                       int64_t conv_h, int64_t conv_w) {
   const int64_t out_h = conv_h / 2, out_w = conv_w / 2;
   const int64_t conv_plane = conv_h * conv_w;
-  at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, conv_plane)),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, planes, grain(conv_plane, kPoolTask), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p)
       for (int64_t oh = 0; oh < out_h; ++oh) {
         const int64_t at = (p * out_h + oh) * out_w;
@@ -175,8 +149,7 @@ bool relu_max_pool2x2_backward(const scalar_t* grad_output, const scalar_t* outp
   const int64_t conv_plane = conv_h * conv_w, out_plane = out_h * out_w;
   std::atomic<bool> ok{true};
   std::atomic<int64_t> bad{0};
-  at::parallel_for(0, planes, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, conv_plane)),
-                   [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, planes, grain(conv_plane, kPoolTask), [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       scalar_t* plane_grad = grad_conv + p * conv_plane;
       const scalar_t* grad = grad_output + p * out_plane;
@@ -237,83 +210,4 @@ LENET_EXT_INSTANTIATE(float, uint8_t)
 LENET_EXT_INSTANTIATE(double, uint8_t)
 #undef LENET_EXT_INSTANTIATE
 
-namespace {
-
-std::tuple<at::Tensor, at::Tensor> conv2d_relu_max_pool2d_cpu(const at::Tensor& input,
-                                                              const at::Tensor& weight,
-                                                              const at::Tensor& bias) {
-  constexpr const char* op = "conv2d_relu_max_pool2d";
-  const BlockShape s = check_conv2d_relu_max_pool2d_args(input, weight, op);
-  check_same_dtype_device(op, "bias", bias, "input", input);
-  check_same_shape(op, "bias", bias, {weight.size(0)});
-  const int64_t batch = input.size(0);
-  auto output = at::empty(s.output_sizes(batch), input.options());
-  auto indices = at::empty(s.output_sizes(batch), input.options().dtype(at::kLong));
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  const auto b = bias.expect_contiguous();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d", [&] {
-    // not zeroed: the conv kernel writes every element
-    const std::unique_ptr<scalar_t[]> conv(new scalar_t[batch * s.conv.output_block()]);
-    conv2d_forward(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
-                   b->const_data_ptr<scalar_t>(), conv.get(), batch, 1, s.conv);
-    relu_max_pool2x2(conv.get(), output.mutable_data_ptr<scalar_t>(),
-                     indices.mutable_data_ptr<int64_t>(), batch * s.conv.out_channels,
-                     s.conv.out_h, s.conv.out_w);
-  });
-  return {output, indices};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_relu_max_pool2d_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& indices,
-    const at::Tensor& input, const at::Tensor& weight, std::array<bool, 3> output_mask) {
-  constexpr const char* op = "conv2d_relu_max_pool2d_backward";
-  const BlockShape s = check_conv2d_relu_max_pool2d_args(input, weight, op);
-  const int64_t batch = input.size(0);
-  const auto output_sizes = s.output_sizes(batch);
-  check_same_dtype_device(op, "grad_output", grad_output, "input", input);
-  check_same_shape(op, "grad_output", grad_output, output_sizes);
-  check_same_dtype_device(op, "output", output, "input", input);
-  check_same_shape(op, "output", output, output_sizes);
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "lenet_ext.", op,
-                   ": expected indices to have dtype int64, but got ", indices.scalar_type());
-  TORCH_CHECK(indices.device() == input.device(), "lenet_ext.", op, ": expected indices to be on "
-              "the same device as input (", input.device(), "), but got ", indices.device());
-  check_same_shape(op, "indices", indices, output_sizes);
-
-  const auto grad = grad_output.expect_contiguous();
-  const auto y = output.expect_contiguous();
-  const auto idx = indices.expect_contiguous();
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
-  int64_t bad_index = 0;
-  bool indices_ok = true;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d_backward", [&] {
-    // not zeroed: the scatter zeroes each plane it writes
-    const std::unique_ptr<scalar_t[]> grad_conv(new scalar_t[batch * s.conv.output_block()]);
-    indices_ok = relu_max_pool2x2_backward(
-        grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
-        idx->const_data_ptr<int64_t>(), grad_conv.get(), batch * s.conv.out_channels,
-        s.conv.out_h, s.conv.out_w, &bad_index);
-    if (!indices_ok) return;
-    conv2d_backward(grad_conv.get(), x->const_data_ptr<scalar_t>(),
-                    w->const_data_ptr<scalar_t>(), data_or_null<scalar_t>(grad_input),
-                    data_or_null<scalar_t>(grad_weight), data_or_null<scalar_t>(grad_bias),
-                    batch, 1, s.conv);
-  });
-  TORCH_CHECK(indices_ok, "lenet_ext.", op, ": expected indices in [0, conv_h * conv_w) = [0, ",
-              s.conv.positions(), "), but got ", bad_index);
-  return {grad_input, grad_weight, grad_bias};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
-  m.impl("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d_cpu);
-  m.impl("conv2d_relu_max_pool2d_backward", &conv2d_relu_max_pool2d_backward_cpu);
-}
-
-}  // namespace cpu
-}  // namespace lenet_ext
+}  // namespace lenet_ext::cpu::fused

@@ -1,0 +1,151 @@
+// conv2d's CPU algorithms, one a file beside the reference (reference.cpp), and the selector that
+// picks one per pass from the shape (select.cpp). Every kernel takes raw pointers and a ConvShape
+// (kernels.h): `batch` images of `groups` groups, block i = image * groups + group contiguous in
+// NCHW; grad_input and grad_weight are written, not added to. Defined for float and double.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "../kernels.h"
+#include "../simd.h"
+
+namespace lenet_ext::cpu::conv2d {
+
+enum class Pass { kForward, kGradInput, kGradWeight };
+enum class Algorithm { kReference, kIm2col, kDirect, kRows, kLanes };
+
+const char* name(Algorithm algorithm);
+const char* name(Pass pass);
+std::optional<Algorithm> algorithm_named(std::string_view name);
+std::optional<Pass> pass_named(std::string_view name);
+
+// Whether `algorithm` is written for this pass and shape (the range tests force it on). Forcing
+// one outside it raises; `finite_weight` matters to the direct grad_input only (see select.cpp).
+template <typename scalar_t>
+bool claims(Algorithm algorithm, Pass pass, const ConvShape& s, int64_t batch, bool finite_weight);
+
+// The algorithm a pass runs on this shape: select.cpp's table.
+template <typename scalar_t>
+Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weight);
+
+// Runs `algorithm` (claimed) for the whole batch; the lanes algorithm takes whole blocks of
+// kLanes images and hands the images past the last block to select's choice for them.
+template <typename scalar_t>
+void forward(Algorithm algorithm, const scalar_t* input, const scalar_t* weight,
+             const scalar_t* bias, scalar_t* output, int64_t batch, int64_t groups,
+             const ConvShape& s);
+template <typename scalar_t>
+void backward(Algorithm grad_input_algorithm, Algorithm grad_weight_algorithm,
+              const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
+              scalar_t* grad_input, scalar_t* grad_weight, scalar_t* grad_bias, int64_t batch,
+              int64_t groups, const ConvShape& s);
+
+// ---- the algorithms (each file's opening comment says how it works) ----
+
+template <typename scalar_t>
+void reference_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                       scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void reference_grad_input(const scalar_t* grad_output, const scalar_t* weight,
+                          scalar_t* grad_input, int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void reference_grad_weight(const scalar_t* grad_output, const scalar_t* input,
+                           scalar_t* grad_weight, int64_t batch, int64_t groups,
+                           const ConvShape& s);
+template <typename scalar_t>
+void reference_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, int64_t batch,
+                         int64_t channels, int64_t positions);
+// grad_bias has one fast kernel, for every algorithm (grad_bias.cpp)
+template <typename scalar_t>
+void grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, int64_t batch, int64_t channels,
+               int64_t positions);
+
+template <typename scalar_t>
+void im2col_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                    scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void im2col_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
+                       int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void im2col_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
+                        int64_t batch, int64_t groups, const ConvShape& s);
+
+template <typename scalar_t>
+void direct_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                    scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void direct_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
+                       int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
+                        int64_t batch, int64_t groups, const ConvShape& s);
+
+template <typename scalar_t>
+void rows_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                  scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void rows_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
+                      int64_t batch, int64_t groups, const ConvShape& s);
+
+// The first batch / kLanes * kLanes images; return how many images that was.
+template <typename scalar_t>
+int64_t lanes_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                      scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const scalar_t* weight,
+                       scalar_t* grad_input, scalar_t* grad_weight, int64_t batch, int64_t groups,
+                       const ConvShape& s);
+
+// ---- what the fast algorithms share ----
+
+// A vector is simd.h's: one 512-bit register, kLanes float or double.
+template <typename scalar_t>
+using Lanes = simd::Vec<scalar_t>;
+
+constexpr int64_t kDirectKernelW = 5;  // kernel width the unrolled tap tiles are compiled for
+constexpr int64_t kLanesMaxRow = 14;   // widest row a lanes tile holds (lanes.cpp)
+
+// dst[0, count) = src[0, count) for the short rows of the direct kernels: whole vectors, then
+// single elements. (std::copy becomes a memmove call per row, which costs more than the copy.)
+template <typename scalar_t>
+inline void copy_row(const scalar_t* src, int64_t count, scalar_t* dst) {
+  using V = Lanes<scalar_t>;
+  int64_t j = 0;
+  for (; j + V::kLanes <= count; j += V::kLanes) V::store(dst + j, V::load(src + j));
+  for (; j < count; ++j) {
+    dst[j] = src[j];
+    asm("");  // keeps GCC from recognising the loop as a memcpy
+  }
+}
+
+// out[k] = the sum of sums[k]'s kLanes lanes for k < count, kLanes at a time by simd's fold
+template <typename scalar_t>
+void sum_lanes(const scalar_t* sums, int64_t count, scalar_t* out) {
+  using V = Lanes<scalar_t>;
+  constexpr int L = V::kLanes;
+  int64_t k0 = 0;
+  for (; k0 + L <= count; k0 += L) {
+    typename V::type vectors[L];
+    for (int i = 0; i < L; ++i) vectors[i] = V::load(sums + (k0 + i) * L);
+    V::store(out + k0, simd::fold_all<scalar_t>(vectors));
+  }
+  for (; k0 < count; ++k0) {
+    scalar_t sum = 0;
+    for (int lane = 0; lane < L; ++lane) sum += sums[k0 * L + lane];
+    out[k0] = sum;
+  }
+}
+
+}  // namespace lenet_ext::cpu::conv2d
+
+// Explicit instantiation for float and double of a kernel with the usual forward or gradient
+// signature, at the end of each algorithm's file.
+#define LENET_EXT_CONV2D_FORWARD(fn)                                                          \
+  template void fn(const float*, const float*, const float*, float*, int64_t, int64_t,         \
+                   const ConvShape&);                                                          \
+  template void fn(const double*, const double*, const double*, double*, int64_t, int64_t,     \
+                   const ConvShape&);
+#define LENET_EXT_CONV2D_GRAD(fn)                                                             \
+  template void fn(const float*, const float*, float*, int64_t, int64_t, const ConvShape&);    \
+  template void fn(const double*, const double*, double*, int64_t, int64_t, const ConvShape&);

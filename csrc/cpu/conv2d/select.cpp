@@ -1,0 +1,98 @@
+// Which conv2d algorithm runs a pass: the claims of each (what it is written for) and, in one
+// table, the choice among those that claim a shape, each rule with its reason. The timings behind
+// the reasons are in docs/performance.md (conv2d).
+#include "algorithms.h"
+
+namespace lenet_ext::cpu::conv2d {
+
+namespace {
+constexpr const char* kAlgorithmNames[] = {"reference", "im2col", "direct", "rows", "lanes"};
+constexpr const char* kPassNames[] = {"forward", "grad_input", "grad_weight"};
+}  // namespace
+
+const char* name(Algorithm algorithm) { return kAlgorithmNames[static_cast<int>(algorithm)]; }
+const char* name(Pass pass) { return kPassNames[static_cast<int>(pass)]; }
+
+std::optional<Algorithm> algorithm_named(std::string_view name) {
+  for (int i = 0; i < 5; ++i)
+    if (name == kAlgorithmNames[i]) return static_cast<Algorithm>(i);
+  return std::nullopt;
+}
+
+std::optional<Pass> pass_named(std::string_view name) {
+  for (int i = 0; i < 3; ++i)
+    if (name == kPassNames[i]) return static_cast<Pass>(i);
+  return std::nullopt;
+}
+
+template <typename scalar_t>
+bool claims(Algorithm algorithm, Pass pass, const ConvShape& s, int64_t batch,
+            bool finite_weight) {
+  constexpr int64_t L = Lanes<scalar_t>::kLanes;
+  // direct, rows and lanes: stride 1, no dilation, no padding, a group's output channels within
+  // one vector
+  const bool small = s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 &&
+                     s.dilation_w == 1 && s.pad_h == 0 && s.pad_w == 0 && s.out_channels <= L;
+  const bool five_wide = s.kernel_w == kDirectKernelW;  // their unrolled tap tiles
+  switch (algorithm) {
+    case Algorithm::kReference:
+    case Algorithm::kIm2col:
+      return true;
+    case Algorithm::kDirect:
+      switch (pass) {
+        case Pass::kForward: return small;
+        // one vector holds an input row; weights multiply grad_output's zero padding, which
+        // is right only when 0 * weight is 0
+        case Pass::kGradInput: return small && s.in_w <= L && finite_weight;
+        case Pass::kGradWeight: return small && five_wide;
+      }
+      return false;
+    case Algorithm::kRows:  // an output row as the vector: one to two vectors wide
+      return small && 2 * s.out_channels <= L &&
+             (pass == Pass::kForward ? s.out_w >= L
+                                     : pass == Pass::kGradWeight && s.out_w <= 2 * L && five_wide);
+    case Algorithm::kLanes:  // a block of kLanes images; grad_input holds a whole row in registers
+      return small && five_wide && batch >= L &&
+             (pass != Pass::kGradInput || s.in_w <= kLanesMaxRow);
+  }
+  return false;
+}
+
+template <typename scalar_t>
+Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weight) {
+  constexpr int64_t L = Lanes<scalar_t>::kLanes;
+  const auto fits = [&](Algorithm a) { return claims<scalar_t>(a, pass, s, batch, finite_weight); };
+  using A = Algorithm;
+  switch (pass) {
+    case Pass::kForward:
+      // over half a vector of output channels (conv2's 16): direct runs at ~75% of the FMA peak,
+      // and the lanes' transposes would cost more than they win
+      if (fits(A::kDirect) && 2 * s.out_channels > L) return A::kDirect;
+      // fewer (conv1's 6 of 16 lanes): images as the lanes, from a block of them
+      if (fits(A::kLanes)) return A::kLanes;
+      // fewer, below a block of images: output row segments as the lanes
+      if (fits(A::kRows)) return A::kRows;
+      break;
+    case Pass::kGradInput:
+      // every lane a real product; direct would multiply 20 of 70 (position, kw) pairs by padding
+      if (fits(A::kLanes)) return A::kLanes;
+      if (fits(A::kDirect)) return A::kDirect;
+      break;
+    case Pass::kGradWeight:
+      // whole-vector loads only, where direct loads a broadcast for every FMA
+      if (fits(A::kLanes)) return A::kLanes;
+      // half a vector of output channels or fewer: output rows as the lanes fill them
+      if (fits(A::kRows)) return A::kRows;
+      if (fits(A::kDirect)) return A::kDirect;
+      break;
+  }
+  // everything else: the GEMM's tiles are full from a few dozen output channels on
+  return A::kIm2col;
+}
+
+template bool claims<float>(Algorithm, Pass, const ConvShape&, int64_t, bool);
+template bool claims<double>(Algorithm, Pass, const ConvShape&, int64_t, bool);
+template Algorithm select<float>(Pass, const ConvShape&, int64_t, bool);
+template Algorithm select<double>(Pass, const ConvShape&, int64_t, bool);
+
+}  // namespace lenet_ext::cpu::conv2d

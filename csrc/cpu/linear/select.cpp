@@ -1,0 +1,79 @@
+// Which linear algorithm runs a pass: the claims of each (what it is written for) and, in one
+// table, the choice among those that claim a shape, each rule with its reason. The timings behind
+// the reasons are in docs/performance.md (linear).
+#include "../simd.h"
+#include "algorithms.h"
+
+namespace lenet_ext::cpu::linear {
+
+namespace {
+constexpr const char* kAlgorithmNames[] = {"reference", "dot", "packed", "axpy", "gemm"};
+constexpr const char* kPassNames[] = {"forward", "grad_input", "grad_weight"};
+
+constexpr int64_t kFewRows = 2;  // backward rows (batch 1) below which gemm's tile setup dominates
+
+// Estimated cycles per row of input (one FMA vector a cycle): the dot algorithm's 4 x 4 tiles take
+// ceil(in / kLanes) steps of 16 FMAs plus ~100 cycles to fold and store; gemm's tiles take one FMA
+// per kLanes output columns per in_feature, but need weight^T first (~half a cycle an element).
+bool forward_transposes(int64_t rows, int64_t in_features, int64_t out_features, int64_t lanes) {
+  const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  const int64_t dot_row = ceil_div(out_features, 4) * (4 * ceil_div(in_features, lanes) + 25);
+  const int64_t gemm_row = ceil_div(out_features, lanes) * in_features;
+  return out_features * in_features / 2 + rows * gemm_row < rows * dot_row;
+}
+}  // namespace
+
+const char* name(Algorithm algorithm) { return kAlgorithmNames[static_cast<int>(algorithm)]; }
+const char* name(Pass pass) { return kPassNames[static_cast<int>(pass)]; }
+
+std::optional<Algorithm> algorithm_named(std::string_view name) {
+  for (int i = 0; i < 5; ++i)
+    if (name == kAlgorithmNames[i]) return static_cast<Algorithm>(i);
+  return std::nullopt;
+}
+
+std::optional<Pass> pass_named(std::string_view name) {
+  for (int i = 0; i < 3; ++i)
+    if (name == kPassNames[i]) return static_cast<Pass>(i);
+  return std::nullopt;
+}
+
+template <typename scalar_t>
+bool claims(Algorithm algorithm, Pass pass, const LinearShape& s) {
+  switch (algorithm) {
+    case Algorithm::kReference:
+      return true;
+    case Algorithm::kDot:  // its last step re-reads the final vector of a row: one must exist
+      return pass == Pass::kForward && s.in_features >= simd::Vec<scalar_t>::kLanes;
+    case Algorithm::kPacked:
+      return pass == Pass::kForward;
+    case Algorithm::kAxpy:
+    case Algorithm::kGemm:
+      return pass != Pass::kForward;
+  }
+  return false;
+}
+
+template <typename scalar_t>
+Algorithm select(Pass pass, const LinearShape& s) {
+  using A = Algorithm;
+  if (pass == Pass::kForward) {
+    // dot products on weight as stored, unless enough rows amortise packing weight^T for the
+    // broadcast tiles, which have no per-tile fold (the cycle estimate above)
+    if (claims<scalar_t>(A::kDot, pass, s) &&
+        !forward_transposes(s.rows, s.in_features, s.out_features, simd::Vec<scalar_t>::kLanes))
+      return A::kDot;
+    return A::kPacked;
+  }
+  // batch 1: a few axpys a gradient row; gemm's tile setup and stores would cost ~6x the product
+  if (s.rows <= kFewRows) return A::kAxpy;
+  // more rows: register tiles, bound by FMA throughput
+  return A::kGemm;
+}
+
+template bool claims<float>(Algorithm, Pass, const LinearShape&);
+template bool claims<double>(Algorithm, Pass, const LinearShape&);
+template Algorithm select<float>(Pass, const LinearShape&);
+template Algorithm select<double>(Pass, const LinearShape&);
+
+}  // namespace lenet_ext::cpu::linear

@@ -1,0 +1,168 @@
+"""Each conv2d CPU algorithm forced on every shape of a grid: where it claims the shape (csrc/cpu/
+conv2d/select.cpp) it must equal the reference kernel and stock, forward and every gradient; where
+it does not, forcing it must raise. And the algorithms LeNet's shapes take, so that a lost fast path
+fails here rather than only in a benchmark."""
+import pytest
+import torch
+import torch.nn.functional as TF
+
+from test_conv2d import SPECIAL_PATH_CASES, _lanes, assert_close
+
+op = torch.ops.lenet_ext
+ALGORITHMS = ["reference", "im2col", "direct", "rows", "lanes"]
+STEPS = ["forward", "grad_input", "grad_weight"]
+# the steps each algorithm is written for (on some shapes)
+HAS = {"reference": STEPS, "im2col": STEPS, "direct": STEPS, "rows": ["forward", "grad_weight"],
+       "lanes": STEPS}
+
+
+def _random_small_case(seed):
+    """A stride-1 unpadded conv near the fast paths' bounds: (batch, in, out, size, kernel, groups,
+    padding) as a function of the lanes L, like SPECIAL_PATH_CASES."""
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda options: options[torch.randint(len(options), (), generator=g).item()]  # noqa
+
+    def case(L):
+        groups = pick([1, 1, 2])
+        kernel = (pick([1, 2, 3, 5]), pick([5, 5, 3, 4]))
+        out_channels = groups * pick([1, 3, L // 2, L // 2 + 1, L])
+        size = tuple(k + pick([0, 1, 5, 9, L, 2 * L]) for k in kernel)
+        return pick([1, 2, L - 1, L, L + 1, 2 * L + 3]), groups * pick([1, 2, 3]), out_channels, \
+            size, kernel, groups, 0
+    return case
+
+
+CASES = dict(SPECIAL_PATH_CASES)
+CASES.update({f"random_{seed}": _random_small_case(seed) for seed in range(16)})
+# general convolutions: only reference and im2col claim them
+CASES.update({
+    "strided": lambda L: (2, 3, 4, (9, 10), (3, 3), 1, 0, (2, 3), 1),
+    "padded": lambda L: (2, 4, 6, (7, 8), (5, 5), 2, 2, 1, 1),
+    "dilated": lambda L: (3, 2, 5, (11, 9), (3, 5), 1, (1, 0), 1, (2, 1)),
+    "wide": lambda L: (2, 3, 2 * L + 1, (8, 8), (5, 5), 1, 0),
+})
+
+
+def _conv_args(case, dtype):
+    batch, in_channels, out_channels, size, kernel, groups, padding, *rest = CASES[case](_lanes(dtype))
+    stride, dilation = rest if rest else (1, 1)
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    x = torch.randn(batch, in_channels, *size, dtype=dtype)
+    w = torch.randn(out_channels, in_channels // groups, *kernel, dtype=dtype)
+    b = torch.randn(out_channels, dtype=dtype)
+    return x, w, b, pair(stride), pair(padding), pair(dilation), groups
+
+
+def _run(algorithm, step, x, w, b, grad_output, *args):
+    """One step of conv2d with the algorithm forced: the output or the gradient."""
+    if step == "forward":
+        return op._conv2d_forced(x, w, b, *args, algorithm)
+    if step == "grad_bias":
+        return op._conv2d_backward_forced(grad_output, x, w, *args, [False, False, True], algorithm)[2]
+    mask = [step == "grad_input", step == "grad_weight", False]
+    return op._conv2d_backward_forced(grad_output, x, w, *args, mask, algorithm)[mask.index(True)]
+
+
+def _stock(step, x, w, b, grad_output, stride, padding, dilation, groups):
+    x, w, b = (t.detach().requires_grad_() for t in (x, w, b))
+    out = TF.conv2d(x, w, b, stride, padding, dilation, groups)
+    if step == "forward":
+        return out.detach()
+    which = {"grad_input": x, "grad_weight": w, "grad_bias": b}[step]
+    return torch.autograd.grad(out, which, grad_output)[0]
+
+
+def _claimed(algorithm, step, x, w, b, grad_output, args):
+    try:
+        return _run(algorithm, step, x, w, b, grad_output, *args)
+    except RuntimeError as error:
+        assert f"algorithm '{algorithm}' does not claim the {step}" in str(error)
+        return None
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("case", CASES)
+def test_forced_algorithm_equals_reference_and_stock(dtype, case, algorithm):
+    x, w, b, *args = _conv_args(case, dtype)
+    grad_output = torch.randn_like(TF.conv2d(x, w, b, *args))
+    for step in STEPS + ["grad_bias"]:
+        ours = _claimed(algorithm, step, x, w, b, grad_output, args)
+        if ours is None:
+            continue
+        assert_close(ours, _run("reference", step, x, w, b, grad_output, *args))
+        assert_close(ours, _stock(step, x, w, b, grad_output, *args))
+
+
+def test_every_algorithm_claims_shapes_of_the_grid():
+    """Each algorithm is forced, and checked, on shapes for each step it has: the grid still
+    reaches it. The steps it does not have are refused everywhere."""
+    for dtype in (torch.float32, torch.float64):
+        claimed = {(a, s): 0 for a in ALGORITHMS for s in STEPS}
+        for case in CASES:
+            x, w, b, *args = _conv_args(case, dtype)
+            grad_output = torch.randn_like(TF.conv2d(x, w, b, *args))
+            for algorithm in ALGORITHMS:
+                for step in STEPS:
+                    claimed[algorithm, step] += _claimed(algorithm, step, x, w, b, grad_output,
+                                                         args) is not None
+        for (algorithm, step), count in claimed.items():
+            if step in HAS[algorithm]:
+                assert count >= 4, (algorithm, step, dtype, count)
+            else:
+                assert count == 0, (algorithm, step, dtype, count)
+
+
+# LeNet's convolutions (float32, 16 lanes) and the algorithms they take at batch 1, 64, 256.
+LENET = {"conv1": (1, 6, 32), "conv2": (6, 16, 14)}
+LENET_ALGORITHMS = {
+    ("conv1", 1): ("rows", "im2col", "rows"),
+    ("conv1", 64): ("lanes", "im2col", "lanes"),
+    ("conv1", 256): ("lanes", "im2col", "lanes"),
+    ("conv2", 1): ("direct", "direct", "direct"),
+    ("conv2", 64): ("direct", "lanes", "lanes"),
+    ("conv2", 256): ("direct", "lanes", "lanes"),
+}
+
+
+def _algorithms(layer, batch, weight=None):
+    in_channels, out_channels, size = LENET[layer]
+    x = torch.randn(batch, in_channels, size, size)
+    w = torch.randn(out_channels, in_channels, 5, 5) if weight is None else weight
+    return tuple(op._conv2d_algorithm(x, w, [1, 1], [0, 0], [1, 1], 1, step) for step in STEPS)
+
+
+@pytest.mark.parametrize("layer, batch", LENET_ALGORITHMS)
+def test_lenet_shapes_take_their_fast_paths(layer, batch):
+    """conv2d and conv2d_relu_max_pool2d (which calls the same kernels) at LeNet's shapes."""
+    assert _algorithms(layer, batch) == LENET_ALGORITHMS[layer, batch]
+
+
+@pytest.mark.parametrize("batch", [1, 64, 256])
+def test_lenet_op_chunks_take_their_fast_paths(batch):
+    """The whole-network lenet op runs its conv blocks on chunks of min(16, batch) images."""
+    chunk = min(16, batch)
+    assert _algorithms("conv1", chunk) == (("rows", "im2col", "rows") if chunk < 16
+                                           else ("lanes", "im2col", "lanes"))
+    assert _algorithms("conv2", chunk) == (("direct",) * 3 if chunk < 16
+                                           else ("direct", "lanes", "lanes"))
+
+
+def test_direct_grad_input_needs_finite_weights():
+    """Its zero padding times an infinite weight would be NaN where stock has none."""
+    w = torch.randn(16, 6, 5, 5)
+    w[3, 2, 1, 1] = float("inf")
+    assert _algorithms("conv2", 1, w)[1] == "im2col"
+    x = torch.randn(1, 6, 14, 14)
+    with pytest.raises(RuntimeError, match="algorithm 'direct' does not claim the grad_input"):
+        op._conv2d_backward_forced(torch.randn(1, 16, 10, 10), x, w, [1, 1], [0, 0], [1, 1], 1,
+                                   [True, False, False], "direct")
+
+
+def test_forcing_an_unknown_algorithm_raises():
+    x, w = torch.randn(1, 1, 8, 8), torch.randn(2, 1, 3, 3)
+    with pytest.raises(RuntimeError, match=r"_conv2d_forced: expected algorithm to be one of "
+                                           r"reference, im2col, direct, rows, lanes, but got 'fast'"):
+        op._conv2d_forced(x, w, None, [1, 1], [0, 0], [1, 1], 1, "fast")
+    with pytest.raises(RuntimeError, match=r"expected step to be one of forward, grad_input, "
+                                           r"grad_weight, but got 'backward'"):
+        op._conv2d_algorithm(x, w, [1, 1], [0, 0], [1, 1], 1, "backward")
