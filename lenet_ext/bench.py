@@ -643,6 +643,8 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
         print(f"  {r.name:<6} {r.mode:<16} batch {r.batch:<4} ours {format_time(r.ours):>9}"
               f"  stock {format_time(r.stock):>9}  stock/ours {format_ratio(r.ratios)}"
               + (f" ({r.attempts} attempts)" if r.attempts > 1 else ""), flush=True)
+    if not rows:
+        parser.error(f"--only {' '.join(args.only)}: no row of this benchmark has that name")
     out = args.out or default_out / f"{env['date'][:10]}-{args.device}"
     paths = write_report(rows, env, out, stem, title)
     note = unstable_note(rows)
