@@ -24,6 +24,9 @@ rm -f "$work"/lenet_ext/_C*.so
 cd "$work"
 tests=(tests/test_relu.py tests/test_linear.py tests/test_conv2d.py tests/test_max_pool2d.py
        tests/test_fuzz.py tests/test_fused.py)
+# Every algorithm forced on its whole claimed range (CPU kernels only: not for the emulated build).
+algorithms=(tests/test_conv2d_algorithms.py tests/test_linear_algorithms.py
+            tests/test_max_pool2d_algorithms.py tests/test_fused_algorithms.py)
 
 if [ "$mode" = cuda-emulated ]; then
   LENET_EXT_CUDA=emulated python setup.py -q build_ext --inplace
@@ -34,7 +37,7 @@ fi
 
 if [ "$mode" = portable ]; then
   LENET_EXT_NATIVE=0 LENET_EXT_CUDA=0 python setup.py -q build_ext --inplace
-  python -m pytest -q -p no:cacheprovider -x "${tests[@]}" tests/test_determinism.py
+  python -m pytest -q -p no:cacheprovider -x "${tests[@]}" "${algorithms[@]}" tests/test_determinism.py
   exit
 fi
 
@@ -47,4 +50,5 @@ compiler="${CXX:-c++}"  # the one setup.py builds with
 runtimes="$($compiler -print-file-name=libasan.so) $($compiler -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-LD_PRELOAD="$runtimes" python -m pytest -q -p no:cacheprovider -x --capture=sys "${tests[@]}"
+LD_PRELOAD="$runtimes" python -m pytest -q -p no:cacheprovider -x --capture=sys "${tests[@]}" \
+  "${algorithms[@]}"

@@ -1,8 +1,8 @@
 """Fake (meta) kernels of the lenet_ext ops.
 
 The schemas, the CPU/CUDA kernels and autograd are registered in C++ (csrc/; autograd in
-csrc/autograd.cpp, where it costs ~1 µs a call instead of Python's ~7). A fake kernel computes output
-shapes only, so torch.compile can trace through an op.
+csrc/autograd.cpp, at a fraction of a Python autograd.Function's cost a call: docs/performance.md).
+A fake kernel computes output shapes only, so torch.compile can trace through an op.
 """
 import torch
 
