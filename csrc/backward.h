@@ -1,6 +1,6 @@
-// What the entry points of the layers with a weight (linear, conv2d, the fused block), CPU and
-// CUDA, share: the optional bias's data, and the backward's outputs, allocated as output_mask
-// selects.
+// What the entry points of the ops, CPU and CUDA, share once their arguments are checked (csrc/<op>.h):
+// the tensors as kernels read them (contiguous), the backward's outputs allocated as output_mask
+// selects, and the raw pointers of optional tensors.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -10,6 +10,18 @@
 #include <tuple>
 
 namespace lenet_ext {
+
+// The tensors as the kernels read them: contiguous, copied only where they are not. For
+// `const auto [x, w] = contiguous(input, weight);`.
+template <typename... Tensors>
+auto contiguous(const Tensors&... tensors) {
+  return std::make_tuple(tensors.expect_contiguous()...);
+}
+
+// A layer's optional bias, contiguous.
+inline std::optional<at::Tensor> contiguous_bias(const std::optional<at::Tensor>& bias) {
+  return bias ? std::optional<at::Tensor>(bias->contiguous()) : std::nullopt;
+}
 
 // (grad_input, grad_weight, grad_bias) for a weight whose first dimension is the output channels or
 // features: uninitialised tensors where output_mask selects them, undefined tensors elsewhere.

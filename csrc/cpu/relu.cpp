@@ -10,6 +10,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../backward.h"
 #include "../checks.h"
 #include "../shapes.h"
 #include "kernels.h"
@@ -55,8 +56,7 @@ at::Tensor relu_backward_cpu(const at::Tensor& grad_output, const at::Tensor& re
   check_dtype("relu_backward", "result", result);
   check_same_dtype_device("relu_backward", "grad_output", grad_output, "result", result);
   check_same_shape("relu_backward", "grad_output", grad_output, result.sizes());
-  const auto grad = grad_output.expect_contiguous();
-  const auto y = result.expect_contiguous();
+  const auto [grad, y] = contiguous(grad_output, result);
   auto grad_input = at::empty(result.sizes(), result.options());
   AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "lenet_ext::relu_backward", [&] {
     relu_backward(grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),

@@ -87,8 +87,7 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
   check_same_dtype_device("relu_backward", "grad_output", grad_output, "result", result);
   check_same_shape("relu_backward", "grad_output", grad_output, result.sizes());
   const DeviceGuard guard(result.device());
-  const auto grad = grad_output.expect_contiguous();
-  const auto y = result.expect_contiguous();
+  const auto [grad, y] = contiguous(grad_output, result);
   auto grad_input = at::empty(result.sizes(), result.options());
   AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "lenet_ext::relu_backward", [&] {
     cuda::launch_relu_backward(grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
@@ -108,10 +107,8 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
   const DeviceGuard guard(input.device());
   const int64_t in_features = weight.size(1), out_features = weight.size(0);
   auto output = at::empty(linear_output_shape(input, weight), input.options());
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->contiguous();
+  const auto [x, w] = contiguous(input, weight);
+  const auto b = contiguous_bias(bias);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear", [&] {
     cuda::launch_linear(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
                         optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(),
@@ -128,11 +125,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   const DeviceGuard guard(input.device());
   const int64_t in_features = weight.size(1), out_features = weight.size(0);
   const int64_t rows = linear_rows(input);
-  const auto grad = grad_output.expect_contiguous();
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
+  const auto [grad, x, w] = contiguous(grad_output, input, weight);
+  auto [grad_input, grad_weight, grad_bias] = empty_grads(input, weight, output_mask);
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear_backward", [&] {
     const scalar_t* g = grad->const_data_ptr<scalar_t>();
@@ -178,10 +172,8 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
   const auto shape = conv2d_shape(input, weight, output_shape[2], output_shape[3], stride,
                                   padding, dilation, groups);
   auto output = at::empty(output_shape, input.options());
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->contiguous();
+  const auto [x, w] = contiguous(input, weight);
+  const auto b = contiguous_bias(bias);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d", [&] {
     cuda::launch_conv2d(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
                         optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(), shape,
@@ -199,11 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   const DeviceGuard guard(input.device());
   const auto shape = conv2d_shape(input, weight, grad_output.size(2), grad_output.size(3), stride,
                                   padding, dilation, groups);
-  const auto grad = grad_output.expect_contiguous();
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
+  const auto [grad, x, w] = contiguous(grad_output, input, weight);
+  auto [grad_input, grad_weight, grad_bias] = empty_grads(input, weight, output_mask);
   const cudaStream_t stream = current_stream();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
     const scalar_t* g = grad->const_data_ptr<scalar_t>();
@@ -264,8 +253,7 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   const DeviceGuard guard(grad_output.device());
   const int64_t in_h = input_size[input_size.size() - 2], in_w = input_size.back();
   const int64_t out_plane = grad_output.size(-2) * grad_output.size(-1);
-  const auto grad = grad_output.expect_contiguous();
-  const auto index = indices.expect_contiguous();
+  const auto [grad, index] = contiguous(grad_output, indices);
   auto grad_input = at::empty(input_size, grad_output.options());
   auto bad_index = at::zeros({2}, grad_output.options().dtype(at::kLong));  // found, which
   const cudaStream_t stream = current_stream();

@@ -207,10 +207,8 @@ at::Tensor conv2d_run(const at::Tensor& input, const at::Tensor& weight,
       check_conv2d_args(input, weight, bias, stride, padding, dilation, groups);
   const ConvShape s = conv_shape(input, weight, output_shape, stride, padding, dilation, groups);
   auto output = at::empty(output_shape, input.options());
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->contiguous();
+  const auto [x, w] = contiguous(input, weight);
+  const auto b = contiguous_bias(bias);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d", [&] {
     const scalar_t* w_data = w->const_data_ptr<scalar_t>();
     const int64_t batch = input.size(0);
@@ -231,11 +229,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_run(
   const ConvShape s = conv_shape(input, weight, grad_output.sizes().vec(), stride, padding,
                                  dilation, groups);
   const int64_t batch = input.size(0);
-  const auto grad = grad_output.expect_contiguous();
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
+  const auto [grad, x, w] = contiguous(grad_output, input, weight);
+  auto [grad_input, grad_weight, grad_bias] = empty_grads(input, weight, output_mask);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
     const scalar_t* w_data = w->const_data_ptr<scalar_t>();
     const scalar_t* g = grad->const_data_ptr<scalar_t>();

@@ -41,9 +41,7 @@ std::tuple<at::Tensor, at::Tensor> block_run(const at::Tensor& input, const at::
   const int64_t batch = input.size(0);
   auto output = at::empty(s.output_sizes(batch), input.options());
   auto indices = at::empty(s.output_sizes(batch), input.options().dtype(at::kLong));
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  const auto b = bias.expect_contiguous();
+  const auto [x, w, b] = contiguous(input, weight, bias);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d", [&] {
     const auto k = kernels<scalar_t, int64_t>(chosen);
     // not zeroed: the conv kernel writes every element
@@ -77,13 +75,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_backward_run(
               "the same device as input (", input.device(), "), but got ", indices.device());
   check_same_shape(op, "indices", indices, output_sizes);
 
-  const auto grad = grad_output.expect_contiguous();
-  const auto y = output.expect_contiguous();
-  const auto idx = indices.expect_contiguous();
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
+  const auto [grad, y, idx, x, w] = contiguous(grad_output, output, indices, input, weight);
+  auto [grad_input, grad_weight, grad_bias] = empty_grads(input, weight, output_mask);
   int64_t bad_index = 0;
   bool indices_ok = true;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_relu_max_pool2d_backward", [&] {

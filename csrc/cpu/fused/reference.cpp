@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "../../shapes.h"
+#include "../names.h"
 #include "../conv2d/algorithms.h"
 #include "../linear/algorithms.h"
 #include "algorithms.h"
@@ -53,9 +54,7 @@ void reference_linear_backward(const scalar_t* grad_output, const scalar_t* inpu
 const char* name(Algorithm algorithm) { return kAlgorithmNames[static_cast<int>(algorithm)]; }
 
 std::optional<Algorithm> algorithm_named(std::string_view name) {
-  for (int i = 0; i < 2; ++i)
-    if (name == kAlgorithmNames[i]) return static_cast<Algorithm>(i);
-  return std::nullopt;
+  return named<Algorithm>(kAlgorithmNames, name);
 }
 
 template <typename scalar_t, typename index_t>

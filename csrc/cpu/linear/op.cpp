@@ -114,10 +114,8 @@ at::Tensor linear_run(const at::Tensor& input, const at::Tensor& weight,
   check_linear_args(input, weight, bias);
   auto output = at::empty(linear_output_shape(input, weight), input.options());
   const linear::LinearShape s = linear_shape(input, weight);
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) b = bias->contiguous();
+  const auto [x, w] = contiguous(input, weight);
+  const auto b = contiguous_bias(bias);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear", [&] {
     using linear::Pass;
     const auto chosen = algorithm ? forced<scalar_t>("_linear_forced", *algorithm, Pass::kForward, s)
@@ -133,11 +131,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_run(
     std::array<bool, 3> output_mask, std::optional<std::string_view> algorithm) {
   check_linear_backward_args(grad_output, input, weight);
   const linear::LinearShape s = linear_shape(input, weight);
-  const auto grad = grad_output.expect_contiguous();
-  const auto x = input.expect_contiguous();
-  const auto w = weight.expect_contiguous();
-  at::Tensor grad_input, grad_weight, grad_bias;
-  std::tie(grad_input, grad_weight, grad_bias) = empty_grads(input, weight, output_mask);
+  const auto [grad, x, w] = contiguous(grad_output, input, weight);
+  auto [grad_input, grad_weight, grad_bias] = empty_grads(input, weight, output_mask);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear_backward", [&] {
     using linear::Pass;
     auto input_algorithm = linear::select<scalar_t>(Pass::kGradInput, s);

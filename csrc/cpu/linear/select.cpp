@@ -2,6 +2,7 @@
 // table, the choice among those that claim a shape, each rule with its reason. The timings behind
 // the reasons are in docs/performance.md (linear).
 #include "../simd.h"
+#include "../names.h"
 #include "algorithms.h"
 
 namespace lenet_ext::cpu::linear {
@@ -27,15 +28,11 @@ const char* name(Algorithm algorithm) { return kAlgorithmNames[static_cast<int>(
 const char* name(Pass pass) { return kPassNames[static_cast<int>(pass)]; }
 
 std::optional<Algorithm> algorithm_named(std::string_view name) {
-  for (int i = 0; i < 5; ++i)
-    if (name == kAlgorithmNames[i]) return static_cast<Algorithm>(i);
-  return std::nullopt;
+  return named<Algorithm>(kAlgorithmNames, name);
 }
 
 std::optional<Pass> pass_named(std::string_view name) {
-  for (int i = 0; i < 3; ++i)
-    if (name == kPassNames[i]) return static_cast<Pass>(i);
-  return std::nullopt;
+  return named<Pass>(kPassNames, name);
 }
 
 template <typename scalar_t>

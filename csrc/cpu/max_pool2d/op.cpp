@@ -12,6 +12,7 @@
 #include <string>
 #include <tuple>
 
+#include "../../backward.h"
 #include "../../max_pool2d.h"
 #include "../parallel.h"
 #include "algorithms.h"
@@ -122,8 +123,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const int64_t in_plane = input_size[input_size.size() - 2] * input_size.back();
   const int64_t out_plane = grad_output.size(-2) * grad_output.size(-1);
   const int64_t planes = c10::multiply_integers(input_size.begin(), input_size.end() - 2);
-  const auto grad = grad_output.expect_contiguous();
-  const auto idx = indices.expect_contiguous();
+  const auto [grad, idx] = contiguous(grad_output, indices);
   std::atomic<bool> found_bad_index{false};
   std::atomic<int64_t> bad_index{0};
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "lenet_ext::max_pool2d_backward", [&] {

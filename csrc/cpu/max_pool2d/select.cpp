@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "algorithms.h"
+#include "../names.h"
 
 namespace lenet_ext::cpu::max_pool2d {
 
@@ -14,9 +15,7 @@ constexpr const char* kAlgorithmNames[] = {"reference", "general", "2x2"};
 const char* name(Algorithm algorithm) { return kAlgorithmNames[static_cast<int>(algorithm)]; }
 
 std::optional<Algorithm> algorithm_named(std::string_view name) {
-  for (int i = 0; i < 3; ++i)
-    if (name == kAlgorithmNames[i]) return static_cast<Algorithm>(i);
-  return std::nullopt;
+  return named<Algorithm>(kAlgorithmNames, name);
 }
 
 template <typename scalar_t>
