@@ -8,17 +8,19 @@
 #include <string_view>
 
 #include "../kernels.h"
+#include "../names.h"
 #include "../simd.h"
 
 namespace lenet_ext::cpu::conv2d {
 
-enum class Pass { kForward, kGradInput, kGradWeight };
+using cpu::name;
+using cpu::Pass;
+using cpu::pass_named;
+
 enum class Algorithm { kReference, kIm2col, kDirect, kRows, kLanes };
 
 const char* name(Algorithm algorithm);
-const char* name(Pass pass);
 std::optional<Algorithm> algorithm_named(std::string_view name);
-std::optional<Pass> pass_named(std::string_view name);
 
 // Whether `algorithm` is written for this pass and shape (the range tests force it on). Forcing
 // one outside it raises; `finite_weight` matters to the direct grad_input only (see select.cpp).

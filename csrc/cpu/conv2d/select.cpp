@@ -8,18 +8,12 @@ namespace lenet_ext::cpu::conv2d {
 
 namespace {
 constexpr const char* kAlgorithmNames[] = {"reference", "im2col", "direct", "rows", "lanes"};
-constexpr const char* kPassNames[] = {"forward", "grad_input", "grad_weight"};
 }  // namespace
 
 const char* name(Algorithm algorithm) { return kAlgorithmNames[static_cast<int>(algorithm)]; }
-const char* name(Pass pass) { return kPassNames[static_cast<int>(pass)]; }
 
 std::optional<Algorithm> algorithm_named(std::string_view name) {
   return named<Algorithm>(kAlgorithmNames, name);
-}
-
-std::optional<Pass> pass_named(std::string_view name) {
-  return named<Pass>(kPassNames, name);
 }
 
 template <typename scalar_t>

@@ -7,9 +7,14 @@
 #include <optional>
 #include <string_view>
 
+#include "../names.h"
+
 namespace lenet_ext::cpu::linear {
 
-enum class Pass { kForward, kGradInput, kGradWeight };
+using cpu::name;
+using cpu::Pass;
+using cpu::pass_named;
+
 enum class Algorithm { kReference, kDot, kPacked, kAxpy, kGemm };
 
 // The sizes of one call.
@@ -18,9 +23,7 @@ struct LinearShape {
 };
 
 const char* name(Algorithm algorithm);
-const char* name(Pass pass);
 std::optional<Algorithm> algorithm_named(std::string_view name);
-std::optional<Pass> pass_named(std::string_view name);
 
 // Whether `algorithm` is written for this pass and shape (the range tests force it on).
 template <typename scalar_t>

@@ -9,7 +9,6 @@ namespace lenet_ext::cpu::linear {
 
 namespace {
 constexpr const char* kAlgorithmNames[] = {"reference", "dot", "packed", "axpy", "gemm"};
-constexpr const char* kPassNames[] = {"forward", "grad_input", "grad_weight"};
 
 constexpr int64_t kFewRows = 2;  // backward rows (batch 1) below which gemm's tile setup dominates
 
@@ -25,14 +24,9 @@ bool forward_transposes(int64_t rows, int64_t in_features, int64_t out_features,
 }  // namespace
 
 const char* name(Algorithm algorithm) { return kAlgorithmNames[static_cast<int>(algorithm)]; }
-const char* name(Pass pass) { return kPassNames[static_cast<int>(pass)]; }
 
 std::optional<Algorithm> algorithm_named(std::string_view name) {
   return named<Algorithm>(kAlgorithmNames, name);
-}
-
-std::optional<Pass> pass_named(std::string_view name) {
-  return named<Pass>(kPassNames, name);
 }
 
 template <typename scalar_t>
