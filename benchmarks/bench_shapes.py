@@ -60,7 +60,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -75,6 +74,7 @@ if any((CHECKOUT / "lenet_ext").glob("_C*")):  # this checkout's in-place build 
 
 import lenet_ext  # noqa: E402
 from lenet_ext import bench  # noqa: E402
+from lenet_ext.checkpoint import write_atomically  # noqa: E402
 
 PASSES = ("forward", "grad-input", "grad-weight", "forward+backward")
 BATCH_SIZES = (1, 8, 16, 32, 64)
@@ -437,11 +437,8 @@ def base_row(planned: Planned) -> dict:
 # report ----------------------------------------------------------------------------------------
 
 def write_json_atomic(path: Path, document: dict) -> None:
-    """Writes to a temporary file beside `path`, then renames it over `path`: a crash at any moment
-    leaves the old file or the new one, never half of one."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(temporary, path)
+    """A crash at any moment leaves the old file or the new one, never half of one."""
+    write_atomically(path, lambda file: file.write((json.dumps(document, indent=1) + "\n").encode()))
 
 
 def _timed_row(row: dict) -> bench.Row:

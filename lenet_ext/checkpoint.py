@@ -1,9 +1,10 @@
 """Checkpoints that survive a crash, and the random state that makes a resumed run bitwise equal to
 an uninterrupted one.
 
-``save(obj, path)`` writes ``obj`` with ``torch.save`` to a temporary file in the same directory,
-flushes and fsyncs it, renames it over ``path`` and fsyncs the directory: whenever the process
-dies, ``path`` holds either the previous complete file or the new one, never a mix. ``load(path)``
+``save(obj, path)`` writes ``obj`` with ``torch.save`` through ``write_atomically``: to a temporary
+file in the same directory, flushed and fsynced, renamed over ``path``, the directory fsynced:
+whenever the process dies, ``path`` holds either the previous complete file or the new one, never a
+mix. ``load(path)``
 reads one back (tensors and plain Python values only: ``weights_only``) or raises
 ``CheckpointError`` naming the file and what is wrong with it.
 
@@ -27,11 +28,19 @@ class CheckpointError(RuntimeError):
 
 
 def save(obj, path) -> None:
+    write_atomically(path, lambda file: torch.save(obj, file))
+
+
+def write_atomically(path, write) -> None:
+    """``write(file)`` into a temporary binary file beside ``path``, flushed and fsynced, then renamed
+    over ``path``, and the folder fsynced: ``path`` is always the old file or the new one, whole.
+    Every file this package keeps across a crash goes through here (checkpoints, metrics, plots,
+    downloads, benchmark reports)."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")  # one writer a path: a stale one is overwritten
     try:
         with open(partial, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)

@@ -25,6 +25,8 @@ from typing import Optional
 
 import torch
 
+from .checkpoint import write_atomically
+
 
 BUNDLED_MNIST = Path(__file__).with_name("mnist_5k")
 
@@ -124,11 +126,9 @@ def download_file(dataset: str, root, name: str) -> Path:
         if md5 != spec["md5"][name]:
             failures.append(f"{url}: MD5 {md5}, expected {spec['md5'][name]}")
             continue
-        partial = target.with_suffix(".part")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_bytes(data)
-            partial.replace(target)
+            write_atomically(target, lambda file: file.write(data))
         except OSError as error:
             raise DataError(f"cannot save the download as {target}: {error.strerror}") from None
         return target

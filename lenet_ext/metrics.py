@@ -6,16 +6,10 @@ resumed checkpoint holds, each once.
 """
 import csv
 import io
-import os
-from pathlib import Path
+
+from .checkpoint import write_atomically
 
 COLUMNS = ("epoch", "train_loss", "test_loss", "test_acc", "images_per_s", "seconds")
-
-
-def _replace(path: Path, data: bytes) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 def write_csv(history, path) -> None:
@@ -26,7 +20,7 @@ def write_csv(history, path) -> None:
     for row in history:
         writer.writerow({key: (f"{row[key]:.6g}" if isinstance(row[key], float) else row[key])
                          for key in COLUMNS})
-    _replace(Path(path), text.getvalue().encode())
+    write_atomically(path, lambda file: file.write(text.getvalue().encode()))
 
 
 def plotting_available() -> bool:
@@ -55,7 +49,5 @@ def plot(history, path, title: str) -> None:
         axes.grid(alpha=0.3)
         axes.xaxis.get_major_locator().set_params(integer=True)
     figure.suptitle(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    write_atomically(path, lambda file: figure.savefig(file, format="png", dpi=100))
     plt.close(figure)
-    _replace(Path(path), buffer.getvalue())
