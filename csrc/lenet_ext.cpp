@@ -36,7 +36,7 @@ TORCH_LIBRARY(lenet_ext, m) {
         " -> (Tensor, Tensor, Tensor)");
   // Internal (tests): the algorithm csrc/cpu/linear/select.cpp picks for a step ("forward",
   // "grad_input", "grad_weight"), and linear with one algorithm forced ("reference", "dot",
-  // "packed" forward; "reference", "axpy", "gemm" backward; a shape it does not claim raises).
+  // "gemm" forward; "reference", "axpy", "gemm" backward; a shape it does not claim raises).
   m.def("_linear_algorithm(Tensor input, Tensor weight, str step) -> str");
   m.def("_linear_forced(Tensor input, Tensor weight, Tensor? bias, str algorithm) -> Tensor");
   m.def("_linear_backward_forced(Tensor grad_output, Tensor input, Tensor weight,"

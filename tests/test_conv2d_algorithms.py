@@ -40,6 +40,14 @@ CASES.update({
     "padded": lambda L: (2, 4, 6, (7, 8), (5, 5), 2, 2, 1, 1),
     "dilated": lambda L: (3, 2, 5, (11, 9), (3, 5), 1, (1, 0), 1, (2, 1)),
     "wide": lambda L: (2, 3, 2 * L + 1, (8, 8), (5, 5), 1, 0),
+    # im2col's GEMM paths: 1x1 as a product on the input itself, strided 1x1, columns in several
+    # chunks (1 MB of them) split over threads by chunk, input channel or tap range
+    "pointwise": lambda L: (3, 24, 40, (9, 11), (1, 1), 1, 0),
+    "pointwise_groups": lambda L: (2, 8, 6, (5, 7), (1, 1), 2, 0),
+    "pointwise_strided": lambda L: (2, 16, 32, (14, 13), (1, 1), 1, 0, 2, 1),
+    "chunked": lambda L: (1, 40, 36, (30, 30), (3, 3), 1, 1),
+    "chunked_odd_batch": lambda L: (3, 40, 20, (31, 29), (3, 3), 1, 1),
+    "stem": lambda L: (2, 3, 8, (90, 90), (7, 7), 1, 3, 2, 1),
 })
 
 
@@ -110,6 +118,23 @@ def test_every_algorithm_claims_shapes_of_the_grid():
                 assert count >= 4, (algorithm, step, dtype, count)
             else:
                 assert count == 0, (algorithm, step, dtype, count)
+
+
+@pytest.mark.parametrize("case", ["pointwise", "chunked", "chunked_odd_batch", "stem"])
+def test_im2col_is_bitwise_the_same_for_one_and_two_threads(case):
+    """Threads take disjoint parts of each result; chunks are fixed by the shape alone."""
+    x, w, b, *args = _conv_args(case, torch.float32)
+    grad_output = torch.randn_like(TF.conv2d(x, w, b, *args))
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append([_run("im2col", step, x, w, b, grad_output, *args) for step in STEPS])
+    finally:
+        torch.set_num_threads(previous)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
 
 
 # LeNet's convolutions (float32, 16 lanes) and the algorithms they take at batch 1, 64, 256.

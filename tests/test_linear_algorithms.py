@@ -9,10 +9,10 @@ import torch.nn.functional as TF
 from test_conv2d import _lanes, assert_close
 
 op = torch.ops.lenet_ext
-ALGORITHMS = ["reference", "dot", "packed", "axpy", "gemm"]
+ALGORITHMS = ["reference", "dot", "axpy", "gemm"]
 STEPS = ["forward", "grad_input", "grad_weight"]
-HAS = {"reference": STEPS, "dot": ["forward"], "packed": ["forward"],
-       "axpy": ["grad_input", "grad_weight"], "gemm": ["grad_input", "grad_weight"]}
+HAS = {"reference": STEPS, "dot": ["forward"],
+       "axpy": ["grad_input", "grad_weight"], "gemm": STEPS}
 
 # (leading dimensions of input, in_features, out_features, bias) as a function of the lanes L: the
 # dot tiles' last partial step and row/column tails, gemm's panel tails, the few-rows bound
@@ -29,6 +29,10 @@ CASES = {
     "batched_3d": lambda L: ((2, 3), 3 * L + 5, L + 3, True),
     "many_rows": lambda L: ((67,), 2 * L, 4 * L + 5, True),
     "wide": lambda L: ((9,), 5, 6 * L + 1, False),
+    # gemm's cache blocks: over 336 rows and 256 of depth (every product), and over the column
+    # block of 4096 floats / 2048 doubles; both big enough to split over two threads
+    "blocks": lambda L: ((350,), 300, 100, True),
+    "column_blocks": lambda L: ((20,), 70, 256 * L + 5, True),
 }
 
 
@@ -112,10 +116,27 @@ def test_every_algorithm_claims_shapes_of_the_grid():
                 (algorithm, step, dtype, count)
 
 
+@pytest.mark.parametrize("case", ["blocks", "column_blocks"])
+def test_gemm_is_bitwise_the_same_for_one_and_two_threads(case):
+    """Each element is summed by one thread in an order fixed by the shape."""
+    x, w, b = _args(case, torch.float32)
+    grad_output = torch.randn(*x.shape[:-1], w.shape[0])
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append([_run("gemm", step, x, w, b, grad_output) for step in STEPS])
+    finally:
+        torch.set_num_threads(previous)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
 # LeNet's fc layers (float32) and the algorithms (forward, grad_input, grad_weight) they take.
 LENET = {"fc1": (400, 120), "fc2": (120, 84), "fc3": (84, 10)}
-LENET_ALGORITHMS = {1: ("dot", "axpy", "axpy"), 64: ("packed", "gemm", "gemm"),
-                    256: ("packed", "gemm", "gemm")}
+LENET_ALGORITHMS = {1: ("dot", "axpy", "axpy"), 64: ("gemm", "gemm", "gemm"),
+                    256: ("gemm", "gemm", "gemm")}
 
 
 @pytest.mark.parametrize("batch", LENET_ALGORITHMS)
@@ -130,7 +151,7 @@ def test_lenet_shapes_take_their_fast_paths(layer, batch):
 def test_forcing_an_unknown_algorithm_raises():
     x, w = torch.randn(2, 20), torch.randn(3, 20)
     with pytest.raises(RuntimeError, match=r"_linear_forced: expected algorithm to be one of "
-                                           r"reference, dot, packed, axpy, gemm, but got 'fast'"):
+                                           r"reference, dot, axpy, gemm, but got 'fast'"):
         op._linear_forced(x, w, None, "fast")
     with pytest.raises(RuntimeError, match=r"expected step to be one of forward, grad_input, "
                                            r"grad_weight, but got 'backward'"):

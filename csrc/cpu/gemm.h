@@ -1,146 +1,283 @@
-// gemm: C[M,N] = A[M,K] * B[K,N] (+ bias[N]), B row-major, A with any row and k strides (so A may
-// be a transpose read as stored): conv2d's im2col and linear's backward, and the tiles of linear's
-// packed forward. A register tile of ROWS x VECS vectors of C accumulates over k: each B row
-// segment loaded serves ROWS rows of A (a broadcast each), so the loop is bound by FMA throughput.
-// B is read as panels two vectors wide: a plain matrix's last, narrower panel is a zero-padded
-// copy (linear/packed.cpp builds W^T's panels itself), so the tile never reads past a row and
-// stores only the columns that exist. simd.h's vectors keep it portable: AVX-512 native, SSE
-// without. Each C element is summed in an order fixed by the shapes alone, by one thread, so
-// results are bitwise the same for any thread count.
+// gemm: C[M,N] = A[M,K] * B[K,N] (C += with `accumulate`), the one matrix product under csrc/cpu
+// (linear's three products, conv2d's im2col and 1x1 paths). Blocked as in BLIS: for each block of
+// kColBlock columns and kDepth of K, B is packed into panels kCols wide (in L3), for each block of
+// kRowBlock rows A is packed into panels kRows tall (in L2), and a register tile of kRows x kCols
+// (two vectors a row) runs down kDepth: per k two vector loads of B from L1 and kRows broadcasts of
+// A feed 2 * kRows FMAs, so the loop is bound by FMA throughput. The packers are parameters:
+// Strided reads any row/column strides (a transpose is read as stored, never materialised), and
+// conv2d packs its patches straight from the image. Threads split C into a grid of blocks, each
+// packing its own operands; every C element is summed by one thread in an order fixed by the
+// shapes alone, so results are bitwise the same for any thread count.
 #pragma once
+
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <numeric>
-#include <type_traits>
-#include <vector>
 
 #include "parallel.h"
 #include "simd.h"
 
-namespace lenet_ext::cpu {
-namespace gemm_detail {
+namespace lenet_ext::cpu::gemm {
 
-using simd::Vec;
+// The register tile for the vector width the build targets: AVX-512 has 32 registers, so 14 rows
+// x 2 vectors = 28 accumulators + 2 of B; AVX2 and SSE have 16, so 6 x 2 = 12 + 2.
+template <typename T>
+struct Tile {
+  using V = simd::Vec<T, simd::kNativeBytes / int(sizeof(T))>;
+  static constexpr int kLanes = V::kLanes;
+  static constexpr int kCols = 2 * kLanes;
+#if defined(__AVX512F__)
+  static constexpr int kRows = 14;
+#else
+  static constexpr int kRows = 6;
+#endif
+  // kDepth x kCols of B (32 KB) stays in L1 while the tile walks down a kRowBlock block of A
+  // (kRowBlock x kDepth, 336-672 KB, in L2); a kDepth x kColBlock block of B (4-8 MB) in L3.
+  static constexpr int64_t kDepth = 1024 / int(sizeof(T));  // 256 floats, 128 doubles
+  static constexpr int64_t kRowBlock = kRows * 24;
+  static constexpr int64_t kColBlock = kCols * 128;
+};
 
-// ---- gemm --------------------------------------------------------------------------------------
+// A matrix read in place: element (i, j) at data[i * row + j * col].
+template <typename T>
+struct Strided {
+  const T* data;
+  int64_t row, col;
+  T operator()(int64_t i, int64_t j) const { return data[i * row + j * col]; }
+};
 
-// A tile of ROWS rows x VECS vectors of C, all bounds known at compile time so the accumulators
-// live in registers; store_cols < VECS * kLanes stores only that many columns.
-template <typename scalar_t, int ROWS, int VECS>
-inline void tile(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int64_t ldb,
-                 const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t k_size,
-                 int64_t store_cols) {
-  using V = Vec<scalar_t>;
+namespace detail {
+
+// out[k * WIDTH + r] = src[r * ld + k] for r < valid (0 for valid <= r < WIDTH), k < depth: the
+// panel of a matrix whose k runs along memory, transposed kLanes x kLanes in registers.
+template <typename T, int WIDTH>
+void pack_across(const T* src, int64_t ld, int64_t valid, int64_t depth, T* out) {
+  using V = simd::Vec<T>;
   constexpr int L = V::kLanes;
-  typename V::type acc[ROWS][VECS];
-  for (int v = 0; v < VECS; ++v) {
-    const typename V::type init = bias ? V::load(bias + v * L) : typename V::type{};
-    for (int r = 0; r < ROWS; ++r) acc[r][v] = init;
+  const int64_t full = depth / L * L;
+  for (int r0 = 0; r0 < WIDTH; r0 += L) {
+    const int width = std::min(L, WIDTH - r0);
+    for (int64_t k0 = 0; k0 < full; k0 += L) {
+      typename V::type block[L];
+      for (int r = 0; r < L; ++r)
+        block[r] = r0 + r < valid ? V::load(src + (r0 + r) * ld + k0) : typename V::type{};
+      simd::transpose_block<T>(block);
+      for (int k = 0; k < L; ++k) std::memcpy(out + (k0 + k) * WIDTH + r0, &block[k], width * sizeof(T));
+    }
   }
-  for (int64_t k = 0; k < k_size; ++k) {
-    typename V::type b_k[VECS];
-    for (int v = 0; v < VECS; ++v) b_k[v] = V::load(b + k * ldb + v * L);
+  for (int64_t k = full; k < depth; ++k)
+    for (int r = 0; r < WIDTH; ++r) out[k * WIDTH + r] = r < valid ? src[r * ld + k] : T(0);
+}
+
+}  // namespace detail
+
+// Packs rows [m0, m0 + rows) x depth [k0, k0 + depth) of A into panels of kRows:
+// out[(p * depth + k) * kRows + r] = A(m0 + p * kRows + r, k0 + k), zero past the last row.
+template <typename T>
+struct PackA {
+  Strided<T> a;
+  void operator()(int64_t m0, int64_t rows, int64_t k0, int64_t depth, T* out) const {
+    constexpr int R = Tile<T>::kRows;
+    for (int64_t p0 = 0; p0 < rows; p0 += R, out += depth * R) {
+      const int64_t valid = std::min<int64_t>(R, rows - p0);
+      const T* src = a.data + (m0 + p0) * a.row + k0 * a.col;
+      if (a.row == 1) {  // a transpose read as stored: each k's rows are contiguous
+        for (int64_t k = 0; k < depth; ++k) {
+          std::copy_n(src + k * a.col, valid, out + k * R);
+          std::fill(out + k * R + valid, out + (k + 1) * R, T(0));
+        }
+      } else if (a.col == 1) {
+        detail::pack_across<T, R>(src, a.row, valid, depth, out);
+      } else {
+        for (int64_t k = 0; k < depth; ++k)
+          for (int64_t r = 0; r < R; ++r) out[k * R + r] = r < valid ? src[r * a.row + k * a.col] : T(0);
+      }
+    }
+  }
+};
+
+// Packs depth [k0, k0 + depth) x columns [n0, n0 + cols) of B into panels of kCols:
+// out[(p * depth + k) * kCols + j] = B(k0 + k, n0 + p * kCols + j), zero past the last column.
+template <typename T>
+struct PackB {
+  Strided<T> b;
+  void operator()(int64_t k0, int64_t depth, int64_t n0, int64_t cols, T* out) const {
+    constexpr int C = Tile<T>::kCols;
+    for (int64_t p0 = 0; p0 < cols; p0 += C, out += depth * C) {
+      const int64_t valid = std::min<int64_t>(C, cols - p0);
+      const T* src = b.data + k0 * b.row + (n0 + p0) * b.col;
+      if (b.col == 1) {  // row-major: each k's columns are contiguous
+        for (int64_t k = 0; k < depth; ++k) {
+          std::copy_n(src + k * b.row, valid, out + k * C);
+          std::fill(out + k * C + valid, out + (k + 1) * C, T(0));
+        }
+      } else if (b.row == 1) {  // a transpose read as stored: each column's k are contiguous
+        detail::pack_across<T, C>(src, b.col, valid, depth, out);
+      } else {
+        for (int64_t k = 0; k < depth; ++k)
+          for (int64_t j = 0; j < C; ++j) out[k * C + j] = j < valid ? src[j * b.col + k * b.row] : T(0);
+      }
+    }
+  }
+};
+
+namespace detail {
+
+// One tile: C[ROWS x cols] (+)= a_panel^T b_panel over `depth`. The accumulators are a fixed-size
+// array that GCC keeps in registers; `pin` stops it from folding B's loads into every FMA.
+template <typename T, int ROWS>
+inline void tile(int64_t depth, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc,
+                 int64_t cols, bool add) {
+  using V = typename Tile<T>::V;
+  constexpr int L = V::kLanes, R = Tile<T>::kRows;
+  typename V::type acc[ROWS][2] = {};
+  for (int64_t k = 0; k < depth; ++k) {
+    const typename V::type b0 = simd::pin(V::load(b + k * 2 * L));
+    const typename V::type b1 = simd::pin(V::load(b + k * 2 * L + L));
+#pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
-      const scalar_t a_rk = a[r * a_row + k * a_k];
-      for (int v = 0; v < VECS; ++v) acc[r][v] += a_rk * b_k[v];
+      const T a_rk = a[k * R + r];
+      acc[r][0] += a_rk * b0;
+      acc[r][1] += a_rk * b1;
     }
   }
-  if (store_cols == VECS * L) {
-    for (int r = 0; r < ROWS; ++r)
-      for (int v = 0; v < VECS; ++v) V::store(c + r * ldc + v * L, acc[r][v]);
+  if (cols == 2 * L) {
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) {
+      T* row = c + r * ldc;
+      if (add) {
+        V::store(row, V::load(row) + acc[r][0]);
+        V::store(row + L, V::load(row + L) + acc[r][1]);
+      } else {
+        V::store(row, acc[r][0]);
+        V::store(row + L, acc[r][1]);
+      }
+    }
   } else {
-    for (int r = 0; r < ROWS; ++r) std::memcpy(c + r * ldc, acc[r], store_cols * sizeof(scalar_t));
-  }
-}
-
-// B is read as column panels of kCols: the panel of columns n0.. starts at b + n0 / kCols *
-// panel_step with row stride ldb (a plain matrix: panel_step = kCols; packed panels: panel_step =
-// k_size * kCols, ldb = kCols); the narrower last panel is zero-padded to kCols at tail_b (row
-// stride kCols), so the tile never reads past a row.
-template <typename scalar_t, int ROWS>
-inline void row_block(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
-                      int64_t panel_step, int64_t ldb, const scalar_t* tail_b,
-                      const scalar_t* bias, const scalar_t* tail_bias, scalar_t* c, int64_t ldc,
-                      int64_t k_size, int64_t n_size) {
-  constexpr int64_t kCols = 2 * Vec<scalar_t>::kLanes;
-  int64_t n0 = 0;
-  for (; n0 + kCols <= n_size; n0 += kCols)
-    tile<scalar_t, ROWS, 2>(a, a_row, a_k, b + n0 / kCols * panel_step, ldb,
-                            bias ? bias + n0 : nullptr, c + n0, ldc, k_size, kCols);
-  const int64_t tail = n_size - n0;
-  if (tail > kCols / 2)
-    tile<scalar_t, ROWS, 2>(a, a_row, a_k, tail_b, kCols, tail_bias, c + n0, ldc, k_size, tail);
-  else if (tail > 0)
-    tile<scalar_t, ROWS, 1>(a, a_row, a_k, tail_b, kCols, tail_bias, c + n0, ldc, k_size, tail);
-}
-
-constexpr int64_t kRows = 6;  // 6 rows x 2 vectors = 12 accumulator registers + 2 for B
-
-// All m_size rows of C on the calling thread, a block of kRows rows at a time across all panels.
-template <typename scalar_t>
-void gemm_rows(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
-               int64_t panel_step, int64_t ldb, const scalar_t* tail_b, const scalar_t* bias,
-               scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size, int64_t n_size) {
-  constexpr int64_t kCols = 2 * Vec<scalar_t>::kLanes;
-  const int64_t tail = n_size % kCols;
-  scalar_t tail_bias[kCols] = {};
-  if (bias) std::copy(bias + n_size - tail, bias + n_size, tail_bias);
-  for (int64_t m0 = 0; m0 < m_size; m0 += kRows) {
-    const scalar_t* a_rows = a + m0 * a_row;
-    scalar_t* c_rows = c + m0 * ldc;
-#define LENET_EXT_ROW_BLOCK(ROWS)                                                          \
-  row_block<scalar_t, ROWS>(a_rows, a_row, a_k, b, panel_step, ldb, tail_b, bias,         \
-                            bias ? tail_bias : nullptr, c_rows, ldc, k_size, n_size)
-    switch (std::min(kRows, m_size - m0)) {  // the row remainder gets its own compiled tile
-      case 6: LENET_EXT_ROW_BLOCK(6); break;
-      case 5: LENET_EXT_ROW_BLOCK(5); break;
-      case 4: LENET_EXT_ROW_BLOCK(4); break;
-      case 3: LENET_EXT_ROW_BLOCK(3); break;
-      case 2: LENET_EXT_ROW_BLOCK(2); break;
-      default: LENET_EXT_ROW_BLOCK(1); break;
+    for (int r = 0; r < ROWS; ++r) {
+      T values[2 * L];
+      V::store(values, acc[r][0]);
+      V::store(values + L, acc[r][1]);
+      T* row = c + r * ldc;
+      for (int64_t j = 0; j < cols; ++j) row[j] = add ? row[j] + values[j] : values[j];
     }
-#undef LENET_EXT_ROW_BLOCK
   }
 }
 
-// gemm_rows with the row blocks split over threads.
-template <typename scalar_t>
-void gemm_panels(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b,
-                 int64_t panel_step, int64_t ldb, const scalar_t* tail_b, const scalar_t* bias,
-                 scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size, int64_t n_size) {
-  const int64_t row_blocks = (m_size + kRows - 1) / kRows;
-  at::parallel_for(0, row_blocks, grain(kRows * k_size * n_size, kGemmTask), [&](int64_t begin,
-                                                                          int64_t end) {
-    const int64_t m0 = begin * kRows;
-    gemm_rows(a + m0 * a_row, a_row, a_k, b, panel_step, ldb, tail_b, bias, c + m0 * ldc, ldc,
-              std::min(m_size, end * kRows) - m0, k_size, n_size);
+template <typename T, int ROWS = Tile<T>::kRows>
+inline void tile_rows(int rows, int64_t depth, const T* a, const T* b, T* c, int64_t ldc,
+                      int64_t cols, bool add) {
+  if constexpr (ROWS > 1) {
+    if (rows < ROWS) return tile_rows<T, ROWS - 1>(rows, depth, a, b, c, ldc, cols, add);
+  }
+  tile<T, ROWS>(depth, a, b, c, ldc, cols, add);
+}
+
+// Packing buffers, one pair per thread, kept between calls (fresh pages would cost more than
+// small products); aligned for the vector loads.
+template <typename T>
+T* scratch(int which, int64_t count) {
+  struct Buffer {
+    T* data = nullptr;
+    int64_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[2];
+  Buffer& buffer = buffers[which];
+  if (buffer.size < count) {
+    std::free(buffer.data);
+    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+    buffer.data = static_cast<T*>(std::aligned_alloc(64, bytes));
+    TORCH_CHECK(buffer.data != nullptr, "lenet_ext: out of memory for a ", bytes,
+                "-byte GEMM packing buffer");
+    buffer.size = count;
+  }
+  return buffer.data;
+}
+
+// C rows [m0, m1) x columns [n0, n1) on the calling thread.
+template <typename T, typename PackedA, typename PackedB>
+void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, const PackedA& pack_a,
+             const PackedB& pack_b, T* c, int64_t ldc, bool accumulate) {
+  using S = Tile<T>;
+  const int64_t depth_max = std::min(S::kDepth, k_size);
+  T* a_buffer = scratch<T>(0, std::min(S::kRowBlock, (m1 - m0 + S::kRows - 1) / S::kRows * S::kRows) * depth_max);
+  T* b_buffer = scratch<T>(1, std::min(S::kColBlock, (n1 - n0 + S::kCols - 1) / S::kCols * S::kCols) * depth_max);
+  for (int64_t jc = n0; jc < n1; jc += S::kColBlock) {
+    const int64_t cols = std::min(S::kColBlock, n1 - jc);
+    for (int64_t pc = 0; pc < k_size; pc += S::kDepth) {
+      const int64_t depth = std::min(S::kDepth, k_size - pc);
+      const bool add = accumulate || pc > 0;
+      pack_b(pc, depth, jc, cols, b_buffer);
+      for (int64_t ic = m0; ic < m1; ic += S::kRowBlock) {
+        const int64_t rows = std::min(S::kRowBlock, m1 - ic);
+        pack_a(ic, rows, pc, depth, a_buffer);
+        for (int64_t jr = 0; jr < cols; jr += S::kCols)
+          for (int64_t ir = 0; ir < rows; ir += S::kRows)
+            tile_rows<T>(int(std::min<int64_t>(S::kRows, rows - ir)), depth,
+                         a_buffer + ir * depth, b_buffer + jr * depth, c + (ic + ir) * ldc + jc + jr,
+                         ldc, std::min<int64_t>(S::kCols, cols - jr), add);
+      }
+    }
+  }
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace detail
+
+// C[m, n] (+)= sum_k A(m, k) B(k, n) for C row-major with row stride ldc; pack_a and pack_b as
+// PackA and PackB. Without `accumulate` C is overwritten (and zeroed when k_size is 0).
+template <typename T, typename PackedA, typename PackedB>
+void gemm(int64_t m_size, int64_t n_size, int64_t k_size, const PackedA& pack_a,
+          const PackedB& pack_b, T* c, int64_t ldc, bool accumulate = false) {
+  using S = Tile<T>;
+  using detail::ceil_div;
+  if (m_size <= 0 || n_size <= 0) return;
+  if (k_size <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m_size; ++i) std::fill_n(c + i * ldc, n_size, T(0));
+    return;
+  }
+  // Threads: a grid of row x column blocks, the factorisation that wastes the least padding of the
+  // tiles; a split only from kGemmTask multiply-adds a thread.
+  const int64_t work = m_size * n_size * k_size;
+  const int64_t threads = at::in_parallel_region()
+                              ? 1
+                              : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                       work / kGemmTask));
+  int64_t grid_rows = 1, grid_cols = 1, best = -1;
+  for (int64_t r = 1; r <= threads; ++r) {
+    if (threads % r) continue;
+    const int64_t cols = threads / r;
+    const int64_t tile = ceil_div(ceil_div(m_size, r), S::kRows) * S::kRows *
+                         ceil_div(ceil_div(n_size, cols), S::kCols) * S::kCols;
+    if (best < 0 || tile < best) best = tile, grid_rows = r, grid_cols = cols;
+  }
+  // block boundaries on whole tiles
+  const int64_t rows_each = ceil_div(ceil_div(m_size, grid_rows), S::kRows) * S::kRows;
+  const int64_t cols_each = ceil_div(ceil_div(n_size, grid_cols), S::kCols) * S::kCols;
+  const auto run = [&](int64_t block) {
+    const int64_t m0 = block / grid_cols * rows_each, n0 = block % grid_cols * cols_each;
+    if (m0 < m_size && n0 < n_size)
+      detail::blocked(m0, std::min(m_size, m0 + rows_each), n0, std::min(n_size, n0 + cols_each),
+                      k_size, pack_a, pack_b, c, ldc, accumulate);
+  };
+  if (grid_rows * grid_cols == 1) return run(0);
+  at::parallel_for(0, grid_rows * grid_cols, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) run(block);
   });
 }
 
-}  // namespace gemm_detail
-
-// C[m, n] = bias[n] + sum_k a[m * a_row + k * a_k] * b[k * ldb + n], C row-major with ldc.
-template <typename scalar_t>
-void gemm(const scalar_t* a, int64_t a_row, int64_t a_k, const scalar_t* b, int64_t ldb,
-          const scalar_t* bias, scalar_t* c, int64_t ldc, int64_t m_size, int64_t k_size,
-          int64_t n_size) {
-  constexpr int64_t kCols = 2 * simd::Vec<scalar_t>::kLanes;
-  const int64_t tail = n_size % kCols, tail_n0 = n_size - tail;
-  std::vector<scalar_t> tail_b(tail ? k_size * kCols : 0);
-  for (int64_t k = 0; tail && k < k_size; ++k)
-    std::copy(b + k * ldb + tail_n0, b + k * ldb + n_size, tail_b.data() + k * kCols);
-  gemm_detail::gemm_panels(a, a_row, a_k, b, kCols, ldb, tail_b.data(), bias, c, ldc, m_size,
-                           k_size, n_size);
+// Both operands read in place.
+template <typename T>
+void gemm(int64_t m_size, int64_t n_size, int64_t k_size, Strided<T> a, Strided<T> b, T* c,
+          int64_t ldc, bool accumulate = false) {
+  gemm(m_size, n_size, k_size, PackA<T>{a}, PackB<T>{b}, c, ldc, accumulate);
 }
 
-// C[M,N] = A[M,K] * B[K,N] (+ bias[N]), all contiguous row-major.
-template <typename scalar_t>
-void gemm(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c, int64_t m_size,
-          int64_t k_size, int64_t n_size) {
-  gemm(a, k_size, 1, b, n_size, bias, c, n_size, m_size, k_size, n_size);
-}
-
-}  // namespace lenet_ext::cpu
+}  // namespace lenet_ext::cpu::gemm

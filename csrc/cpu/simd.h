@@ -14,6 +14,15 @@
 namespace lenet_ext::cpu::simd {
 
 constexpr int kBytes = 64;
+// The widest vector the build targets: register-blocked kernels (gemm.h) size their tiles in it,
+// since a 64-byte Vec split into narrower registers would spill.
+#if defined(__AVX512F__)
+constexpr int kNativeBytes = 64;
+#elif defined(__AVX__)
+constexpr int kNativeBytes = 32;
+#else
+constexpr int kNativeBytes = 16;
+#endif
 
 // Offsets of a value's width: one compare mask of the values then selects offsets too, and GCC
 // vectorises the select (int32 lanes for float, int64 for double).

@@ -1,10 +1,13 @@
 // conv2d by im2col + GEMM (gemm.h), the general algorithm: any stride, padding, dilation and
-// group. One (image, group) pair a step: the patches of the group's input are unrolled into columns
-// [taps = channels * kernel_h * kernel_w, out_h * out_w] (a per-thread buffer, 60-80 KB for LeNet's
-// convs, so it stays in L2) and one GEMM weight[group] x columns writes the output planes straight
-// into NCHW. grad_input = col2im(weight^T x grad_output); grad_weight = grad_output x columns^T per
-// image, summed over images in BatchParts (parallel.h). Traffic: the columns cost taps times the
-// input, which at few output channels (LeNet's 6, 16) costs as much as the products.
+// group. The patches of an image are unrolled into columns [taps = channels * kernel_h * kernel_w,
+// positions] a chunk of positions at a time, into a per-thread buffer of at most kColumnsBytes
+// (L2-sized, so the GEMM's packing reads it from cache and the workspace stays bounded however
+// large the plane); a 1x1 convolution with stride 1 is already its columns and runs as one GEMM on
+// the input. forward: output[:, chunk] = weight x columns; grad_input: columns = weight^T x
+// grad_output[:, chunk], added back into the image (col2im); grad_weight += grad_output[:, chunk] x
+// columns^T over every image and chunk. Threads take disjoint parts of the result (chunks of
+// positions, ranges of input channels, ranges of taps), and chunks are fixed by the shape, so each
+// element is summed in the same order for any thread count.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -18,6 +21,37 @@
 namespace lenet_ext::cpu::conv2d {
 namespace {
 
+using gemm::Strided;
+
+constexpr int64_t kColumnsBytes = int64_t(1) << 20;
+
+// Columns a chunk holds at least, however many taps: products narrower than this lose more to
+// packing than the bounded buffer saves.
+constexpr int64_t kMinChunk = 256;
+
+bool pointwise(const ConvShape& s) {  // its columns are the input itself
+  return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 &&
+         s.pad_h == 0 && s.pad_w == 0;
+}
+
+// Runs task(i) for i < count, each of `work` multiply-adds: on the calling thread when there is
+// one (so that the GEMM inside may still split), else spread over the threads.
+template <typename Task>
+void run_tasks(int64_t count, int64_t work, const Task& task) {
+  if (count == 1) return task(0);
+  at::parallel_for(0, count, grain(work, kConvTask), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) task(i);
+  });
+}
+
+// Parts to split each of `items` into so that the threads have work: 1 when the items alone
+// spread evenly enough.
+int64_t parts_per_item(int64_t items, int64_t most) {
+  const int64_t threads = at::get_num_threads();
+  if (threads == 1 || items % threads == 0 || items >= 4 * threads) return 1;
+  return std::max<int64_t>(1, std::min(most, threads));
+}
+
 // The output indices o in [first, last) whose input index o * stride + offset lies in [0, size).
 std::pair<int64_t, int64_t> inside(int64_t offset, int64_t stride, int64_t size, int64_t out_size) {
   const auto first_reaching = [&](int64_t bound) {  // smallest o with o * stride + offset >= bound
@@ -27,66 +61,125 @@ std::pair<int64_t, int64_t> inside(int64_t offset, int64_t stride, int64_t size,
   return {first_reaching(0), first_reaching(size)};
 }
 
-// Calls visit(tap, oh, input_row, iw_offset, ow_first, ow_last) for every row segment of the
-// unrolled matrix that reads the image: row `tap`, columns oh * out_w + [ow_first, ow_last),
-// reading row input_row (channel * in_h + ih) of the group's input at columns
-// ow * stride_w + iw_offset. Every other entry is padding.
+// Calls visit(tap, column, input_row, input_col, count) for every row segment of the unrolled
+// matrix restricted to taps [tap0, tap1) and positions [p0, p1) that reads the image: `count`
+// entries of row `tap` from column `column` (position - p0) read row input_row (channel * in_h +
+// ih) of the image from input_col, stride_w apart. Every other entry is padding.
 template <typename Visit>
-void for_each_inside_segment(const ConvShape& s, Visit visit) {
-  for (int64_t c = 0; c < s.channels; ++c)
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-      const int64_t ih_offset = kh * s.dilation_h - s.pad_h;
-      const auto [oh_first, oh_last] = inside(ih_offset, s.stride_h, s.in_h, s.out_h);
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-        const int64_t tap = (c * s.kernel_h + kh) * s.kernel_w + kw;
-        const int64_t iw_offset = kw * s.dilation_w - s.pad_w;
-        const auto [ow_first, ow_last] = inside(iw_offset, s.stride_w, s.in_w, s.out_w);
-        for (int64_t oh = oh_first; oh < oh_last; ++oh)
-          visit(tap, oh, c * s.in_h + oh * s.stride_h + ih_offset, iw_offset, ow_first, ow_last);
-      }
+void for_each_inside_segment(const ConvShape& s, int64_t tap0, int64_t tap1, int64_t p0,
+                             int64_t p1, Visit visit) {
+  const int64_t kernel = s.kernel_h * s.kernel_w;
+  const int64_t oh_begin = p0 / s.out_w, oh_end = (p1 + s.out_w - 1) / s.out_w;
+  for (int64_t tap = tap0; tap < tap1; ++tap) {
+    const int64_t c = tap / kernel, kh = tap % kernel / s.kernel_w, kw = tap % s.kernel_w;
+    const int64_t ih_offset = kh * s.dilation_h - s.pad_h, iw_offset = kw * s.dilation_w - s.pad_w;
+    const auto [oh_first, oh_last] = inside(ih_offset, s.stride_h, s.in_h, s.out_h);
+    const auto [ow_first, ow_last] = inside(iw_offset, s.stride_w, s.in_w, s.out_w);
+    for (int64_t oh = std::max(oh_first, oh_begin); oh < std::min(oh_last, oh_end); ++oh) {
+      const int64_t row_start = oh * s.out_w;
+      const int64_t first = std::max(ow_first, p0 - row_start);
+      const int64_t last = std::min(ow_last, p1 - row_start);
+      if (first < last)
+        visit(tap, row_start + first - p0, c * s.in_h + oh * s.stride_h + ih_offset,
+              first * s.stride_w + iw_offset, last - first);
     }
-}
-
-// dst[i * dst_stride] = src[i * src_stride] (kAdd: +=) for i < count. Unit strides, the common
-// case, are spelled out so that the loop vectorises; the two buffers never overlap.
-template <bool kAdd, typename scalar_t>
-void move_row(scalar_t* __restrict dst, int64_t dst_stride, const scalar_t* __restrict src,
-              int64_t src_stride, int64_t count) {
-  if (dst_stride == 1 && src_stride == 1) {
-    for (int64_t i = 0; i < count; ++i) dst[i] = kAdd ? dst[i] + src[i] : src[i];
-  } else {
-    for (int64_t i = 0; i < count; ++i)
-      dst[i * dst_stride] = kAdd ? dst[i * dst_stride] + src[i * src_stride] : src[i * src_stride];
   }
 }
 
-// columns[tap][oh * out_w + ow] = image[c][ih][iw], or 0 where (ih, iw) is padding; with
-// `transposed`, columns[oh * out_w + ow][tap] (what grad_weight's GEMM reads).
+// columns[(tap - tap0) * ld + position - p0] = image[c][ih][iw], or 0 where padding.
 template <typename scalar_t>
-void im2col(const scalar_t* image, scalar_t* columns, const ConvShape& s, bool transposed = false) {
-  // without padding every entry is written below
-  if (s.pad_h > 0 || s.pad_w > 0)
-    std::fill(columns, columns + s.taps() * s.positions(), scalar_t(0));
-  const int64_t tap_stride = transposed ? 1 : s.positions();
-  const int64_t position_stride = transposed ? s.taps() : 1;
-  for_each_inside_segment(s, [&](int64_t tap, int64_t oh, int64_t input_row, int64_t iw_offset,
-                                 int64_t ow_first, int64_t ow_last) {
-    move_row<false>(columns + tap * tap_stride + (oh * s.out_w + ow_first) * position_stride,
-                    position_stride, image + input_row * s.in_w + ow_first * s.stride_w + iw_offset,
-                    s.stride_w, ow_last - ow_first);
+void im2col(const scalar_t* image, scalar_t* columns, int64_t ld, const ConvShape& s,
+            int64_t tap0, int64_t tap1, int64_t p0, int64_t p1) {
+  if (s.pad_h > 0 || s.pad_w > 0)  // without padding every entry is written below
+    for (int64_t tap = tap0; tap < tap1; ++tap)
+      std::fill_n(columns + (tap - tap0) * ld, p1 - p0, scalar_t(0));
+  for_each_inside_segment(s, tap0, tap1, p0, p1, [&](int64_t tap, int64_t column, int64_t row,
+                                                       int64_t col, int64_t count) {
+    scalar_t* __restrict dst = columns + (tap - tap0) * ld + column;
+    const scalar_t* __restrict src = image + row * s.in_w + col;
+    if (s.stride_w == 1) std::copy_n(src, count, dst);
+    else for (int64_t i = 0; i < count; ++i) dst[i] = src[i * s.stride_w];
   });
 }
 
-// The adjoint of im2col: image = 0, then image[c][ih][iw] += columns[tap][oh * out_w + ow], in a
-// fixed order.
+// The adjoint: image[c][ih][iw] += columns[...], in a fixed order.
 template <typename scalar_t>
-void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
-  std::fill(image, image + s.input_block(), scalar_t(0));
-  for_each_inside_segment(s, [&](int64_t tap, int64_t oh, int64_t input_row, int64_t iw_offset,
-                                 int64_t ow_first, int64_t ow_last) {
-    move_row<true>(image + input_row * s.in_w + ow_first * s.stride_w + iw_offset, s.stride_w,
-                   columns + tap * s.positions() + oh * s.out_w + ow_first, 1, ow_last - ow_first);
+void col2im(const scalar_t* columns, int64_t ld, scalar_t* image, const ConvShape& s,
+            int64_t tap0, int64_t tap1, int64_t p0, int64_t p1) {
+  for_each_inside_segment(s, tap0, tap1, p0, p1, [&](int64_t tap, int64_t column, int64_t row,
+                                                       int64_t col, int64_t count) {
+    scalar_t* __restrict dst = image + row * s.in_w + col;
+    const scalar_t* __restrict src = columns + (tap - tap0) * ld + column;
+    for (int64_t i = 0; i < count; ++i) dst[i * s.stride_w] += src[i];
   });
+}
+
+// Per-thread buffers, kept between calls: 0 the columns, 1 a block of grad_output or output.
+template <typename scalar_t>
+scalar_t* buffer(int which, int64_t count) {
+  thread_local std::vector<scalar_t> buffers[2];
+  if (int64_t(buffers[which].size()) < count) buffers[which].resize(count);
+  return buffers[which].data();
+}
+
+// The GEMMs' N (forward, grad_input) or K (grad_weight): (image, position) pairs of one group,
+// in chunks fixed by the shape. A plane of at least a chunk is cut into chunks of positions; smaller
+// planes are taken whole, several images a chunk, so that the products stay wide.
+struct Chunks {
+  int64_t batch, positions, width, images, per_image, count;
+
+  template <typename scalar_t>
+  static Chunks of(const ConvShape& s, int64_t batch) {
+    constexpr int64_t kCols = gemm::Tile<scalar_t>::kCols;
+    const int64_t fit =
+        kColumnsBytes / int64_t(sizeof(scalar_t)) / std::max<int64_t>(1, s.taps()) / kCols * kCols;
+    const int64_t target = std::max(kMinChunk, fit), positions = s.positions();
+    if (positions >= target) {
+      const int64_t per_image = (positions + target - 1) / target;
+      return {batch, positions, target, 1, per_image, batch * per_image};
+    }
+    const int64_t images = std::max<int64_t>(1, target / std::max<int64_t>(1, positions));
+    return {batch, positions, positions, images, 1, (batch + images - 1) / images};
+  }
+  // chunk c: images [image, image + count) at positions [p0, p1) of each
+  struct Chunk {
+    int64_t image, count, p0, p1;
+    int64_t columns() const { return count * (p1 - p0); }
+  };
+  Chunk operator[](int64_t c) const {
+    if (images == 1) {
+      const int64_t p0 = c % per_image * width;
+      return {c / per_image, 1, p0, std::min(positions, p0 + width)};
+    }
+    return {c * images, std::min(images, batch - c * images), 0, positions};
+  }
+};
+
+// The chunk's columns [taps tap0..tap1, chunk.columns()], image after image.
+template <typename scalar_t>
+void chunk_columns(const scalar_t* input, int64_t groups, int64_t group, const ConvShape& s,
+                   const Chunks::Chunk& chunk, int64_t tap0, int64_t tap1, scalar_t* columns) {
+  for (int64_t j = 0; j < chunk.count; ++j)
+    im2col(input + ((chunk.image + j) * groups + group) * s.input_block(),
+           columns + j * (chunk.p1 - chunk.p0), chunk.columns(), s, tap0, tap1, chunk.p0, chunk.p1);
+}
+
+// grad_output's block [out_channels, chunk.columns()] of the chunk: in place when it is one
+// image's, else copied into a buffer.
+template <typename scalar_t>
+Strided<scalar_t> chunk_grad_output(const scalar_t* grad_output, int64_t groups, int64_t group,
+                                    const ConvShape& s, const Chunks::Chunk& chunk) {
+  const int64_t positions = s.positions();
+  const auto block = [&](int64_t j) {
+    return grad_output + ((chunk.image + j) * groups + group) * s.output_block();
+  };
+  if (chunk.count == 1) return {block(0) + chunk.p0, positions, 1};
+  scalar_t* copy = buffer<scalar_t>(1, s.out_channels * chunk.columns());
+  for (int64_t j = 0; j < chunk.count; ++j)
+    for (int64_t oc = 0; oc < s.out_channels; ++oc)
+      std::copy_n(block(j) + oc * positions, positions,
+                  copy + oc * chunk.columns() + j * positions);
+  return {copy, chunk.columns(), 1};
 }
 
 }  // namespace
@@ -94,40 +187,75 @@ void col2im(const scalar_t* columns, scalar_t* image, const ConvShape& s) {
 template <typename scalar_t>
 void im2col_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
-  at::parallel_for(0, batch * groups, grain(s.multiply_adds(), kConvTask), [&](int64_t begin,
-                                                                         int64_t end) {
-    std::vector<scalar_t> columns(s.taps() * s.positions());
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t group = i % groups;
-      scalar_t* out = output + i * s.output_block();
-      im2col(input + i * s.input_block(), columns.data(), s);
-      gemm(weight + group * s.weight_block(), columns.data(), static_cast<const scalar_t*>(nullptr),
-           out, s.out_channels, s.taps(), s.positions());
-      if (bias == nullptr) continue;
-      for (int64_t oc = 0; oc < s.out_channels; ++oc) {
-        const scalar_t channel_bias = bias[group * s.out_channels + oc];
-        for (int64_t p = 0; p < s.positions(); ++p) out[oc * s.positions() + p] += channel_bias;
-      }
+  const int64_t positions = s.positions();
+  const Chunks chunks = Chunks::of<scalar_t>(s, batch);
+  run_tasks(groups * chunks.count, s.multiply_adds() * chunks.width / positions, [&](int64_t task) {
+    const int64_t group = task / chunks.count;
+    const Chunks::Chunk chunk = chunks[task % chunks.count];
+    const Strided<scalar_t> w{weight + group * s.weight_block(), s.taps(), 1};
+    const auto out = [&](int64_t j) {
+      return output + ((chunk.image + j) * groups + group) * s.output_block();
+    };
+    const scalar_t* image = input + (chunk.image * groups + group) * s.input_block();
+    // one image's positions: straight into the output, after the bias
+    if (chunk.count == 1) {
+      if (bias)
+        for (int64_t oc = 0; oc < s.out_channels; ++oc)
+          std::fill(out(0) + oc * positions + chunk.p0, out(0) + oc * positions + chunk.p1,
+                    bias[group * s.out_channels + oc]);
+      if (pointwise(s))
+        return gemm::gemm(s.out_channels, positions, s.taps(), w,
+                          Strided<scalar_t>{image, positions, 1}, out(0), positions,
+                          bias != nullptr);
+      scalar_t* columns = buffer<scalar_t>(0, s.taps() * chunk.columns());
+      chunk_columns(input, groups, group, s, chunk, 0, s.taps(), columns);
+      return gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
+                        Strided<scalar_t>{columns, chunk.columns(), 1}, out(0) + chunk.p0,
+                        positions, bias != nullptr);
     }
+    // whole planes of several images: one product into a buffer, then out image by image
+    scalar_t* columns = buffer<scalar_t>(0, s.taps() * chunk.columns());
+    scalar_t* product = buffer<scalar_t>(1, s.out_channels * chunk.columns());
+    chunk_columns(input, groups, group, s, chunk, 0, s.taps(), columns);
+    gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
+               Strided<scalar_t>{columns, chunk.columns(), 1}, product, chunk.columns());
+    for (int64_t j = 0; j < chunk.count; ++j)
+      for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+        const scalar_t* from = product + oc * chunk.columns() + j * positions;
+        scalar_t* to = out(j) + oc * positions;
+        const scalar_t channel_bias = bias ? bias[group * s.out_channels + oc] : scalar_t(0);
+        for (int64_t p = 0; p < positions; ++p) to[p] = from[p] + channel_bias;
+      }
   });
 }
 
 template <typename scalar_t>
 void im2col_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
                        int64_t batch, int64_t groups, const ConvShape& s) {
-  // weight^T per group, [taps, out_channels], so that the GEMM reads contiguous rows
-  std::vector<scalar_t> weight_t(groups * s.weight_block());
-  for (int64_t g = 0; g < groups; ++g)
-    simd::transpose(weight + g * s.weight_block(), s.taps(), weight_t.data() + g * s.weight_block(),
-              s.out_channels, s.out_channels, s.taps());
-  const int64_t steps = batch * groups;
-  at::parallel_for(0, steps, grain(s.multiply_adds(), kConvTask), [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> columns(s.taps() * s.positions());
-    for (int64_t i = begin; i < end; ++i) {
-      gemm(weight_t.data() + (i % groups) * s.weight_block(), grad_output + i * s.output_block(),
-           static_cast<const scalar_t*>(nullptr), columns.data(), s.taps(), s.out_channels,
-           s.positions());
-      col2im(columns.data(), grad_input + i * s.input_block(), s);
+  const int64_t kernel = s.kernel_h * s.kernel_w, plane = s.in_h * s.in_w;
+  const Chunks chunks = Chunks::of<scalar_t>(s, batch);
+  // Tasks write disjoint parts of grad_input: whole chunks of whole images, or, where an image
+  // has several chunks (whose patches overlap), the image's chunks in order for a range of input
+  // channels, as many ranges as the threads need.
+  const int64_t items = chunks.count / chunks.per_image;
+  const int64_t parts = parts_per_item(groups * items, s.channels);
+  run_tasks(groups * items * parts, batch * s.multiply_adds() / (items * parts), [&](int64_t task) {
+    const int64_t group = task / (items * parts), item = task / parts % items, part = task % parts;
+    const Strided<scalar_t> w_t{weight + group * s.weight_block(), 1, s.taps()};  // weight^T
+    const int64_t c0 = part * s.channels / parts, c1 = (part + 1) * s.channels / parts;
+    const int64_t tap0 = c0 * kernel, tap1 = c1 * kernel;
+    for (int64_t c = item * chunks.per_image; c < (item + 1) * chunks.per_image; ++c) {
+      const Chunks::Chunk chunk = chunks[c];
+      const Strided<scalar_t> g = chunk_grad_output(grad_output, groups, group, s, chunk);
+      scalar_t* columns = buffer<scalar_t>(0, (tap1 - tap0) * chunk.columns());
+      gemm::gemm(tap1 - tap0, chunk.columns(), s.out_channels,
+                 Strided<scalar_t>{w_t.data + tap0, 1, s.taps()}, g, columns, chunk.columns());
+      for (int64_t j = 0; j < chunk.count; ++j) {
+        scalar_t* image = grad_input + ((chunk.image + j) * groups + group) * s.input_block();
+        if (chunk.p0 == 0) std::fill(image + c0 * plane, image + c1 * plane, scalar_t(0));
+        col2im(columns + j * (chunk.p1 - chunk.p0), chunk.columns(), image, s, tap0, tap1,
+               chunk.p0, chunk.p1);
+      }
     }
   });
 }
@@ -135,26 +263,30 @@ void im2col_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
 template <typename scalar_t>
 void im2col_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
                         int64_t batch, int64_t groups, const ConvShape& s) {
-  const int64_t weight_numel = groups * s.weight_block();
-  const BatchParts parts(batch);
-  std::vector<scalar_t> partials(parts.count * weight_numel, scalar_t(0));
-  const int64_t part_grain = grain(parts.most_items() * groups * s.multiply_adds(), kConvTask);
-  at::parallel_for(0, parts.count, part_grain, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> columns_t(s.positions() * s.taps()), product(s.weight_block());
-    for (int64_t part = begin; part < end; ++part) {
-      for (int64_t n = parts.begin(part); n < parts.end(part); ++n)
-        for (int64_t g = 0; g < groups; ++g) {
-          const int64_t i = n * groups + g;
-          im2col(input + i * s.input_block(), columns_t.data(), s, /*transposed=*/true);
-          gemm(grad_output + i * s.output_block(), columns_t.data(),
-               static_cast<const scalar_t*>(nullptr), product.data(), s.out_channels,
-               s.positions(), s.taps());
-          scalar_t* partial = partials.data() + part * weight_numel + g * s.weight_block();
-          for (int64_t k = 0; k < s.weight_block(); ++k) partial[k] += product[k];
-        }
+  constexpr int64_t kCols = gemm::Tile<scalar_t>::kCols;
+  const Chunks chunks = Chunks::of<scalar_t>(s, batch);
+  // each thread a range of taps (whole panels), summing over every chunk in order
+  const int64_t panels = (s.taps() + kCols - 1) / kCols;
+  const int64_t parts = std::min(panels, parts_per_item(groups, panels));
+  run_tasks(groups * parts, batch * s.multiply_adds() / parts, [&](int64_t task) {
+    const int64_t group = task / parts, part = task % parts;
+    const int64_t tap0 = std::min(s.taps(), part * panels / parts * kCols);
+    const int64_t tap1 = std::min(s.taps(), (part + 1) * panels / parts * kCols);
+    if (tap0 >= tap1) return;
+    scalar_t* gw = grad_weight + group * s.weight_block() + tap0;
+    for (int64_t c = 0; c < chunks.count; ++c) {
+      const Chunks::Chunk chunk = chunks[c];
+      const Strided<scalar_t> g = chunk_grad_output(grad_output, groups, group, s, chunk);
+      scalar_t* columns = buffer<scalar_t>(0, (tap1 - tap0) * chunk.columns());
+      chunk_columns(input, groups, group, s, chunk, tap0, tap1, columns);
+      // columns^T read as stored
+      gemm::gemm(s.out_channels, tap1 - tap0, chunk.columns(), g,
+                 Strided<scalar_t>{columns, 1, chunk.columns()}, gw, s.taps(), c > 0);
     }
+    if (chunks.count == 0)  // no images
+      for (int64_t oc = 0; oc < s.out_channels; ++oc)
+        std::fill(gw + oc * s.taps(), gw + oc * s.taps() + (tap1 - tap0), scalar_t(0));
   });
-  sum_parts(partials.data(), parts.count, weight_numel, grad_weight);
 }
 
 LENET_EXT_CONV2D_FORWARD(im2col_forward)

@@ -15,7 +15,7 @@ using cpu::name;
 using cpu::Pass;
 using cpu::pass_named;
 
-enum class Algorithm { kReference, kDot, kPacked, kAxpy, kGemm };
+enum class Algorithm { kReference, kDot, kAxpy, kGemm };
 
 // The sizes of one call.
 struct LinearShape {
@@ -57,7 +57,7 @@ template <typename scalar_t>
 void dot_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                  scalar_t* output, const LinearShape& s);
 template <typename scalar_t>
-void packed_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+void gemm_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, const LinearShape& s);
 
 template <typename scalar_t>

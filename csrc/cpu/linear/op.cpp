@@ -24,7 +24,7 @@ void forward(Algorithm algorithm, const scalar_t* input, const scalar_t* weight,
   switch (algorithm) {
     case Algorithm::kReference: return reference_forward(input, weight, bias, output, s);
     case Algorithm::kDot: return dot_forward(input, weight, bias, output, s);
-    default: return packed_forward(input, weight, bias, output, s);
+    default: return gemm_forward(input, weight, bias, output, s);
   }
 }
 
@@ -99,7 +99,7 @@ linear::Algorithm forced(const char* op, std::string_view algorithm, linear::Pas
                          const linear::LinearShape& s) {
   const auto chosen = linear::algorithm_named(algorithm);
   TORCH_CHECK(chosen.has_value(), "lenet_ext.", op, ": expected algorithm to be one of reference, "
-              "dot, packed, axpy, gemm, but got '", algorithm, "'");
+              "dot, axpy, gemm, but got '", algorithm, "'");
   TORCH_CHECK(linear::claims<scalar_t>(*chosen, pass, s), "lenet_ext.", op, ": algorithm '",
               algorithm, "' does not claim the ", linear::name(pass), " of this shape (", s.rows,
               " rows, ", s.in_features, " -> ", s.out_features, " features, ",

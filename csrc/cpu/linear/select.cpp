@@ -8,7 +8,7 @@
 namespace lenet_ext::cpu::linear {
 
 namespace {
-constexpr const char* kAlgorithmNames[] = {"reference", "dot", "packed", "axpy", "gemm"};
+constexpr const char* kAlgorithmNames[] = {"reference", "dot", "axpy", "gemm"};
 
 constexpr int64_t kFewRows = 2;  // backward rows (batch 1) below which gemm's tile setup dominates
 
@@ -36,11 +36,10 @@ bool claims(Algorithm algorithm, Pass pass, const LinearShape& s) {
       return true;
     case Algorithm::kDot:  // its last step re-reads the final vector of a row: one must exist
       return pass == Pass::kForward && s.in_features >= simd::Vec<scalar_t>::kLanes;
-    case Algorithm::kPacked:
-      return pass == Pass::kForward;
     case Algorithm::kAxpy:
-    case Algorithm::kGemm:
       return pass != Pass::kForward;
+    case Algorithm::kGemm:
+      return true;
   }
   return false;
 }
@@ -54,7 +53,7 @@ Algorithm select(Pass pass, const LinearShape& s) {
     if (claims<scalar_t>(A::kDot, pass, s) &&
         !forward_transposes(s.rows, s.in_features, s.out_features, simd::Vec<scalar_t>::kLanes))
       return A::kDot;
-    return A::kPacked;
+    return A::kGemm;
   }
   // batch 1: a few axpys a gradient row; gemm's tile setup and stores would cost ~6x the product
   if (s.rows <= kFewRows) return A::kAxpy;
