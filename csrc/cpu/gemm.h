@@ -73,55 +73,47 @@ void pack_across(const T* src, int64_t ld, int64_t valid, int64_t depth, T* out)
     for (int r = 0; r < WIDTH; ++r) out[k * WIDTH + r] = r < valid ? src[r * ld + k] : T(0);
 }
 
+// The panels of WIDTH along i of a matrix src(i, k) = data[i * i_step + k * k_step], items
+// [i0, i0 + count) x depth [k0, k0 + depth): out[(p * depth + k) * WIDTH + i] = src(i0 + p *
+// WIDTH + i, k0 + k), zero past the last item. A's panels run along its rows, B's along columns.
+template <typename T, int WIDTH>
+void pack_panels(const T* data, int64_t i_step, int64_t k_step, int64_t i0, int64_t count,
+                 int64_t k0, int64_t depth, T* out) {
+  for (int64_t p0 = 0; p0 < count; p0 += WIDTH, out += depth * WIDTH) {
+    const int64_t valid = std::min<int64_t>(WIDTH, count - p0);
+    const T* src = data + (i0 + p0) * i_step + k0 * k_step;
+    if (i_step == 1) {  // each k's items contiguous: row copies
+      for (int64_t k = 0; k < depth; ++k) {
+        std::copy_n(src + k * k_step, valid, out + k * WIDTH);
+        std::fill(out + k * WIDTH + valid, out + (k + 1) * WIDTH, T(0));
+      }
+    } else if (k_step == 1) {  // each item's k contiguous: register transposes
+      pack_across<T, WIDTH>(src, i_step, valid, depth, out);
+    } else {
+      for (int64_t k = 0; k < depth; ++k)
+        for (int64_t i = 0; i < WIDTH; ++i)
+          out[k * WIDTH + i] = i < valid ? src[i * i_step + k * k_step] : T(0);
+    }
+  }
+}
+
 }  // namespace detail
 
-// Packs rows [m0, m0 + rows) x depth [k0, k0 + depth) of A into panels of kRows:
-// out[(p * depth + k) * kRows + r] = A(m0 + p * kRows + r, k0 + k), zero past the last row.
+// Packs rows [m0, m0 + rows) x depth [k0, k0 + depth) of A into panels of kRows rows.
 template <typename T>
 struct PackA {
   Strided<T> a;
   void operator()(int64_t m0, int64_t rows, int64_t k0, int64_t depth, T* out) const {
-    constexpr int R = Tile<T>::kRows;
-    for (int64_t p0 = 0; p0 < rows; p0 += R, out += depth * R) {
-      const int64_t valid = std::min<int64_t>(R, rows - p0);
-      const T* src = a.data + (m0 + p0) * a.row + k0 * a.col;
-      if (a.row == 1) {  // a transpose read as stored: each k's rows are contiguous
-        for (int64_t k = 0; k < depth; ++k) {
-          std::copy_n(src + k * a.col, valid, out + k * R);
-          std::fill(out + k * R + valid, out + (k + 1) * R, T(0));
-        }
-      } else if (a.col == 1) {
-        detail::pack_across<T, R>(src, a.row, valid, depth, out);
-      } else {
-        for (int64_t k = 0; k < depth; ++k)
-          for (int64_t r = 0; r < R; ++r) out[k * R + r] = r < valid ? src[r * a.row + k * a.col] : T(0);
-      }
-    }
+    detail::pack_panels<T, Tile<T>::kRows>(a.data, a.row, a.col, m0, rows, k0, depth, out);
   }
 };
 
-// Packs depth [k0, k0 + depth) x columns [n0, n0 + cols) of B into panels of kCols:
-// out[(p * depth + k) * kCols + j] = B(k0 + k, n0 + p * kCols + j), zero past the last column.
+// Packs depth [k0, k0 + depth) x columns [n0, n0 + cols) of B into panels of kCols columns.
 template <typename T>
 struct PackB {
   Strided<T> b;
   void operator()(int64_t k0, int64_t depth, int64_t n0, int64_t cols, T* out) const {
-    constexpr int C = Tile<T>::kCols;
-    for (int64_t p0 = 0; p0 < cols; p0 += C, out += depth * C) {
-      const int64_t valid = std::min<int64_t>(C, cols - p0);
-      const T* src = b.data + k0 * b.row + (n0 + p0) * b.col;
-      if (b.col == 1) {  // row-major: each k's columns are contiguous
-        for (int64_t k = 0; k < depth; ++k) {
-          std::copy_n(src + k * b.row, valid, out + k * C);
-          std::fill(out + k * C + valid, out + (k + 1) * C, T(0));
-        }
-      } else if (b.row == 1) {  // a transpose read as stored: each column's k are contiguous
-        detail::pack_across<T, C>(src, b.col, valid, depth, out);
-      } else {
-        for (int64_t k = 0; k < depth; ++k)
-          for (int64_t j = 0; j < C; ++j) out[k * C + j] = j < valid ? src[j * b.col + k * b.row] : T(0);
-      }
-    }
+    detail::pack_panels<T, Tile<T>::kCols>(b.data, b.col, b.row, n0, cols, k0, depth, out);
   }
 };
 
@@ -244,12 +236,13 @@ void gemm(int64_t m_size, int64_t n_size, int64_t k_size, const PackedA& pack_a,
     return;
   }
   // Threads: a grid of row x column blocks, the factorisation that wastes the least padding of the
-  // tiles; a split only from kGemmTask multiply-adds a thread.
+  // tiles; a split only from kPackedGemmTask multiply-adds a thread (each block packs its own
+// operands, so a split needs no shared pack first).
   const int64_t work = m_size * n_size * k_size;
   const int64_t threads = at::in_parallel_region()
                               ? 1
                               : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                       work / kGemmTask));
+                                                                       work / kPackedGemmTask));
   int64_t grid_rows = 1, grid_cols = 1, best = -1;
   for (int64_t r = 1; r <= threads; ++r) {
     if (threads % r) continue;

@@ -13,8 +13,8 @@ namespace lenet_ext::cpu {
 // Work a task holds, by kind of kernel (the measurements: docs/performance.md, threads):
 // GEMM tiles: from ~2M multiply-adds a split wins, below it two threads run no faster than one.
 constexpr int64_t kGemmTask = int64_t(1) << 20;
-// GEMM over W^T packed per thread: no pack ahead of the products, so fc2 at batch 64 (6 tasks of
-// 138K multiply-adds) already gains from the second thread.
+// GEMM (gemm.h) blocks, each packing its own operands: no shared pack ahead of the products, so
+// fc2 at batch 64 (645K multiply-adds) already gains from the second thread.
 constexpr int64_t kPackedGemmTask = int64_t(1) << 18;
 // Convolution kernels (multiply-adds; for grad_bias, additions).
 constexpr int64_t kConvTask = int64_t(1) << 16;
