@@ -28,6 +28,9 @@ constexpr int64_t kColumnsBytes = int64_t(1) << 20;
 // Columns a chunk holds at least, however many taps: products narrower than this lose more to
 // packing than the bounded buffer saves.
 constexpr int64_t kMinChunk = 256;
+// Chunks a batch of small planes is cut into at least (fixed, not the thread count: grad_weight's
+// order of summation follows the chunks).
+constexpr int64_t kMinChunks = 8;
 
 bool pointwise(const ConvShape& s) {  // its columns are the input itself
   return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 &&
@@ -138,7 +141,9 @@ struct Chunks {
       const int64_t per_image = (positions + target - 1) / target;
       return {batch, positions, target, 1, per_image, batch * per_image};
     }
-    const int64_t images = std::max<int64_t>(1, target / std::max<int64_t>(1, positions));
+    // at least kMinChunks chunks where the batch allows, so that the threads share them
+    const int64_t images = std::max<int64_t>(1, std::min(target / std::max<int64_t>(1, positions),
+                                                         (batch + kMinChunks - 1) / kMinChunks));
     return {batch, positions, positions, images, 1, (batch + images - 1) / images};
   }
   // chunk c: images [image, image + count) at positions [p0, p1) of each
