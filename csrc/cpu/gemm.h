@@ -3,9 +3,9 @@
 // kColBlock columns and kDepth of K, B is packed into panels kCols wide (in L3), for each block of
 // kRowBlock rows A is packed into panels kRows tall (in L2), and a register tile of kRows x kCols
 // (two vectors a row) runs down kDepth: per k two vector loads of B from L1 and kRows broadcasts of
-// A feed 2 * kRows FMAs, so the loop is bound by FMA throughput. The packers are parameters:
-// Strided reads any row/column strides (a transpose is read as stored, never materialised), and
-// conv2d packs its patches straight from the image. Threads split C into a grid of blocks, each
+// A feed 2 * kRows FMAs, so the loop is bound by FMA throughput. The packers are parameters;
+// Strided's read any row/column strides (a transpose is read as stored, never materialised), and a
+// caller may pass its own to pack from another layout. Threads split C into a grid of blocks, each
 // packing its own operands; every C element is summed by one thread in an order fixed by the
 // shapes alone, so results are bitwise the same for any thread count.
 #pragma once
@@ -14,9 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
 
 #include "parallel.h"
 #include "simd.h"
@@ -47,7 +45,6 @@ template <typename T>
 struct Strided {
   const T* data;
   int64_t row, col;
-  T operator()(int64_t i, int64_t j) const { return data[i * row + j * col]; }
 };
 
 namespace detail {
@@ -169,27 +166,7 @@ inline void tile_rows(int rows, int64_t depth, const T* a, const T* b, T* c, int
   tile<T, ROWS>(depth, a, b, c, ldc, cols, add);
 }
 
-// Packing buffers, one pair per thread, kept between calls (fresh pages would cost more than
-// small products); aligned for the vector loads.
-template <typename T>
-T* scratch(int which, int64_t count) {
-  struct Buffer {
-    T* data = nullptr;
-    int64_t size = 0;
-    ~Buffer() { std::free(data); }
-  };
-  thread_local Buffer buffers[2];
-  Buffer& buffer = buffers[which];
-  if (buffer.size < count) {
-    std::free(buffer.data);
-    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
-    buffer.data = static_cast<T*>(std::aligned_alloc(64, bytes));
-    TORCH_CHECK(buffer.data != nullptr, "lenet_ext: out of memory for a ", bytes,
-                "-byte GEMM packing buffer");
-    buffer.size = count;
-  }
-  return buffer.data;
-}
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // C rows [m0, m1) x columns [n0, n1) on the calling thread.
 template <typename T, typename PackedA, typename PackedB>
@@ -197,8 +174,10 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
              const PackedB& pack_b, T* c, int64_t ldc, bool accumulate) {
   using S = Tile<T>;
   const int64_t depth_max = std::min(S::kDepth, k_size);
-  T* a_buffer = scratch<T>(0, std::min(S::kRowBlock, (m1 - m0 + S::kRows - 1) / S::kRows * S::kRows) * depth_max);
-  T* b_buffer = scratch<T>(1, std::min(S::kColBlock, (n1 - n0 + S::kCols - 1) / S::kCols * S::kCols) * depth_max);
+  const int64_t a_rows = std::min(S::kRowBlock, ceil_div(m1 - m0, S::kRows) * S::kRows);
+  const int64_t b_cols = std::min(S::kColBlock, ceil_div(n1 - n0, S::kCols) * S::kCols);
+  T* a_buffer = scratch<T>(Scratch::kPackedA, a_rows * depth_max);
+  T* b_buffer = scratch<T>(Scratch::kPackedB, b_cols * depth_max);
   for (int64_t jc = n0; jc < n1; jc += S::kColBlock) {
     const int64_t cols = std::min(S::kColBlock, n1 - jc);
     for (int64_t pc = 0; pc < k_size; pc += S::kDepth) {
@@ -218,7 +197,6 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
   }
 }
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace detail
 
@@ -236,13 +214,13 @@ void gemm(int64_t m_size, int64_t n_size, int64_t k_size, const PackedA& pack_a,
     return;
   }
   // Threads: a grid of row x column blocks, the factorisation that wastes the least padding of the
-  // tiles; a split only from kPackedGemmTask multiply-adds a thread (each block packs its own
-// operands, so a split needs no shared pack first).
+  // tiles; a split only from kGemmTask multiply-adds a thread (each block packs its own operands,
+  // so a split needs no shared pack first).
   const int64_t work = m_size * n_size * k_size;
   const int64_t threads = at::in_parallel_region()
                               ? 1
                               : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                       work / kPackedGemmTask));
+                                                                       work / kGemmTask));
   int64_t grid_rows = 1, grid_cols = 1, best = -1;
   for (int64_t r = 1; r <= threads; ++r) {
     if (threads % r) continue;

@@ -4,24 +4,53 @@
 // from grain() with one of the task sizes below (1 where each item is already big).
 #pragma once
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 namespace lenet_ext::cpu {
 
 // Work a task holds, by kind of kernel (the measurements: docs/performance.md, threads):
-// GEMM tiles: from ~2M multiply-adds a split wins, below it two threads run no faster than one.
-constexpr int64_t kGemmTask = int64_t(1) << 20;
+// linear's dot-product tiles: from ~2M multiply-adds a split wins, below it two threads run no
+// faster than one.
+constexpr int64_t kDotTask = int64_t(1) << 20;
 // GEMM (gemm.h) blocks, each packing its own operands: no shared pack ahead of the products, so
 // fc2 at batch 64 (645K multiply-adds) already gains from the second thread.
-constexpr int64_t kPackedGemmTask = int64_t(1) << 18;
+constexpr int64_t kGemmTask = int64_t(1) << 18;
 // Convolution kernels (multiply-adds; for grad_bias, additions).
 constexpr int64_t kConvTask = int64_t(1) << 16;
 // Elements of a streaming elementwise pass: stock's TensorIterator grain, so we fork where it does.
 constexpr int64_t kStreamTask = int64_t(1) << 15;
 // Input elements of a pooling pass.
 constexpr int64_t kPoolTask = int64_t(1) << 14;
+
+// The per-thread working buffers, one a use, kept between calls (fresh pages would cost more than
+// a small product) and aligned for vector loads: the GEMM's packed panels, conv2d's columns and
+// its block of grad_output or output.
+enum class Scratch { kPackedA, kPackedB, kColumns, kBlock, kCount };
+
+// This thread's `which` buffer, grown to at least `count` elements; its contents are not kept.
+template <typename T>
+T* scratch(Scratch which, int64_t count) {
+  struct Buffer {
+    T* data = nullptr;
+    int64_t size = 0;
+    ~Buffer() { std::free(data); }
+  };
+  thread_local Buffer buffers[static_cast<int>(Scratch::kCount)];
+  Buffer& buffer = buffers[static_cast<int>(which)];
+  if (buffer.size < count) {
+    std::free(buffer.data);
+    const size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
+    buffer.data = static_cast<T*>(std::aligned_alloc(64, bytes));
+    buffer.size = buffer.data ? count : 0;
+    TORCH_CHECK(buffer.data != nullptr, "lenet_ext: out of memory for a ", bytes,
+                "-byte working buffer");
+  }
+  return buffer.data;
+}
 
 // Items per task so that a task holds at least task_work when each item costs item_work.
 inline int64_t grain(int64_t item_work, int64_t task_work) {

@@ -2,17 +2,16 @@
 // group. The patches of an image are unrolled into columns [taps = channels * kernel_h * kernel_w,
 // positions] a chunk of positions at a time, into a per-thread buffer of at most kColumnsBytes
 // (L2-sized, so the GEMM's packing reads it from cache and the workspace stays bounded however
-// large the plane); a 1x1 convolution with stride 1 is already its columns and runs as one GEMM on
-// the input. forward: output[:, chunk] = weight x columns; grad_input: columns = weight^T x
-// grad_output[:, chunk], added back into the image (col2im); grad_weight += grad_output[:, chunk] x
-// columns^T over every image and chunk. Threads take disjoint parts of the result (chunks of
-// positions, ranges of input channels, ranges of taps), and chunks are fixed by the shape, so each
-// element is summed in the same order for any thread count.
+// large the plane); a 1x1 convolution with stride 1 is already its columns, and its forward runs
+// as one GEMM on the input. forward: output[:, chunk] = weight x columns; grad_input: columns =
+// weight^T x grad_output[:, chunk], added back into the image (col2im); grad_weight +=
+// grad_output[:, chunk] x columns^T over every image and chunk. Threads take disjoint parts of the
+// result (chunks of positions, ranges of input channels, ranges of taps), and chunks are fixed by
+// the shape, so each element is summed in the same order for any thread count.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <utility>
-#include <vector>
 
 #include "../gemm.h"
 #include "../parallel.h"
@@ -117,14 +116,6 @@ void col2im(const scalar_t* columns, int64_t ld, scalar_t* image, const ConvShap
   });
 }
 
-// Per-thread buffers, kept between calls: 0 the columns, 1 a block of grad_output or output.
-template <typename scalar_t>
-scalar_t* buffer(int which, int64_t count) {
-  thread_local std::vector<scalar_t> buffers[2];
-  if (int64_t(buffers[which].size()) < count) buffers[which].resize(count);
-  return buffers[which].data();
-}
-
 // The GEMMs' N (forward, grad_input) or K (grad_weight): (image, position) pairs of one group,
 // in chunks fixed by the shape. A plane of at least a chunk is cut into chunks of positions; smaller
 // planes are taken whole, several images a chunk, so that the products stay wide.
@@ -179,7 +170,7 @@ Strided<scalar_t> chunk_grad_output(const scalar_t* grad_output, int64_t groups,
     return grad_output + ((chunk.image + j) * groups + group) * s.output_block();
   };
   if (chunk.count == 1) return {block(0) + chunk.p0, positions, 1};
-  scalar_t* copy = buffer<scalar_t>(1, s.out_channels * chunk.columns());
+  scalar_t* copy = scratch<scalar_t>(Scratch::kBlock, s.out_channels * chunk.columns());
   for (int64_t j = 0; j < chunk.count; ++j)
     for (int64_t oc = 0; oc < s.out_channels; ++oc)
       std::copy_n(block(j) + oc * positions, positions,
@@ -212,15 +203,15 @@ void im2col_forward(const scalar_t* input, const scalar_t* weight, const scalar_
         return gemm::gemm(s.out_channels, positions, s.taps(), w,
                           Strided<scalar_t>{image, positions, 1}, out(0), positions,
                           bias != nullptr);
-      scalar_t* columns = buffer<scalar_t>(0, s.taps() * chunk.columns());
+      scalar_t* columns = scratch<scalar_t>(Scratch::kColumns, s.taps() * chunk.columns());
       chunk_columns(input, groups, group, s, chunk, 0, s.taps(), columns);
       return gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
                         Strided<scalar_t>{columns, chunk.columns(), 1}, out(0) + chunk.p0,
                         positions, bias != nullptr);
     }
     // whole planes of several images: one product into a buffer, then out image by image
-    scalar_t* columns = buffer<scalar_t>(0, s.taps() * chunk.columns());
-    scalar_t* product = buffer<scalar_t>(1, s.out_channels * chunk.columns());
+    scalar_t* columns = scratch<scalar_t>(Scratch::kColumns, s.taps() * chunk.columns());
+    scalar_t* product = scratch<scalar_t>(Scratch::kBlock, s.out_channels * chunk.columns());
     chunk_columns(input, groups, group, s, chunk, 0, s.taps(), columns);
     gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
                Strided<scalar_t>{columns, chunk.columns(), 1}, product, chunk.columns());
@@ -246,15 +237,15 @@ void im2col_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
   const int64_t parts = parts_per_item(groups * items, s.channels);
   run_tasks(groups * items * parts, batch * s.multiply_adds() / (items * parts), [&](int64_t task) {
     const int64_t group = task / (items * parts), item = task / parts % items, part = task % parts;
-    const Strided<scalar_t> w_t{weight + group * s.weight_block(), 1, s.taps()};  // weight^T
+    const scalar_t* w = weight + group * s.weight_block();
     const int64_t c0 = part * s.channels / parts, c1 = (part + 1) * s.channels / parts;
     const int64_t tap0 = c0 * kernel, tap1 = c1 * kernel;
     for (int64_t c = item * chunks.per_image; c < (item + 1) * chunks.per_image; ++c) {
       const Chunks::Chunk chunk = chunks[c];
       const Strided<scalar_t> g = chunk_grad_output(grad_output, groups, group, s, chunk);
-      scalar_t* columns = buffer<scalar_t>(0, (tap1 - tap0) * chunk.columns());
-      gemm::gemm(tap1 - tap0, chunk.columns(), s.out_channels,
-                 Strided<scalar_t>{w_t.data + tap0, 1, s.taps()}, g, columns, chunk.columns());
+      scalar_t* columns = scratch<scalar_t>(Scratch::kColumns, (tap1 - tap0) * chunk.columns());
+      gemm::gemm(tap1 - tap0, chunk.columns(), s.out_channels,  // weight^T read as stored
+                 Strided<scalar_t>{w + tap0, 1, s.taps()}, g, columns, chunk.columns());
       for (int64_t j = 0; j < chunk.count; ++j) {
         scalar_t* image = grad_input + ((chunk.image + j) * groups + group) * s.input_block();
         if (chunk.p0 == 0) std::fill(image + c0 * plane, image + c1 * plane, scalar_t(0));
@@ -282,7 +273,7 @@ void im2col_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
     for (int64_t c = 0; c < chunks.count; ++c) {
       const Chunks::Chunk chunk = chunks[c];
       const Strided<scalar_t> g = chunk_grad_output(grad_output, groups, group, s, chunk);
-      scalar_t* columns = buffer<scalar_t>(0, (tap1 - tap0) * chunk.columns());
+      scalar_t* columns = scratch<scalar_t>(Scratch::kColumns, (tap1 - tap0) * chunk.columns());
       chunk_columns(input, groups, group, s, chunk, tap0, tap1, columns);
       // columns^T read as stored
       gemm::gemm(s.out_channels, tap1 - tap0, chunk.columns(), g,

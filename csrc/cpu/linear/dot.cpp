@@ -74,7 +74,7 @@ void gemm_nt(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_
   const int64_t full_rows = m_size / kRows * kRows;
   const int64_t tiles_n = (n_size + kCols - 1) / kCols, gemv_n = (n_size + L - 1) / L;
   const int64_t tasks = full_rows / kRows * tiles_n + (m_size - full_rows) * gemv_n;
-  at::parallel_for(0, tasks, grain(L * k_size, kGemmTask), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks, grain(L * k_size, kDotTask), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       if (task < full_rows / kRows * tiles_n) {
         const int64_t m0 = task / tiles_n * kRows, n0 = task % tiles_n * kCols;
