@@ -45,6 +45,18 @@ def wait_for(path, child, timeout=120):
         time.sleep(0.005)
 
 
+def sleep_into_the_run(path, child):
+    """After the run's first two saves (epochs 1 and 2), sleeps a random time within the next
+    EPOCHS - 3 epochs, each timed as the second took: the run is still training then, however fast
+    the machine and the kernels (a fixed 0.6 s outlasted a whole run on a fast one)."""
+    wait_for(path, child)
+    first, started = path.stat().st_mtime_ns, time.monotonic()
+    while path.stat().st_mtime_ns == first:
+        assert child.poll() is None, finish(child)
+        time.sleep(0.002)
+    time.sleep(random.uniform(0, (time.monotonic() - started) * (EPOCHS - 3)))
+
+
 def assert_same_state(got, want):
     for part in ("model", "optimizer"):
         flat_got, flat_want = flatten(got[part]), flatten(want[part])
@@ -104,8 +116,7 @@ def test_killed_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tmp_p
                                                                            uninterrupted):
     path = tmp_path / "run.pt"
     child = start(tmp_path, *RUN[model], "--epochs", EPOCHS, "--checkpoint", path)
-    wait_for(path, child)  # the first save: after epoch 1
-    time.sleep(random.uniform(0, 0.6))  # an epoch takes ~0.1-0.3 s: anywhere in the next ones
+    sleep_into_the_run(path, child)  # anywhere in epochs 3 to EPOCHS - 1
     child.kill()  # SIGKILL
     code, out, err = finish(child)
     assert code == -signal.SIGKILL, "the run ended before it was killed: kill it sooner"
@@ -120,8 +131,7 @@ def test_a_signal_saves_says_how_to_resume_and_the_resumed_run_is_bitwise_equal(
         tmp_path, model, signum, uninterrupted):
     path = tmp_path / "run.pt"
     child = start(tmp_path, *RUN[model], "--epochs", EPOCHS, "--checkpoint", path)
-    wait_for(path, child)
-    time.sleep(random.uniform(0, 0.3))  # most likely in the middle of an epoch
+    sleep_into_the_run(path, child)  # most likely in the middle of an epoch
     child.send_signal(signum)
     code, out, err = finish(child)
     assert code == 128 + signum, err
