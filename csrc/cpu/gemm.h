@@ -3,7 +3,9 @@
 // kColBlock columns and kDepth of K, B is packed into panels kCols wide (in L3), for each block of
 // kRowBlock rows A is packed into panels kRows tall (in L2), and a register tile of kRows x kCols
 // (two vectors a row) runs down kDepth: per k two vector loads of B from L1 and kRows broadcasts of
-// A feed 2 * kRows FMAs, so the loop is bound by FMA throughput. The packers are parameters;
+// A feed 2 * kRows FMAs, so the loop is bound by FMA throughput. Where a pack would serve only a
+// few tiles (small products), the tile reads A's rows or B's rows in place instead, and a last
+// panel of one vector or less runs a one-vector tile. The packers are parameters;
 // Strided's read any row/column strides (a transpose is read as stored, never materialised), and a
 // caller may pass its own to pack from another layout. Threads split C into a grid of blocks, each
 // packing its own operands; every C element is summed by one thread in an order fixed by the
@@ -38,6 +40,8 @@ struct Tile {
   static constexpr int64_t kDepth = 1024 / int(sizeof(T));  // 256 floats, 128 doubles
   static constexpr int64_t kRowBlock = kRows * 24;
   static constexpr int64_t kColBlock = kCols * 128;
+  // A pack used by at most this many tiles costs more than reading the operand in place.
+  static constexpr int64_t kFewUses = 8;
 };
 
 // A matrix read in place: element (i, j) at data[i * row + j * col].
@@ -76,15 +80,28 @@ void pack_across(const T* src, int64_t ld, int64_t valid, int64_t depth, T* out)
 template <typename T, int WIDTH>
 void pack_panels(const T* data, int64_t i_step, int64_t k_step, int64_t i0, int64_t count,
                  int64_t k0, int64_t depth, T* out) {
+  if (i_step == 1) {  // each k's items contiguous: runs along k's row through 8 panels at a time
+    constexpr int64_t kRun = 8 * WIDTH;
+    for (int64_t g0 = 0; g0 < count; g0 += kRun)
+    for (int64_t k = 0; k < depth; ++k) {
+      const T* src = data + i0 + (k0 + k) * k_step;
+      for (int64_t p0 = g0; p0 < std::min(count, g0 + kRun); p0 += WIDTH) {
+        const int64_t valid = std::min<int64_t>(WIDTH, count - p0);
+        T* dst = out + p0 * depth + k * WIDTH;
+        if (valid == WIDTH) {  // a copy of constant size, inlined: a library call costs more
+          std::copy_n(src + p0, WIDTH, dst);
+        } else {
+          std::copy_n(src + p0, valid, dst);
+          std::fill(dst + valid, dst + WIDTH, T(0));
+        }
+      }
+    }
+    return;
+  }
   for (int64_t p0 = 0; p0 < count; p0 += WIDTH, out += depth * WIDTH) {
     const int64_t valid = std::min<int64_t>(WIDTH, count - p0);
     const T* src = data + (i0 + p0) * i_step + k0 * k_step;
-    if (i_step == 1) {  // each k's items contiguous: row copies
-      for (int64_t k = 0; k < depth; ++k) {
-        std::copy_n(src + k * k_step, valid, out + k * WIDTH);
-        std::fill(out + k * WIDTH + valid, out + (k + 1) * WIDTH, T(0));
-      }
-    } else if (k_step == 1) {  // each item's k contiguous: register transposes
+    if (k_step == 1) {  // each item's k contiguous: register transposes
       pack_across<T, WIDTH>(src, i_step, valid, depth, out);
     } else {
       for (int64_t k = 0; k < depth; ++k)
@@ -99,8 +116,10 @@ void pack_panels(const T* data, int64_t i_step, int64_t k_step, int64_t i0, int6
 // Packs rows [m0, m0 + rows) x depth [k0, k0 + depth) of A into panels of kRows rows.
 template <typename T>
 struct PackA {
-  Strided<T> a;
+  using value_type = T;
+  Strided<T> operand;
   void operator()(int64_t m0, int64_t rows, int64_t k0, int64_t depth, T* out) const {
+    const Strided<T>& a = operand;
     detail::pack_panels<T, Tile<T>::kRows>(a.data, a.row, a.col, m0, rows, k0, depth, out);
   }
 };
@@ -108,62 +127,69 @@ struct PackA {
 // Packs depth [k0, k0 + depth) x columns [n0, n0 + cols) of B into panels of kCols columns.
 template <typename T>
 struct PackB {
-  Strided<T> b;
+  using value_type = T;
+  Strided<T> operand;
   void operator()(int64_t k0, int64_t depth, int64_t n0, int64_t cols, T* out) const {
+    const Strided<T>& b = operand;
     detail::pack_panels<T, Tile<T>::kCols>(b.data, b.col, b.row, n0, cols, k0, depth, out);
   }
 };
 
 namespace detail {
 
-// One tile: C[ROWS x cols] (+)= a_panel^T b_panel over `depth`. The accumulators are a fixed-size
-// array that GCC keeps in registers; `pin` stops it from folding B's loads into every FMA.
-template <typename T, int ROWS>
-inline void tile(int64_t depth, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc,
-                 int64_t cols, bool add) {
+// Operands a packer may leave in place: A's rows when its k runs along memory (the tile broadcasts
+// from them), B's rows when its n does (the tile loads them); nullptr where it cannot.
+template <typename Packer>
+const Strided<typename Packer::value_type>* in_place(const Packer& packer) {
+  if constexpr (requires { packer.operand; }) return &packer.operand;
+  return nullptr;
+}
+
+// One tile: C[ROWS x cols] (+)= A[ROWS x depth] B[depth x cols], cols <= VECS * kLanes. A is a
+// packed panel (a[k * kRows + r]) or, with A_ROWS, rows read in place (a[r * lda + k]); B's k-th
+// row is at b + k * ldb. The accumulators are a fixed-size array that GCC keeps in registers;
+// `pin` stops it from folding B's loads into every FMA.
+template <typename T, int ROWS, int VECS, bool A_ROWS>
+inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __restrict b,
+                 int64_t ldb, T* c, int64_t ldc, int64_t cols, bool add) {
   using V = typename Tile<T>::V;
   constexpr int L = V::kLanes, R = Tile<T>::kRows;
-  typename V::type acc[ROWS][2] = {};
+  typename V::type acc[ROWS][VECS] = {};
   for (int64_t k = 0; k < depth; ++k) {
-    const typename V::type b0 = simd::pin(V::load(b + k * 2 * L));
-    const typename V::type b1 = simd::pin(V::load(b + k * 2 * L + L));
+    typename V::type b_k[VECS];
+    for (int v = 0; v < VECS; ++v) b_k[v] = simd::pin(V::load(b + k * ldb + v * L));
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
-      const T a_rk = a[k * R + r];
-      acc[r][0] += a_rk * b0;
-      acc[r][1] += a_rk * b1;
+      const T a_rk = A_ROWS ? a[r * lda + k] : a[k * R + r];
+      for (int v = 0; v < VECS; ++v) acc[r][v] += a_rk * b_k[v];
     }
   }
-  if (cols == 2 * L) {
+  if (cols == VECS * L) {
 #pragma GCC unroll 16
-    for (int r = 0; r < ROWS; ++r) {
-      T* row = c + r * ldc;
-      if (add) {
-        V::store(row, V::load(row) + acc[r][0]);
-        V::store(row + L, V::load(row + L) + acc[r][1]);
-      } else {
-        V::store(row, acc[r][0]);
-        V::store(row + L, acc[r][1]);
+    for (int r = 0; r < ROWS; ++r)
+      for (int v = 0; v < VECS; ++v) {
+        T* out = c + r * ldc + v * L;
+        V::store(out, add ? V::load(out) + acc[r][v] : acc[r][v]);
       }
-    }
   } else {
-    for (int r = 0; r < ROWS; ++r) {
-      T values[2 * L];
-      V::store(values, acc[r][0]);
-      V::store(values + L, acc[r][1]);
+#pragma GCC unroll 16
+    for (int r = 0; r < ROWS; ++r) {  // unrolled, so that acc stays in registers
+      T values[VECS * L];
+      for (int v = 0; v < VECS; ++v) V::store(values + v * L, acc[r][v]);
       T* row = c + r * ldc;
       for (int64_t j = 0; j < cols; ++j) row[j] = add ? row[j] + values[j] : values[j];
     }
   }
 }
 
-template <typename T, int ROWS = Tile<T>::kRows>
-inline void tile_rows(int rows, int64_t depth, const T* a, const T* b, T* c, int64_t ldc,
-                      int64_t cols, bool add) {
+template <typename T, bool A_ROWS, int ROWS = Tile<T>::kRows>
+inline void tile_rows(int rows, int64_t depth, const T* a, int64_t lda, const T* b, int64_t ldb,
+                      T* c, int64_t ldc, int64_t cols, bool add) {
   if constexpr (ROWS > 1) {
-    if (rows < ROWS) return tile_rows<T, ROWS - 1>(rows, depth, a, b, c, ldc, cols, add);
+    if (rows < ROWS) return tile_rows<T, A_ROWS, ROWS - 1>(rows, depth, a, lda, b, ldb, c, ldc, cols, add);
   }
-  tile<T, ROWS>(depth, a, b, c, ldc, cols, add);
+  if (cols <= Tile<T>::kLanes) return tile<T, ROWS, 1, A_ROWS>(depth, a, lda, b, ldb, c, ldc, cols, add);
+  tile<T, ROWS, 2, A_ROWS>(depth, a, lda, b, ldb, c, ldc, cols, add);
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -176,27 +202,58 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
   const int64_t depth_max = std::min(S::kDepth, k_size);
   const int64_t a_rows = std::min(S::kRowBlock, ceil_div(m1 - m0, S::kRows) * S::kRows);
   const int64_t b_cols = std::min(S::kColBlock, ceil_div(n1 - n0, S::kCols) * S::kCols);
-  T* a_buffer = scratch<T>(Scratch::kPackedA, a_rows * depth_max);
-  T* b_buffer = scratch<T>(Scratch::kPackedB, b_cols * depth_max);
+  const Strided<T>* a_in_place = in_place(pack_a);
+  const Strided<T>* b_in_place = in_place(pack_b);
+  // Operands read in place where a pack would be used too few times to pay for itself: A's rows
+  // (k along memory) under at most kFewUses column panels, B's panels (n along memory) under at
+  // most kFewUses row tiles (the products of LeNet's and other small linear layers). B only where
+  // its rows lie within a page of each other: further apart, a panel's rows share a few L1 sets
+  // and no prefetcher follows them (VGG's fc6 grad_input ran at half speed in place).
+  const bool a_rows_direct = a_in_place && a_in_place->col == 1 &&
+                             ceil_div(n1 - n0, S::kCols) <= S::kFewUses;
+  const bool b_direct = b_in_place && b_in_place->col == 1 && m1 - m0 <= S::kFewUses * S::kRows &&
+                        b_in_place->row * int64_t(sizeof(T)) < 4096;
+  T* a_buffer = a_rows_direct ? nullptr : scratch<T>(Scratch::kPackedA, a_rows * depth_max);
+  T* b_buffer = scratch<T>(Scratch::kPackedB, (b_direct ? S::kCols : b_cols) * depth_max);
   for (int64_t jc = n0; jc < n1; jc += S::kColBlock) {
     const int64_t cols = std::min(S::kColBlock, n1 - jc);
     for (int64_t pc = 0; pc < k_size; pc += S::kDepth) {
       const int64_t depth = std::min(S::kDepth, k_size - pc);
       const bool add = accumulate || pc > 0;
-      pack_b(pc, depth, jc, cols, b_buffer);
+      if (!b_direct) pack_b(pc, depth, jc, cols, b_buffer);
       for (int64_t ic = m0; ic < m1; ic += S::kRowBlock) {
         const int64_t rows = std::min(S::kRowBlock, m1 - ic);
-        pack_a(ic, rows, pc, depth, a_buffer);
-        for (int64_t jr = 0; jr < cols; jr += S::kCols)
-          for (int64_t ir = 0; ir < rows; ir += S::kRows)
-            tile_rows<T>(int(std::min<int64_t>(S::kRows, rows - ir)), depth,
-                         a_buffer + ir * depth, b_buffer + jr * depth, c + (ic + ir) * ldc + jc + jr,
-                         ldc, std::min<int64_t>(S::kCols, cols - jr), add);
+        if (!a_rows_direct) pack_a(ic, rows, pc, depth, a_buffer);
+        for (int64_t jr = 0; jr < cols; jr += S::kCols) {
+          const int64_t panel_cols = std::min<int64_t>(S::kCols, cols - jr);
+          // B's panel: in place, or packed while the first row block runs over it (from L1)
+          const T* b;
+          int64_t ldb = S::kCols;
+          if (b_direct && panel_cols == S::kCols) {
+            b = b_in_place->data + pc * b_in_place->row + jc + jr;
+            ldb = b_in_place->row;
+          } else if (b_direct) {
+            if (ic == m0) pack_b(pc, depth, jc + jr, panel_cols, b_buffer);
+            b = b_buffer;
+          } else {
+            b = b_buffer + jr * depth;
+          }
+          for (int64_t ir = 0; ir < rows; ir += S::kRows) {
+            const int tile_rows_count = int(std::min<int64_t>(S::kRows, rows - ir));
+            T* c_tile = c + (ic + ir) * ldc + jc + jr;
+            if (a_rows_direct)
+              tile_rows<T, true>(tile_rows_count, depth,
+                                 a_in_place->data + (ic + ir) * a_in_place->row + pc,
+                                 a_in_place->row, b, ldb, c_tile, ldc, panel_cols, add);
+            else
+              tile_rows<T, false>(tile_rows_count, depth, a_buffer + ir * depth, 0, b, ldb,
+                                  c_tile, ldc, panel_cols, add);
+          }
+        }
       }
     }
   }
 }
-
 
 }  // namespace detail
 

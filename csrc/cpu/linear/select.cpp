@@ -14,12 +14,12 @@ constexpr int64_t kFewRows = 2;  // backward rows (batch 1) below which gemm's t
 
 // Estimated cycles per row of input (one FMA vector a cycle): the dot algorithm's 4 x 4 tiles take
 // ceil(in / kLanes) steps of 16 FMAs plus ~100 cycles to fold and store; gemm's tiles take one FMA
-// per kLanes output columns per in_feature, in tiles two vectors wide, but pack weight^T first
-// (~half a cycle an element).
+// per vector of output columns per in_feature (a narrow last panel runs one-vector tiles, and the
+// input is read in place), but pack weight^T first (~half a cycle an element).
 bool forward_transposes(int64_t rows, int64_t in_features, int64_t out_features, int64_t lanes) {
   const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
   const int64_t dot_row = ceil_div(out_features, 4) * (4 * ceil_div(in_features, lanes) + 25);
-  const int64_t gemm_row = ceil_div(out_features, 2 * lanes) * 2 * in_features;  // whole tiles
+  const int64_t gemm_row = ceil_div(out_features, lanes) * in_features;
   return out_features * in_features / 2 + rows * gemm_row < rows * dot_row;
 }
 }  // namespace
