@@ -2,12 +2,14 @@
 
 Importing the package loads ``lenet_ext._C`` (the op schemas, their CPU/CUDA kernels and their
 autograd, all registered in C++ and reached through ``torch.ops.lenet_ext``), then ``lenet_ext.ops``,
-which registers the ops' fake kernels for torch.compile.
+which registers the ops' fake kernels for torch.compile, and ``lenet_ext.batching``, their vmap
+batching rules.
 """
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 from . import ops  # noqa: F401  (fake kernels)
+from . import batching  # noqa: F401  (vmap batching rules)
 from . import functional, models, nn
 
 __version__ = "0.1.0"
