@@ -3,12 +3,17 @@ per-sample fallback (whose warning is an error here), and gives what calling the
 gives, for the vmapped dimension anywhere (0, 1, -1), on some arguments only (None), with
 vmapped weights and biases; the public ops also match stock's vmap, and per-sample gradients of
 LeNet and FusedLeNet match stock's. float64, fresh random inputs."""
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as stock_F
 from torch.func import functional_call, grad, vmap
 
 import lenet_ext
+import lenet_ext.bench
 from lenet_ext.models import FusedLeNet, LeNet, StockLeNet
 
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")
@@ -235,3 +240,15 @@ def test_gradient_through_vmap_matches_stock(network):
                                .square().sum())
     ours, expected = (grad(total(net))(params) for net in (network().double(), stock))
     torch.testing.assert_close(ours, expected)
+
+
+def test_per_sample_benchmark_quick_run(tmp_path):
+    # benchmarks/bench_per_sample.py end to end: checked equal, timed, written (no timing claim)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_per_sample.py"
+    spec = importlib.util.spec_from_file_location("bench_per_sample", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--quick", "--batch", "4", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "per_sample.json").read_text())["rows"]
+    assert [(r["batch"], r["max_error"] <= lenet_ext.bench.TOLERANCE) for r in rows] == [(4, True)]
+    assert "| LeNet, vmap(grad) | 4 |" in (tmp_path / "per_sample.md").read_text()
