@@ -9,8 +9,8 @@ import torch
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 from . import ops  # noqa: F401  (fake kernels)
-from . import batching  # noqa: F401  (vmap batching rules)
-from . import functional, models, nn
+from . import batching  # vmap batching rules, registered on import
+from . import functional, models, nn, onnx
 
 __version__ = "0.1.0"
 
@@ -27,4 +27,4 @@ def cuda_emulated() -> bool:
     return bool(_C.CUDA_EMULATED)
 
 
-__all__ = ["functional", "models", "nn", "ops", "cuda_available", "cuda_emulated"]
+__all__ = ["batching", "functional", "models", "nn", "onnx", "ops", "cuda_available", "cuda_emulated"]
