@@ -2,13 +2,15 @@
 
 Importing the package loads ``lenet_ext._C`` (the op schemas, their CPU/CUDA kernels and their
 autograd, all registered in C++ and reached through ``torch.ops.lenet_ext``), then ``lenet_ext.ops``,
-which registers the ops' fake kernels for torch.compile.
+which registers the ops' fake kernels for torch.compile, and ``lenet_ext.batching``, their vmap
+batching rules.
 """
 import torch
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 from . import ops  # noqa: F401  (fake kernels)
-from . import functional, models, nn
+from . import batching  # vmap batching rules, registered on import
+from . import functional, models, nn, onnx
 
 __version__ = "0.1.0"
 
@@ -25,4 +27,4 @@ def cuda_emulated() -> bool:
     return bool(_C.CUDA_EMULATED)
 
 
-__all__ = ["functional", "models", "nn", "ops", "cuda_available", "cuda_emulated"]
+__all__ = ["batching", "functional", "models", "nn", "onnx", "ops", "cuda_available", "cuda_emulated"]

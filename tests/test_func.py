@@ -11,9 +11,9 @@ from torch.func import functional_call, grad, jacrev, vjp, vmap
 from lenet_ext import functional as ext_F
 from lenet_ext.models import FusedLeNet, LeNet, StockLeNet
 
-# Our ops have no batching rules: vmap runs them once per sample through functorch's fallback, which
-# says so in a warning. That is their documented cost, not a fault.
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
+# Every op has a batching rule (lenet_ext.batching): functorch's per-sample fallback, which warns
+# "There is a performance drop", must not run.
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 BATCH = 3  # samples that vmap maps over
 
