@@ -209,6 +209,7 @@ def test_the_main_job_prints_checks_and_a_ratio_for_every_op():
 @pytest.mark.parametrize("script, stem, names, modes", [
     ("bench_ops.py", "ops", list(bench.LENET_OPS), bench.OP_MODES),
     ("bench_lenet.py", "lenet", list(bench.LENET_NETWORKS), bench.LENET_MODES),
+    ("bench_mnist_net.py", "mnist_net", ["mnist-net"], ("training step", "inference")),
 ])
 def test_a_benchmark_script_writes_its_table_json_and_plot(script, stem, names, modes, tmp_path):
     result = _run(f"benchmarks/{script}", "--threads", "1", "--out", str(tmp_path), *TINY_RUN)
