@@ -65,6 +65,9 @@ TORCH_LIBRARY(lenet_ext, m) {
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
         " int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size) -> Tensor");
+  // The backward's derivative (and adjoint): each plane of input read at indices, whose shape the
+  // output takes.
+  m.def("max_pool2d_gather(Tensor input, Tensor indices) -> Tensor");
   // Internal (tests): the algorithm csrc/cpu/max_pool2d/select.cpp picks, and max_pool2d with one
   // forced ("reference", "general", "2x2"; a shape it does not claim raises). CPU only.
   m.def("_max_pool2d_algorithm(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
@@ -110,13 +113,13 @@ TORCH_LIBRARY(lenet_ext, m) {
         " Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-// The backward ops have no derivative of their own (yet). Without an Autograd kernel, autograd
-// would treat their outputs as constants under create_graph=True and a second backward would be
-// silently wrong; this kernel records a node that raises "derivative ... not implemented" instead.
+// The fused backward ops have no derivative of their own: a recorded backward of the fused ops
+// (create_graph=True) runs the unfused ops instead (csrc/autograd.cpp), so these are reached with
+// grad only when called directly. Without an Autograd kernel, autograd would treat their outputs
+// as constants and a second backward would be silently wrong; this kernel records a node that
+// raises "derivative ... not implemented" instead.
 TORCH_LIBRARY_IMPL(lenet_ext, Autograd, m) {
-  for (const char* op : {"relu_backward", "linear_backward", "conv2d_backward",
-                         "max_pool2d_backward", "conv2d_relu_max_pool2d_backward",
-                         "lenet_backward"}) {
+  for (const char* op : {"conv2d_relu_max_pool2d_backward", "lenet_backward"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }
