@@ -6,10 +6,14 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
+namespace lenet_ext {
+int name_autograd_nodes();  // node_names.cpp
+}
+
 extern "C" {
-// `import lenet_ext._C` loads this shared library, which runs the registrations below. The module
-// holds one constant, CUDA_EMULATED; everything else is reached through torch.ops.lenet_ext.
-// Limited API, so one wheel serves every Python >= 3.9.
+// `import lenet_ext._C` loads this shared library, which runs the registrations below, and gives
+// the autograd nodes their Python types. The module holds one constant, CUDA_EMULATED; everything
+// else is reached through torch.ops.lenet_ext. Limited API, so one wheel serves every Python >= 3.9.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
 #if defined(LENET_EXT_CUDA_EMULATED)
@@ -17,6 +21,7 @@ PyObject* PyInit__C(void) {
 #else
   constexpr long cuda_emulated = 0;
 #endif
+  if (lenet_ext::name_autograd_nodes() != 0) return nullptr;
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr && PyModule_AddIntConstant(module, "CUDA_EMULATED", cuda_emulated) != 0) {
     Py_DECREF(module);
