@@ -80,7 +80,7 @@ def build():
     print(f"lenet_ext: building the {built} kernels: {reason}", file=sys.stderr)
 
     # csrc/cpu/<op>.cpp and csrc/cpu/<op>/*.cpp (an op with several algorithms has a folder)
-    sources = ["csrc/lenet_ext.cpp", "csrc/autograd.cpp"] + sorted(
+    sources = ["csrc/lenet_ext.cpp", "csrc/autograd.cpp", "csrc/node_names.cpp"] + sorted(
         glob.glob("csrc/cpu/**/*.cpp", recursive=True))
     cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=fast", "-fdiagnostics-color=always"]
     if os.environ.get("LENET_EXT_NATIVE", "1") != "0":
@@ -100,7 +100,9 @@ def build():
         cxx_flags += ["-O1", "-g", "-fno-wrapv"] + sanitize
         link_flags += sanitize
     extra = {"cxx": cxx_flags}
-    define_macros, include_dirs, libraries = [], [], []
+    # torch_python: registerCppFunction and functionToPyObject, which give the autograd nodes
+    # their Python types (csrc/node_names.cpp); the limited API leaves it unlinked otherwise
+    define_macros, include_dirs, libraries = [], [], ["torch_python"]
     Extension = CppExtension
     if kernels == "cuda":
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + ["csrc/cuda/registration.cpp"]

@@ -6,10 +6,14 @@
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
+namespace lenet_ext {
+int name_autograd_nodes();  // node_names.cpp
+}
+
 extern "C" {
-// `import lenet_ext._C` loads this shared library, which runs the registrations below. The module
-// holds one constant, CUDA_EMULATED; everything else is reached through torch.ops.lenet_ext.
-// Limited API, so one wheel serves every Python >= 3.9.
+// `import lenet_ext._C` loads this shared library, which runs the registrations below, and gives
+// the autograd nodes their Python types. The module holds one constant, CUDA_EMULATED; everything
+// else is reached through torch.ops.lenet_ext. Limited API, so one wheel serves every Python >= 3.9.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
 #if defined(LENET_EXT_CUDA_EMULATED)
@@ -17,6 +21,7 @@ PyObject* PyInit__C(void) {
 #else
   constexpr long cuda_emulated = 0;
 #endif
+  if (lenet_ext::name_autograd_nodes() != 0) return nullptr;
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr && PyModule_AddIntConstant(module, "CUDA_EMULATED", cuda_emulated) != 0) {
     Py_DECREF(module);
@@ -65,6 +70,9 @@ TORCH_LIBRARY(lenet_ext, m) {
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
         " int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
   m.def("max_pool2d_backward(Tensor grad_output, Tensor indices, int[] input_size) -> Tensor");
+  // The backward's derivative (and adjoint): each plane of input read at indices, whose shape the
+  // output takes.
+  m.def("max_pool2d_gather(Tensor input, Tensor indices) -> Tensor");
   // Internal (tests): the algorithm csrc/cpu/max_pool2d/select.cpp picks, and max_pool2d with one
   // forced ("reference", "general", "2x2"; a shape it does not claim raises). CPU only.
   m.def("_max_pool2d_algorithm(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding,"
@@ -110,13 +118,13 @@ TORCH_LIBRARY(lenet_ext, m) {
         " Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-// The backward ops have no derivative of their own (yet). Without an Autograd kernel, autograd
-// would treat their outputs as constants under create_graph=True and a second backward would be
-// silently wrong; this kernel records a node that raises "derivative ... not implemented" instead.
+// The fused backward ops have no derivative of their own: a recorded backward of the fused ops
+// (create_graph=True) runs the unfused ops instead (csrc/autograd.cpp), so these are reached with
+// grad only when called directly. Without an Autograd kernel, autograd would treat their outputs
+// as constants and a second backward would be silently wrong; this kernel records a node that
+// raises "derivative ... not implemented" instead.
 TORCH_LIBRARY_IMPL(lenet_ext, Autograd, m) {
-  for (const char* op : {"relu_backward", "linear_backward", "conv2d_backward",
-                         "max_pool2d_backward", "conv2d_relu_max_pool2d_backward",
-                         "lenet_backward"}) {
+  for (const char* op : {"conv2d_relu_max_pool2d_backward", "lenet_backward"}) {
     m.impl(op, torch::autograd::autogradNotImplementedFallback());
   }
 }

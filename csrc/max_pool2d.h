@@ -81,10 +81,32 @@ inline void check_max_pool2d_backward_args(const at::Tensor& grad_output, const 
   check_output_fits(op, input_size, grad_output);
 }
 
-// Both entry points' report of an index the backward met outside the input plane (and skipped).
-inline void check_indices_in_plane(bool found_bad_index, int64_t bad_index, int64_t in_plane,
-                                   at::IntArrayRef input_size) {
-  TORCH_CHECK(!found_bad_index, "lenet_ext.max_pool2d_backward: expected indices in [0, H*W) = [0, ",
+// max_pool2d_gather's arguments: input (..., H, W) of a dtype the kernels take, indices
+// (..., out_h, out_w) int64 on its device with the same leading sizes (the output's shape).
+inline void check_max_pool2d_gather_args(const at::Tensor& input, const at::Tensor& indices) {
+  constexpr const char* op = "max_pool2d_gather";
+  check_dtype(op, "input", input);
+  const int64_t dim = input.dim();
+  TORCH_CHECK(dim == 3 || dim == 4, "lenet_ext.max_pool2d_gather: expected input to be a 3-D "
+              "(C, H, W) or 4-D (N, C, H, W) tensor, but got a ", dim, "-D tensor of shape ",
+              input.sizes());
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "lenet_ext.max_pool2d_gather: expected "
+                   "indices to have dtype int64, but got ", indices.scalar_type());
+  TORCH_CHECK(indices.device() == input.device(), "lenet_ext.max_pool2d_gather: expected indices "
+              "to be on the same device as input (", input.device(), "), but got ",
+              indices.device());
+  bool leading_match = indices.dim() == dim;
+  for (int64_t d = 0; leading_match && d < dim - 2; ++d)
+    leading_match = indices.size(d) == input.size(d);
+  TORCH_CHECK(leading_match, "lenet_ext.max_pool2d_gather: expected indices to match input "
+              "(shape ", input.sizes(), ") in all but the last two dimensions, but got shape ",
+              indices.sizes());
+}
+
+// The entry points' report of an index met outside the input plane (and not followed).
+inline void check_indices_in_plane(const char* op, bool found_bad_index, int64_t bad_index,
+                                   int64_t in_plane, at::IntArrayRef input_size) {
+  TORCH_CHECK(!found_bad_index, "lenet_ext.", op, ": expected indices in [0, H*W) = [0, ",
               in_plane, ") for input_size ", input_size, ", but got ", bad_index);
 }
 

@@ -159,3 +159,13 @@ def _lenet_backward_fake(grad_logits, input, conv1_weight, conv2_weight, fc1_wei
     for weight in weights:
         shapes += [weight.shape, weight.shape[:1]]
     return tuple(_empty(shape, input) if wanted else None for shape, wanted in zip(shapes, output_mask))
+
+
+# double backward: max_pool2d_backward's derivative -------------------------------------------
+
+@torch.library.register_fake("lenet_ext::max_pool2d_gather")
+def _max_pool2d_gather_fake(input, indices):
+    torch._check(indices.dim() == input.dim() and indices.shape[:-2] == input.shape[:-2],
+                 lambda: f"lenet_ext.max_pool2d_gather: indices {tuple(indices.shape)} and input "
+                         f"{tuple(input.shape)} do not match")
+    return _empty(indices.shape, input)

@@ -36,6 +36,7 @@ std::tuple<Tensor, Tensor> max_pool2d_cpu(T input, IntArrayRef kernel_size, IntA
                                           IntArrayRef padding, IntArrayRef dilation,
                                           bool ceil_mode);
 Tensor max_pool2d_backward_cpu(T grad_output, T indices, IntArrayRef input_size);
+Tensor max_pool2d_gather_cpu(T input, T indices);
 std::string max_pool2d_algorithm_cpu(T input, IntArrayRef kernel_size, IntArrayRef stride,
                                      IntArrayRef padding, IntArrayRef dilation, bool ceil_mode);
 std::tuple<Tensor, Tensor> max_pool2d_forced_cpu(T input, IntArrayRef kernel_size,
@@ -84,6 +85,7 @@ TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("conv2d_backward", &conv2d_backward_cpu);
   m.impl("max_pool2d", &max_pool2d_cpu);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
+  m.impl("max_pool2d_gather", &max_pool2d_gather_cpu);
 #endif
   m.impl("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d_cpu);
   m.impl("conv2d_relu_max_pool2d_backward", &conv2d_relu_max_pool2d_backward_cpu);

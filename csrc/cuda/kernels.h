@@ -86,4 +86,11 @@ void launch_max_pool2d_backward(const scalar_t* grad_output, const int64_t* indi
                                 scalar_t* grad_input, int64_t planes, int64_t in_plane,
                                 int64_t out_plane, int64_t* bad_index, cudaStream_t stream);
 
+// The backward's derivative: output[plane, o] = input[plane, indices[plane, o]], indices' shape;
+// bad_index as above (an output whose index lies outside the plane is 0).
+template <typename scalar_t>
+void launch_max_pool2d_gather(const scalar_t* input, const int64_t* indices, scalar_t* output,
+                              int64_t planes, int64_t in_plane, int64_t out_plane,
+                              int64_t* bad_index, cudaStream_t stream);
+
 }  // namespace lenet_ext::cuda

@@ -4,6 +4,7 @@
 // warp owns each plane, zeroes it, then takes its grads 32 at a time in output order: lanes whose
 // indices coincide sum their grads in lane order (shuffles) and the first adds the sum to the cell.
 // Fixed order, no atomics: bitwise deterministic. An index outside the plane is flagged, not used.
+// Gather (the backward's derivative): one thread per output element reads its plane at its index.
 #include <cmath>
 
 #include "../shapes.h"
@@ -83,6 +84,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <typename scalar_t>
+__global__ void max_pool2d_gather_kernel(const scalar_t* input, const int64_t* indices,
+                                         scalar_t* output, int64_t numel, int64_t in_plane,
+                                         int64_t out_plane, int64_t* bad_index) {
+  LENET_CUDA_KERNEL_LOOP(index, numel) {
+    const int64_t target = indices[index];
+    if (target >= 0 && target < in_plane) {
+      output[index] = input[index / out_plane * in_plane + target];
+    } else {
+      output[index] = scalar_t(0);
+      bad_index[1] = target;
+      bad_index[0] = 1;
+    }
+  }
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -105,10 +122,22 @@ void launch_max_pool2d_backward(const scalar_t* grad_output, const int64_t* indi
                     out_plane, bad_index);
 }
 
+template <typename scalar_t>
+void launch_max_pool2d_gather(const scalar_t* input, const int64_t* indices, scalar_t* output,
+                              int64_t planes, int64_t in_plane, int64_t out_plane,
+                              int64_t* bad_index, cudaStream_t stream) {
+  const int64_t numel = planes * out_plane;
+  if (numel == 0) return;
+  LENET_CUDA_LAUNCH(max_pool2d_gather_kernel<scalar_t>, blocks_for(numel), kThreads, 0, stream,
+                    input, indices, output, numel, in_plane, out_plane, bad_index);
+}
+
 #define INSTANTIATE(T)                                                                        \
   template void launch_max_pool2d<T>(const T*, T*, int64_t*, const Pool2dShape&, cudaStream_t); \
   template void launch_max_pool2d_backward<T>(const T*, const int64_t*, T*, int64_t, int64_t, \
-                                              int64_t, int64_t*, cudaStream_t);
+                                              int64_t, int64_t*, cudaStream_t);               \
+  template void launch_max_pool2d_gather<T>(const T*, const int64_t*, T*, int64_t, int64_t,   \
+                                            int64_t, int64_t*, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
 

@@ -270,9 +270,34 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   if (!stream_is_capturing(stream)) {
     const auto found = bad_index.cpu();
     const int64_t* report = found.const_data_ptr<int64_t>();
-    check_indices_in_plane(report[0] != 0, report[1], in_h * in_w, input_size);
+    check_indices_in_plane("max_pool2d_backward", report[0] != 0, report[1], in_h * in_w,
+                           input_size);
   }
   return grad_input;
+}
+
+at::Tensor max_pool2d_gather_cuda(const at::Tensor& input, const at::Tensor& indices) {
+  check_max_pool2d_gather_args(input, indices);
+  const DeviceGuard guard(input.device());
+  const int64_t in_plane = input.size(-2) * input.size(-1);
+  const auto [x, index] = contiguous(input, indices);
+  auto output = at::empty(indices.sizes(), input.options());
+  auto bad_index = at::zeros({2}, input.options().dtype(at::kLong));  // found, which
+  const cudaStream_t stream = current_stream();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d_gather", [&] {
+    cuda::launch_max_pool2d_gather(x->const_data_ptr<scalar_t>(), index->const_data_ptr<int64_t>(),
+                                   output.mutable_data_ptr<scalar_t>(), pool_planes(input.sizes()),
+                                   in_plane, indices.size(-2) * indices.size(-1),
+                                   bad_index.mutable_data_ptr<int64_t>(), stream);
+    LENET_EXT_LAUNCH_CHECK();
+  });
+  if (!stream_is_capturing(stream)) {  // as in max_pool2d_backward_cuda
+    const auto found = bad_index.cpu();
+    const int64_t* report = found.const_data_ptr<int64_t>();
+    check_indices_in_plane("max_pool2d_gather", report[0] != 0, report[1], in_plane,
+                           input.sizes());
+  }
+  return output;
 }
 
 }  // namespace
@@ -286,6 +311,7 @@ TORCH_LIBRARY_IMPL(lenet_ext, LENET_EXT_KERNEL_KEY, m) {
   m.impl("conv2d_backward", &conv2d_backward_cuda);
   m.impl("max_pool2d", &max_pool2d_cuda);
   m.impl("max_pool2d_backward", &max_pool2d_backward_cuda);
+  m.impl("max_pool2d_gather", &max_pool2d_gather_cuda);
 }
 
 }  // namespace lenet_ext

@@ -59,6 +59,11 @@ void reference_forward(const scalar_t* input, scalar_t* output, int64_t* indices
 template <typename scalar_t>
 bool scatter_plane(const scalar_t* grad, const int64_t* where, int64_t out_plane,
                    scalar_t* plane_grad, int64_t in_plane, int64_t* bad_index);
+// Its adjoint, the backward's derivative (max_pool2d_gather): each output takes the plane's value at
+// its index (0 and false, with *bad_index set, for an index outside the plane).
+template <typename scalar_t>
+bool gather_plane(const scalar_t* plane, const int64_t* where, int64_t out_plane, scalar_t* output,
+                  int64_t in_plane, int64_t* bad_index);
 
 template <typename scalar_t>
 void general_forward(const scalar_t* input, scalar_t* output, int64_t* indices, int64_t planes,

@@ -1,6 +1,7 @@
 // max_pool2d on CPU: the op's entry points (checks, allocation, then raw pointers), the run of the
-// algorithm select.cpp picks (or the one a test forces), the backward's scatter over planes, and
-// the internal ops tests use to see and force the choice. The algorithms are one a file here.
+// algorithm select.cpp picks (or the one a test forces), the backward's scatter over planes and
+// its derivative's gather (max_pool2d_gather), and the internal ops tests use to see and force the
+// choice. The algorithms are one a file here.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -141,8 +142,38 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
       }
     });
   });
-  check_indices_in_plane(found_bad_index.load(), bad_index.load(), in_plane, input_size);
+  check_indices_in_plane("max_pool2d_backward", found_bad_index.load(), bad_index.load(),
+                         in_plane, input_size);
   return grad_input;
+}
+
+at::Tensor max_pool2d_gather_cpu(const at::Tensor& input, const at::Tensor& indices) {
+  check_max_pool2d_gather_args(input, indices);
+  auto output = at::empty(indices.sizes(), input.options());
+  const int64_t in_plane = input.size(-2) * input.size(-1);
+  const int64_t out_plane = indices.size(-2) * indices.size(-1);
+  const int64_t planes = c10::multiply_integers(input.sizes().begin(), input.sizes().end() - 2);
+  const auto [x, idx] = contiguous(input, indices);
+  std::atomic<bool> found_bad_index{false};
+  std::atomic<int64_t> bad_index{0};
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d_gather", [&] {
+    const scalar_t* in = x->const_data_ptr<scalar_t>();
+    const int64_t* where = idx->const_data_ptr<int64_t>();
+    scalar_t* out = output.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, planes, grain(out_plane, kPoolTask), [&](int64_t begin, int64_t end) {
+      for (int64_t plane = begin; plane < end; ++plane) {
+        int64_t bad;
+        if (!max_pool2d::gather_plane(in + plane * in_plane, where + plane * out_plane, out_plane,
+                                      out + plane * out_plane, in_plane, &bad)) {
+          bad_index.store(bad, std::memory_order_relaxed);
+          found_bad_index.store(true, std::memory_order_relaxed);
+        }
+      }
+    });
+  });
+  check_indices_in_plane("max_pool2d_gather", found_bad_index.load(), bad_index.load(), in_plane,
+                         input.sizes());
+  return output;
 }
 
 }  // namespace lenet_ext::cpu

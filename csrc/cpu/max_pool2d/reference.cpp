@@ -1,7 +1,8 @@
 // max_pool2d's reference kernels: each window scanned tap by tap in torch's order (rows, then
 // columns), taps in the padding skipped, a value taken when takes_over (greater, or NaN); the
-// backward (its only algorithm) adds each output gradient at its argmax; op.cpp splits planes
-// over threads, pointers passed by value so the scatter's stores do not force reloads. No vectors, no threads: the yardstick the
+// backward (its only algorithm) adds each output gradient at its argmax, and the backward's
+// derivative reads each argmax back (a gather); op.cpp splits planes over threads, pointers passed
+// by value so the scatter's stores do not force reloads. No vectors, no threads: the yardstick the
 // tests hold the fast algorithms to. Memory: every tap is a load (kernel_h * kernel_w loads an
 // output), fine for the test shapes and never selected for speed.
 #include <algorithm>
@@ -51,8 +52,26 @@ bool scatter_plane(const scalar_t* grad, const int64_t* where, int64_t out_plane
   return ok;
 }
 
+template <typename scalar_t>
+bool gather_plane(const scalar_t* plane, const int64_t* where, int64_t out_plane, scalar_t* output,
+                  int64_t in_plane, int64_t* bad_index) {
+  bool ok = true;
+  for (int64_t o = 0; o < out_plane; ++o) {
+    if (static_cast<uint64_t>(where[o]) < static_cast<uint64_t>(in_plane)) {
+      output[o] = plane[where[o]];
+    } else {
+      output[o] = scalar_t(0);
+      *bad_index = where[o];
+      ok = false;
+    }
+  }
+  return ok;
+}
+
 LENET_EXT_MAX_POOL2D_FORWARD(reference_forward)
 template bool scatter_plane(const float*, const int64_t*, int64_t, float*, int64_t, int64_t*);
 template bool scatter_plane(const double*, const int64_t*, int64_t, double*, int64_t, int64_t*);
+template bool gather_plane(const float*, const int64_t*, int64_t, float*, int64_t, int64_t*);
+template bool gather_plane(const double*, const int64_t*, int64_t, double*, int64_t, int64_t*);
 
 }  // namespace lenet_ext::cpu::max_pool2d
