@@ -185,6 +185,17 @@ def max_pool2d_backward(batch_size, batched, grad_output, indices, input_size):
     return grad_input.unflatten(0, (batch_size, input_size[0]))
 
 
+@_rule("max_pool2d_gather")
+def max_pool2d_gather(batch_size, batched, input, indices):
+    input, indices = _expand(input, batched[0], batch_size), _expand(indices, batched[1], batch_size)
+    if input.dim() == 4:  # unbatched planes: the vmap dimension is the batch
+        return ops.max_pool2d_gather(input, indices)
+    if input.dim() != 5:
+        _refuse(ops.max_pool2d_gather, input, indices[0])
+    return ops.max_pool2d_gather(input.flatten(0, 1), indices.flatten(0, 1)).unflatten(
+        0, input.shape[:2])
+
+
 # conv2d_relu_max_pool2d ------------------------------------------------------------------------
 
 @_rule("conv2d_relu_max_pool2d")
