@@ -53,6 +53,10 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tens
     try:
         bias = bias.expand(output.shape)  # torch's rule: the output's shape does not change
     except RuntimeError:
+        # torch's fused path also takes a 1-D input's output as one row: a bias like it of 1 row
+        if input.dim() == 1 and not vector and bias.dtype == output.dtype and \
+                list(bias.shape) == [1, *output.shape]:
+            return op(input, weight, bias[0])
         expected = f"[{weight.shape[0]}] (out_features)" if not vector else "[]"
         raise RuntimeError(f"lenet_ext.linear: expected bias of shape {expected}, or one that "
                            f"expands to the output's shape {list(output.shape)}, but got shape "

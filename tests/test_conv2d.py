@@ -387,6 +387,9 @@ BAD_INPUTS = {
     "dilation_zero": (_args(dilation=(0, 1)), r"dilation to be positive, but got \[0, 1\]"),
     "dilation_negative_empty_batch": (_args(input=(0, 4, 8, 8), dilation=(1, -1)),
                                       r"dilation to be positive, but got \[1, -1\]"),
+    # stock checks the dtypes only when the input has elements (README)
+    "dtypes_mixed_empty_batch": (_args(input=(0, 4, 8, 8), weight_dtype=torch.float64),
+                                 r"weight to have the same dtype as input \(Float\), but got Double"),
     "padding_negative": (_args(padding=-1), r"padding to be non-negative, but got \[-1, -1\]"),
     "input_2d": (_args(input=(4, 8)), r"input to be a 4-D tensor .*got a 2-D tensor"),
     "input_5d": (_args(input=(1, 2, 4, 8, 8)), r"input to be a 4-D tensor .*got a 5-D tensor"),

@@ -98,6 +98,19 @@ def test_functional_adds_a_bias_as_stocks_unfused_path(weight_shape, bias_shape,
             torch.testing.assert_close(mine, theirs, **sum_tolerance(torch.float32, 5))
 
 
+def test_functional_takes_a_row_bias_for_a_1d_input_as_stocks_fused_path(device, dtype):
+    # torch's fused path (a contiguous 1-D input) computes the output as one row; the unfused one
+    # (a non-contiguous input) refuses the bias
+    x = torch.randn(5, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 5, device=device, dtype=dtype, requires_grad=True)
+    b = torch.randn(1, 4, device=device, dtype=dtype, requires_grad=True)
+    assert F.linear(x, w, b).shape == (4,)
+    assert_matches_stock(F.linear, torch.nn.functional.linear, [x, w, b],
+                         **sum_tolerance(dtype, 5))
+    strided = torch.zeros(10, device=device, dtype=dtype)[::2].copy_(x.detach())
+    torch.testing.assert_close(F.linear(strided, w, b), F.linear(x, w, b), rtol=0, atol=0)
+
+
 def test_functional_refuses_a_bias_whose_dtype_does_not_cast(device):
     x, w = torch.randn(3, 5, device=device), torch.randn(4, 5, device=device)
     with pytest.raises(TypeError, match=r"^lenet_ext\.linear: expected bias of a dtype that casts "
