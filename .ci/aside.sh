@@ -23,7 +23,7 @@ cp -r setup.py pyproject.toml csrc lenet_ext tests third_party "$work"
 rm -f "$work"/lenet_ext/_C*.so
 cd "$work"
 tests=(tests/test_relu.py tests/test_linear.py tests/test_conv2d.py tests/test_max_pool2d.py
-       tests/test_fuzz.py tests/test_fused.py)
+       tests/test_fuzz.py tests/test_fused.py tests/test_fake.py)
 # Every algorithm forced on its whole claimed range (CPU kernels only: not for the emulated build).
 algorithms=(tests/test_conv2d_algorithms.py tests/test_linear_algorithms.py
             tests/test_max_pool2d_algorithms.py tests/test_fused_algorithms.py)

@@ -30,7 +30,9 @@ inline std::vector<int64_t> check_conv2d_args(const at::Tensor& input, const at:
               ": expected stride to be positive, but got ", stride);
   TORCH_CHECK(padding[0] >= 0 && padding[1] >= 0, "lenet_ext.", op,
               ": expected padding to be non-negative, but got ", padding);
-  TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, "lenet_ext.", op,
+  // torch takes a dilation of 0 (a kernel of extent 1) where the input has no elements
+  const int64_t least_dilation = input.numel() == 0 ? 0 : 1;
+  TORCH_CHECK(dilation[0] >= least_dilation && dilation[1] >= least_dilation, "lenet_ext.", op,
               ": expected dilation to be positive, but got ", dilation);
   TORCH_CHECK(groups > 0, "lenet_ext.", op, ": expected groups to be positive, but got ", groups);
   check_int32_range(op, "stride", stride);

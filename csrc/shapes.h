@@ -67,19 +67,4 @@ LENET_HOST_DEVICE inline T relu_grad(T grad, T result) {
   return result <= T(0) ? T(0) : grad;
 }
 
-// Whether each of `output` pooling windows holds at least one input cell (padding <= kernel / 2
-// assumed). A window starting at or after 0 holds its first cell, since the last window starts inside
-// the input; one starting in the left padding can step over a small input with its dilated taps
-// (input 2, kernel 2, dilation 3, padding 1: taps at -1 and 2). torch returns -inf for such a window
-// with an index outside the plane, which its backward then writes to.
-LENET_HOST_DEVICE inline bool pool_windows_hit_input(int64_t input, int64_t stride, int64_t padding,
-                                                     int64_t dilation, int64_t output) {
-  for (int64_t o = 0; o < output && o * stride < padding; ++o) {
-    const int64_t start = o * stride - padding;
-    const int64_t first_inside = start + first_tap_inside(start, dilation) * dilation;
-    if (first_inside >= input) return false;
-  }
-  return true;
-}
-
 }  // namespace lenet_ext

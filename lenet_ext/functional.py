@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 from torch.compiler import is_dynamo_compiling
 
+from .checks import dtype_name
 from .ops import lib
 
 
@@ -29,24 +30,38 @@ def relu(input: Tensor, inplace: bool = False) -> Tensor:
 
 
 def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """Like torch.nn.functional.linear: input (*, in_features), weight (out_features, in_features).
-    A bias of another shape that expands to the output's, as torch allows, is added after our
-    product by torch's addition."""
+    """Like torch.nn.functional.linear: input (*, in_features), weight (out_features, in_features)
+    or (in_features,), which contracts the last dimension away. A bias the op does not take (of
+    another dtype, or of a shape that expands to the output's) is added as torch's unfused path adds
+    it: the output keeps its shape and dtype."""
     op = _linear if is_dynamo_compiling() else _linear_eager
-    try:  # the op takes a bias of shape (out_features,) only; checking that first costs ~0.4 µs
-        return op(input, weight, bias)
-    except RuntimeError:
-        if not (bias is not None and weight.dim() == 2 and bias.shape != weight.shape[:1]
-                and (bias.dtype, bias.device) == (input.dtype, input.device)):
+    try:  # the op takes a 2-D weight and a bias like input's of shape (out_features,) only;
+        return op(input, weight, bias)  # checking that first costs ~0.4 µs
+    except (RuntimeError, TypeError):
+        vector = weight.dim() == 1
+        if not vector and (bias is None or weight.dim() != 2):
             raise
-    output = op(input, weight, None)
+    if bias is not None and bias.device != input.device:
+        raise RuntimeError(f"lenet_ext.linear: expected bias to be on the same device as input "
+                           f"({input.device}), but got {bias.device}")
+    output = op(input, weight.unsqueeze(0), None).squeeze(-1) if vector else op(input, weight, None)
+    if bias is None:
+        return output
+    if not torch.can_cast(bias.dtype, output.dtype):
+        raise TypeError(f"lenet_ext.linear: expected bias of a dtype that casts to input's "
+                        f"({dtype_name(output.dtype)}), but got {dtype_name(bias.dtype)}")
     try:
         bias = bias.expand(output.shape)  # torch's rule: the output's shape does not change
     except RuntimeError:
-        raise RuntimeError(f"lenet_ext.linear: expected bias of shape [{weight.shape[0]}] "
-                           f"(out_features), or one that expands to the output's shape "
-                           f"{list(output.shape)}, but got shape {list(bias.shape)}") from None
-    return output + bias
+        # torch's fused path also takes a 1-D input's output as one row: a bias like it of 1 row
+        if input.dim() == 1 and not vector and bias.dtype == output.dtype and \
+                list(bias.shape) == [1, *output.shape]:
+            return op(input, weight, bias[0])
+        expected = f"[{weight.shape[0]}] (out_features)" if not vector else "[]"
+        raise RuntimeError(f"lenet_ext.linear: expected bias of shape {expected}, or one that "
+                           f"expands to the output's shape {list(output.shape)}, but got shape "
+                           f"{list(bias.shape)}") from None
+    return (output + bias).to(output.dtype)  # as torch's in-place add: summed, then cast
 
 
 def _pair(value):

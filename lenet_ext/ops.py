@@ -2,9 +2,13 @@
 
 The schemas, the CPU/CUDA kernels and autograd are registered in C++ (csrc/; autograd in
 csrc/autograd.cpp, at a fraction of a Python autograd.Function's cost a call: docs/performance.md).
-A fake kernel computes output shapes only, so torch.compile can trace through an op.
+A fake kernel computes output shapes only, so torch.compile can trace through an op. It also
+runs for meta tensors, and for a call with any one tensor on meta (the Meta key wins the
+dispatch), so it first checks the arguments as the C++ entry point does (checks.py).
 """
 import torch
+
+from . import checks
 
 lib = torch.ops.lenet_ext
 
@@ -17,12 +21,16 @@ def _empty(shape, like):
 
 @torch.library.register_fake("lenet_ext::relu")
 def _relu_fake(input):
+    checks.check_dtype("relu", "input", input)
     return _empty(input.shape, input)
 
 
 @torch.library.register_fake("lenet_ext::relu_backward")
 def _relu_backward_fake(grad_output, result):
-    torch._check(grad_output.shape == result.shape, lambda: "lenet_ext.relu_backward: shape mismatch")
+    op = "relu_backward"
+    checks.check_dtype(op, "result", result)
+    checks.check_same_dtype_device(op, "grad_output", grad_output, "result", result)
+    checks.check_same_shape(op, "grad_output", grad_output, result.shape)
     return _empty(result.shape, result)
 
 
@@ -30,14 +38,14 @@ def _relu_backward_fake(grad_output, result):
 
 @torch.library.register_fake("lenet_ext::linear")
 def _linear_fake(input, weight, bias):
-    torch._check(input.dim() >= 1 and weight.dim() == 2 and input.shape[-1] == weight.shape[1],
-                 lambda: f"lenet_ext.linear: input {tuple(input.shape)} and weight "
-                         f"{tuple(weight.shape)} do not match")
-    return _empty((*input.shape[:-1], weight.shape[0]), input)
+    checks.check_linear_args(input, weight, bias)
+    return _empty(checks.linear_output_shape(input, weight), input)
 
 
 @torch.library.register_fake("lenet_ext::linear_backward")
 def _linear_backward_fake(grad_output, input, weight, output_mask):
+    checks.check_output_mask(output_mask, 3)
+    checks.check_linear_backward_args(grad_output, input, weight)
     return (_empty(input.shape, input) if output_mask[0] else None,
             _empty(weight.shape, weight) if output_mask[1] else None,
             _empty((weight.shape[0],), weight) if output_mask[2] else None)
@@ -45,51 +53,33 @@ def _linear_backward_fake(grad_output, input, weight, output_mask):
 
 # max_pool2d ------------------------------------------------------------------------------------
 
-def _pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
-    # csrc/shapes.h pool_output_size: with ceil_mode the last window must start inside the input
-    # or the left padding
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
-
-
 @torch.library.register_fake("lenet_ext::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
-    out_h, out_w = (_pool_output_size(input.shape[d - 2], kernel_size[d], stride[d], padding[d],
-                                      dilation[d], ceil_mode) for d in range(2))
-    torch._check(out_h >= 1 and out_w >= 1,
-                 lambda: f"lenet_ext.max_pool2d: output size {out_h}x{out_w} is too small")
-    shape = (*input.shape[:-2], out_h, out_w)
+    shape = checks.check_max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mode)
     return _empty(shape, input), input.new_empty(shape, dtype=torch.int64)
 
 
 @torch.library.register_fake("lenet_ext::max_pool2d_backward")
 def _max_pool2d_backward_fake(grad_output, indices, input_size):
+    # indices outside the plane, which the kernels refuse, can be seen in their values only
+    checks.check_max_pool2d_backward_args(grad_output, indices, input_size)
     return _empty(input_size, grad_output)
 
 
 # conv2d ----------------------------------------------------------------------------------------
 
-def _conv_output_size(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 @torch.library.register_fake("lenet_ext::conv2d")
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
-    torch._check(input.dim() == 4 and weight.dim() == 4
-                 and input.shape[1] == weight.shape[1] * groups,
-                 lambda: f"lenet_ext.conv2d: input {tuple(input.shape)} and weight "
-                         f"{tuple(weight.shape)} do not match for groups={groups}")
-    out_h, out_w = (_conv_output_size(input.shape[2 + d], weight.shape[2 + d], stride[d],
-                                      padding[d], dilation[d]) for d in range(2))
-    return _empty((input.shape[0], weight.shape[0], out_h, out_w), input)
+    shape = checks.check_conv2d_args(input, weight, bias, stride, padding, dilation, groups)
+    return _empty(shape, input)
 
 
 @torch.library.register_fake("lenet_ext::conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups,
                           output_mask):
+    checks.check_output_mask(output_mask, 3)
+    checks.check_conv2d_backward_args(grad_output, input, weight, stride, padding, dilation,
+                                      groups)
     return (_empty(input.shape, input) if output_mask[0] else None,
             _empty(weight.shape, weight) if output_mask[1] else None,
             _empty((weight.shape[0],), weight) if output_mask[2] else None)
@@ -97,64 +87,39 @@ def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation,
 
 # fused: conv2d_relu_max_pool2d and the whole-network lenet (CPU only) ---------------------------
 
-def _check_same_device(op, input, **tensors):
-    # A call whose tensors sit on different devices is dispatched here (the fake kernel), not to
-    # the C++ kernel that would refuse it, so the fake kernel refuses it too.
-    for name, tensor in tensors.items():
-        torch._check(tensor.device == input.device,
-                     lambda: f"lenet_ext.{op}: expected {name} to be on the same device as input "
-                             f"({input.device}), but got {tensor.device}")
-
-
 @torch.library.register_fake("lenet_ext::conv2d_relu_max_pool2d")
 def _conv2d_relu_max_pool2d_fake(input, weight, bias):
-    _check_same_device("conv2d_relu_max_pool2d", input, weight=weight, bias=bias)
-    torch._check(input.dim() == 4 and weight.dim() == 4 and input.shape[1] == weight.shape[1],
-                 lambda: f"lenet_ext.conv2d_relu_max_pool2d: input {tuple(input.shape)} and weight "
-                         f"{tuple(weight.shape)} do not match")
-    out_h, out_w = ((input.shape[d] - weight.shape[d] + 1) // 2 for d in (2, 3))
-    shape = (input.shape[0], weight.shape[0], out_h, out_w)
+    shape = checks.check_conv2d_relu_max_pool2d_args(input, weight, "conv2d_relu_max_pool2d")
+    checks.check_conv2d_relu_max_pool2d_bias(bias, input, weight)
     return _empty(shape, input), input.new_empty(shape, dtype=torch.int64)
 
 
 @torch.library.register_fake("lenet_ext::conv2d_relu_max_pool2d_backward")
 def _conv2d_relu_max_pool2d_backward_fake(grad_output, output, indices, input, weight, output_mask):
-    _check_same_device("conv2d_relu_max_pool2d_backward", input, grad_output=grad_output,
-                       output=output, indices=indices, weight=weight)
+    checks.check_output_mask(output_mask, 3)
+    checks.check_conv2d_relu_max_pool2d_backward_args(grad_output, output, indices, input, weight)
     return (_empty(input.shape, input) if output_mask[0] else None,
             _empty(weight.shape, weight) if output_mask[1] else None,
             _empty((weight.shape[0],), weight) if output_mask[2] else None)
 
 
-_LENET_PARAMETERS = ("conv1_weight", "conv1_bias", "conv2_weight", "conv2_bias", "fc1_weight",
-                     "fc1_bias", "fc2_weight", "fc2_bias", "fc3_weight", "fc3_bias")
-# lenet's outputs after the logits: name, shape after the batch dimension, dtype (None: input's)
-_LENET_ACTIVATIONS = (("pool1", (6, 14, 14), None), ("pool1_indices", (6, 14, 14), torch.uint8),
-                      ("pool2", (16, 5, 5), None), ("pool2_indices", (16, 5, 5), torch.uint8),
-                      ("fc1_relu", (120,), None), ("fc2_relu", (84,), None))
-
-
 @torch.library.register_fake("lenet_ext::lenet")
 def _lenet_fake(input, *parameters):
-    _check_same_device("lenet", input, **dict(zip(_LENET_PARAMETERS, parameters)))
-    torch._check(input.dim() == 4 and tuple(input.shape[1:]) == (1, 32, 32),
-                 lambda: f"lenet_ext.lenet: expected input of shape (N, 1, 32, 32), but got "
-                         f"{tuple(input.shape)}")
+    checks.check_lenet_args(input, parameters)
     batch = input.shape[0]
     return (_empty((batch, 10), input),
             *(input.new_empty((batch, *shape), dtype=dtype or input.dtype)
-              for _, shape, dtype in _LENET_ACTIVATIONS))
+              for _, shape, dtype in checks.LENET_ACTIVATIONS))
 
 
 @torch.library.register_fake("lenet_ext::lenet_backward")
 def _lenet_backward_fake(grad_logits, input, conv1_weight, conv2_weight, fc1_weight, fc2_weight,
                          fc3_weight, pool1, pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu,
                          output_mask):
+    checks.check_output_mask(output_mask, 11)
     weights = (conv1_weight, conv2_weight, fc1_weight, fc2_weight, fc3_weight)
-    activations = (pool1, pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu)
-    _check_same_device("lenet_backward", input, grad_logits=grad_logits,
-                       **dict(zip(_LENET_PARAMETERS[::2], weights)),
-                       **{name: t for (name, _, _), t in zip(_LENET_ACTIVATIONS, activations)})
+    checks.check_lenet_backward_args(grad_logits, input, weights, (
+        pool1, pool1_indices, pool2, pool2_indices, fc1_relu, fc2_relu))
     shapes = [input.shape]
     for weight in weights:
         shapes += [weight.shape, weight.shape[:1]]

@@ -351,6 +351,15 @@ def test_module_matches_torch(device, dtype, padding_mode, padding, batched):
         assert_close(o, s)
 
 
+@pytest.mark.parametrize("padding", [0, 1, "same"])
+@pytest.mark.parametrize("dilation", [0, (0, 2), (1, 0)], ids=str)
+def test_dilation_zero_on_an_empty_batch_matches_stock(dilation, padding, device, dtype):
+    # torch refuses dilation 0 only on an input with elements: the kernel's extent is then 1
+    x, w, b = random_conv(0, 4, 6, (7, 8), (3, 2), groups=2, device=device, dtype=dtype)
+    assert F.conv2d(x, w, b, padding=padding, dilation=dilation, groups=2).shape[0] == 0
+    assert_matches_stock(x, w, b, padding=padding, dilation=dilation, groups=2)
+
+
 # bad input ---------------------------------------------------------------------------------------
 
 def _args(input=(2, 4, 8, 8), weight=(6, 2, 3, 3), bias=(6,), stride=1, padding=0, dilation=1,
@@ -376,6 +385,11 @@ BAD_INPUTS = {
     "stride_zero": (_args(stride=0), r"stride to be positive, but got \[0, 0\]"),
     "stride_negative": (_args(stride=(1, -1)), r"stride to be positive, but got \[1, -1\]"),
     "dilation_zero": (_args(dilation=(0, 1)), r"dilation to be positive, but got \[0, 1\]"),
+    "dilation_negative_empty_batch": (_args(input=(0, 4, 8, 8), dilation=(1, -1)),
+                                      r"dilation to be positive, but got \[1, -1\]"),
+    # stock checks the dtypes only when the input has elements (README)
+    "dtypes_mixed_empty_batch": (_args(input=(0, 4, 8, 8), weight_dtype=torch.float64),
+                                 r"weight to have the same dtype as input \(Float\), but got Double"),
     "padding_negative": (_args(padding=-1), r"padding to be non-negative, but got \[-1, -1\]"),
     "input_2d": (_args(input=(4, 8)), r"input to be a 4-D tensor .*got a 2-D tensor"),
     "input_5d": (_args(input=(1, 2, 4, 8, 8)), r"input to be a 4-D tensor .*got a 5-D tensor"),

@@ -42,6 +42,82 @@ def test_bias_that_does_not_expand_to_the_output_raises(bias_shape, device):
         torch.nn.functional.linear(x, w, torch.randn(bias_shape, device=device))
 
 
+def stock_unfused_linear(input, weight, bias=None):
+    """torch's F.linear by its unfused path, which it takes for a non-contiguous input of other
+    than 2 dimensions: a matmul, then the bias added in place (cast to the output's dtype). Its
+    fused path (addmm), which it takes otherwise, refuses a 1-D weight with a bias, and a bias of
+    another dtype."""
+    output = torch.matmul(input, weight.t())
+    return output if bias is None else output.add_(bias)
+
+
+def _non_contiguous(shape, device, dtype):
+    return torch.randn(*shape[:-1], 2 * shape[-1], device=device, dtype=dtype)[..., ::2]
+
+
+@pytest.mark.parametrize("input_shape", [(5,), (3, 5), (2, 3, 5), (0, 5), (2, 0, 5)], ids=str)
+def test_functional_takes_a_1d_weight_as_stock(input_shape, device, dtype):
+    # torch contracts the input's last dimension with it: no feature dimension in the output
+    x = torch.randn(input_shape, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(5, device=device, dtype=dtype, requires_grad=True)
+    assert F.linear(x, w).shape == input_shape[:-1]
+    assert_matches_stock(F.linear, torch.nn.functional.linear, [x, w], **sum_tolerance(dtype, 5))
+
+
+def _outputs_and_grads(fn, inputs):
+    # on the inputs themselves: helpers' copies would make a non-contiguous input contiguous
+    out = fn(*inputs)
+    leaves = [x for x in inputs if x.requires_grad]
+    projection = torch.randn(out.shape, generator=torch.Generator().manual_seed(0)).to(out)
+    return [out.detach(), *torch.autograd.grad((out * projection).sum(), leaves)]
+
+
+# (weight shape, bias shape, bias dtype), each with every input shape whose output it expands to
+BIASES = [((5,), (), None), ((5,), (1,), None), ((4, 5), (4,), torch.float64),
+          ((4, 5), (4,), torch.int64), ((4, 5), (1, 4), None), ((4, 5), (), torch.float64)]
+BIAS_CASES = [(w, b, d, x) for w, b, d in BIASES for x in [(5,), (3, 5), (2, 3, 5)]
+              if len(b) <= len(x) - 1 + len(w) - 1]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "non_contiguous"])
+@pytest.mark.parametrize("weight_shape,bias_shape,bias_dtype,input_shape", BIAS_CASES, ids=str)
+def test_functional_adds_a_bias_as_stocks_unfused_path(weight_shape, bias_shape, bias_dtype,
+                                                       input_shape, layout, device):
+    make = torch.randn if layout == "contiguous" else _non_contiguous
+    x = make(input_shape, device=device, dtype=torch.float32).requires_grad_()
+    w = torch.randn(weight_shape, device=device, requires_grad=True)
+    b = torch.randn(bias_shape, device=device).mul(3).to(bias_dtype or torch.float32)
+    b.requires_grad_(b.is_floating_point())
+    ours = _outputs_and_grads(F.linear, [x, w, b])
+    references = [stock_unfused_linear]
+    if not x.is_contiguous() and x.dim() != 2:  # where torch takes that path itself
+        references.append(torch.nn.functional.linear)
+    for reference in references:
+        for mine, theirs in zip(ours, _outputs_and_grads(reference, [x, w, b]), strict=True):
+            assert mine.dtype == theirs.dtype
+            torch.testing.assert_close(mine, theirs, **sum_tolerance(torch.float32, 5))
+
+
+def test_functional_takes_a_row_bias_for_a_1d_input_as_stocks_fused_path(device, dtype):
+    # torch's fused path (a contiguous 1-D input) computes the output as one row; the unfused one
+    # (a non-contiguous input) refuses the bias
+    x = torch.randn(5, device=device, dtype=dtype, requires_grad=True)
+    w = torch.randn(4, 5, device=device, dtype=dtype, requires_grad=True)
+    b = torch.randn(1, 4, device=device, dtype=dtype, requires_grad=True)
+    assert F.linear(x, w, b).shape == (4,)
+    assert_matches_stock(F.linear, torch.nn.functional.linear, [x, w, b],
+                         **sum_tolerance(dtype, 5))
+    strided = torch.zeros(10, device=device, dtype=dtype)[::2].copy_(x.detach())
+    torch.testing.assert_close(F.linear(strided, w, b), F.linear(x, w, b), rtol=0, atol=0)
+
+
+def test_functional_refuses_a_bias_whose_dtype_does_not_cast(device):
+    x, w = torch.randn(3, 5, device=device), torch.randn(4, 5, device=device)
+    with pytest.raises(TypeError, match=r"^lenet_ext\.linear: expected bias of a dtype that casts "
+                                        r"to input's \(Float\), but got ComplexFloat$"):
+        F.linear(x, w, torch.randn(4, device=device, dtype=torch.complex64))
+
+
 # (rows, in_features, out_features) on both sides of each kernel choice of the CPU linear: in_features
 # below, at and just past one vector (16 floats, 8 doubles) and with a partial last vector (the dot
 # products' masked step); rows and out_features leaving remainders of the 4 x 4 dot-product tiles,
@@ -144,8 +220,6 @@ BAD_INPUTS = [
     # (description, input, weight, bias, exception, message fragment)
     ("0-d input", lambda d: torch.randn((), device=d), lambda d: _f32(4, 1, device=d), None, RuntimeError,
      r"expected input to have at least 1 dimension"),
-    ("1-D weight", lambda d: _f32(3, 5, device=d), lambda d: _f32(5, device=d), None, RuntimeError,
-     r"expected weight to be a 2-D tensor \(out_features, in_features\), but got a 1-D tensor"),
     ("3-D weight", lambda d: _f32(3, 5, device=d), lambda d: _f32(2, 4, 5, device=d), None,
      RuntimeError, r"expected weight to be a 2-D tensor .* but got a 3-D tensor of shape \[2, 4, 5\]"),
     ("feature mismatch", lambda d: _f32(3, 5, device=d), lambda d: _f32(4, 6, device=d), None,
@@ -165,14 +239,24 @@ BAD_INPUTS = [
     ("mixed dtypes", lambda d: _f32(3, 5, device=d),
      lambda d: _f32(4, 5, device=d).double(), None, TypeError,
      r"expected weight to have the same dtype as input \(Float\), but got Double"),
+    ("bias device", lambda d: _f32(3, 5, device=d), lambda d: _f32(4, 5, device=d),
+     lambda d: _f32(4, device="meta"), RuntimeError,
+     r"expected bias to be on the same device as input \((cpu|cuda:0)\), but got meta"),
+]
+# The op refuses these; the functional takes them as torch does (the tests above).
+OP_BAD_INPUTS = [
+    ("1-D weight", lambda d: _f32(3, 5, device=d), lambda d: _f32(5, device=d), None, RuntimeError,
+     r"expected weight to be a 2-D tensor \(out_features, in_features\), but got a 1-D tensor"),
     ("bias dtype", lambda d: _f32(3, 5, device=d), lambda d: _f32(4, 5, device=d),
      lambda d: _f32(4, device=d).double(), TypeError,
      r"expected bias to have the same dtype as input \(Float\), but got Double"),
 ]
 
 
-@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-@pytest.mark.parametrize("entry", ["functional", "op"])
+@pytest.mark.parametrize("case,entry", [(c, e) for c in BAD_INPUTS for e in ("functional", "op")]
+                         + [(c, "op") for c in OP_BAD_INPUTS],
+                         ids=[f"{e}-{c[0]}" for c in BAD_INPUTS for e in ("functional", "op")]
+                         + [f"op-{c[0]}" for c in OP_BAD_INPUTS])
 def test_bad_input_raises_a_clear_error(case, entry, device):
     _, make_input, make_weight, make_bias, exception, message = case
     if device == "cuda" and "float16" in case[0]:

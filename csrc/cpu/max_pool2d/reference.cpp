@@ -19,15 +19,18 @@ void reference_forward(const scalar_t* input, scalar_t* output, int64_t* indices
   for (int64_t p = 0; p < planes; ++p)
     for (int64_t oh = 0; oh < rows.output; ++oh)
       for (int64_t ow = 0; ow < cols.output; ++ow) {
+        // torch's start: -inf at the first tap at or past the top-left corner of the input, also
+        // for a window wholly in the padding, whose cell then lies outside the window
         scalar_t best = -std::numeric_limits<scalar_t>::infinity();
-        int64_t best_cell = -1;
+        int64_t best_cell = (rows.start(oh) + rows.first_tap(oh) * rows.dilation) * cols.input +
+                            cols.start(ow) + cols.first_tap(ow) * cols.dilation;
         for (int64_t kh = 0; kh < rows.kernel; ++kh)
           for (int64_t kw = 0; kw < cols.kernel; ++kw) {
             const int64_t ih = rows.start(oh) + kh * rows.dilation;
             const int64_t iw = cols.start(ow) + kw * cols.dilation;
             if (ih < 0 || ih >= rows.input || iw < 0 || iw >= cols.input) continue;
             const int64_t cell = ih * cols.input + iw;
-            if (best_cell < 0 || takes_over(input[p * in_plane + cell], best))
+            if (takes_over(input[p * in_plane + cell], best))
               best = input[p * in_plane + cell], best_cell = cell;
           }
         output[p * out_plane + oh * cols.output + ow] = best;
