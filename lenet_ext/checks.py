@@ -279,6 +279,24 @@ def check_max_pool2d_backward_args(grad_output, indices, input_size):
     check_output_fits(op, input_size, grad_output)
 
 
+def check_max_pool2d_gather_args(input, indices):
+    op = "max_pool2d_gather"
+    check_dtype(op, "input", input)
+    dim = input.dim()
+    _check(dim == 3 or dim == 4, "lenet_ext.max_pool2d_gather: expected input to be a 3-D "
+           "(C, H, W) or 4-D (N, C, H, W) tensor, but got a ", dim, "-D tensor of shape ",
+           input.shape)
+    _check_type(indices.dtype == torch.int64, "lenet_ext.max_pool2d_gather: expected "
+                "indices to have dtype int64, but got ", indices.dtype)
+    _check(indices.device == input.device, "lenet_ext.max_pool2d_gather: expected indices "
+           "to be on the same device as input (", input.device, "), but got ", indices.device)
+    leading_match = indices.dim() == dim and all(indices.shape[d] == input.shape[d]
+                                                 for d in range(dim - 2))
+    _check(leading_match, "lenet_ext.max_pool2d_gather: expected indices to match input "
+           "(shape ", input.shape, ") in all but the last two dimensions, but got shape ",
+           indices.shape)
+
+
 # csrc/conv2d_relu_max_pool2d.h and cpu/fused/conv2d_relu_max_pool2d.cpp ---------------------------
 
 def check_conv2d_relu_max_pool2d_args(input, weight, op):

@@ -130,7 +130,5 @@ def _lenet_backward_fake(grad_logits, input, conv1_weight, conv2_weight, fc1_wei
 
 @torch.library.register_fake("lenet_ext::max_pool2d_gather")
 def _max_pool2d_gather_fake(input, indices):
-    torch._check(indices.dim() == input.dim() and indices.shape[:-2] == input.shape[:-2],
-                 lambda: f"lenet_ext.max_pool2d_gather: indices {tuple(indices.shape)} and input "
-                         f"{tuple(input.shape)} do not match")
+    checks.check_max_pool2d_gather_args(input, indices)
     return _empty(indices.shape, input)

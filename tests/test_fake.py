@@ -133,6 +133,7 @@ VALID = {
     "max_pool2d_backward": lambda: dict(grad_output=t(2, 3, 4, 4),
                                         indices=t(2, 3, 4, 4, dtype=torch.int64),
                                         input_size=[2, 3, 8, 8]),
+    "max_pool2d_gather": lambda: dict(input=t(2, 3, 8, 8), indices=t(2, 3, 4, 4, dtype=torch.int64)),
     "conv2d_relu_max_pool2d": lambda: dict(input=t(2, 1, 12, 12), weight=t(6, 1, 5, 5),
                                            bias=t(6)),
     "conv2d_relu_max_pool2d_backward": lambda: dict(
@@ -167,6 +168,10 @@ BAD = [
     ("linear_backward", "grad_output float64", dict(grad_output=t(3, 4, dtype=torch.float64))),
     ("linear_backward", "weight 1-D", dict(weight=t(5))),
     ("linear_backward", "output_mask of 2", dict(output_mask=[True, False])),
+    ("max_pool2d_gather", "input int32", dict(input=t(2, 3, 8, 8, dtype=torch.int32))),
+    ("max_pool2d_gather", "input 2-D", dict(input=t(8, 8), indices=t(4, 4, dtype=torch.int64))),
+    ("max_pool2d_gather", "indices float", dict(indices=t(2, 3, 4, 4))),
+    ("max_pool2d_gather", "indices of another batch", dict(indices=t(3, 3, 4, 4, dtype=torch.int64))),
     # the fused backward ops have no autograd kernel that unboxes the mask first: the fake kernel's
     # own check answers on meta
     ("conv2d_relu_max_pool2d_backward", "output_mask of 2", dict(output_mask=[True, False])),
