@@ -9,11 +9,11 @@ import torch.nn.functional as TF
 from test_conv2d import SPECIAL_PATH_CASES, _lanes, assert_close
 
 op = torch.ops.lenet_ext
-ALGORITHMS = ["reference", "im2col", "direct", "rows", "lanes"]
+ALGORITHMS = ["reference", "im2col", "direct", "rows", "lanes", "implicit"]
 STEPS = ["forward", "grad_input", "grad_weight"]
 # the steps each algorithm is written for (on some shapes)
 HAS = {"reference": STEPS, "im2col": STEPS, "direct": STEPS, "rows": ["forward", "grad_weight"],
-       "lanes": STEPS}
+       "lanes": STEPS, "implicit": ["forward", "grad_input"]}
 
 
 def _random_small_case(seed):
@@ -48,6 +48,13 @@ CASES.update({
     "chunked": lambda L: (1, 40, 36, (30, 30), (3, 3), 1, 1),
     "chunked_odd_batch": lambda L: (3, 40, 20, (31, 29), (3, 3), 1, 1),
     "stem": lambda L: (2, 3, 8, (90, 90), (7, 7), 1, 3, 2, 1),
+    # implicit GEMM: several images a chunk (8 chunks of a batch of 17, the last one short),
+    # bands of rows of a large plane (the last band short), a padding of kernel - 1 (grad_input's
+    # padding of 0), uneven padding, groups
+    "implicit_images": lambda L: (17, 5, 7, (6, 9), (3, 2), 1, (1, 0)),
+    "implicit_bands": lambda L: (2, 3, 5, (61, 45), (3, 3), 1, 1),
+    "implicit_full_padding": lambda L: (2, 3, 4, (7, 6), (3, 2), 1, (2, 1)),
+    "implicit_groups": lambda L: (3, 6, 4, (12, 10), (3, 3), 2, (0, 1)),
 })
 
 
@@ -120,8 +127,11 @@ def test_every_algorithm_claims_shapes_of_the_grid():
                 assert count == 0, (algorithm, step, dtype, count)
 
 
-@pytest.mark.parametrize("case", ["pointwise", "chunked", "chunked_odd_batch", "stem"])
-def test_im2col_is_bitwise_the_same_for_one_and_two_threads(case):
+@pytest.mark.parametrize("algorithm, case", [
+    ("im2col", "pointwise"), ("im2col", "chunked"), ("im2col", "chunked_odd_batch"),
+    ("im2col", "stem"), ("implicit", "implicit_images"), ("implicit", "implicit_bands"),
+    ("implicit", "chunked")])
+def test_gemm_algorithms_are_bitwise_the_same_for_one_and_two_threads(algorithm, case):
     """Threads take disjoint parts of each result; chunks are fixed by the shape alone."""
     x, w, b, *args = _conv_args(case, torch.float32)
     grad_output = torch.randn_like(TF.conv2d(x, w, b, *args))
@@ -130,7 +140,8 @@ def test_im2col_is_bitwise_the_same_for_one_and_two_threads(case):
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            results.append([_run("im2col", step, x, w, b, grad_output, *args) for step in STEPS])
+            results.append([_run(algorithm, step, x, w, b, grad_output, *args)
+                            for step in HAS[algorithm]])
     finally:
         torch.set_num_threads(previous)
     for one, two in zip(*results):

@@ -147,17 +147,18 @@ const Strided<typename Packer::value_type>* in_place(const Packer& packer) {
 
 // One tile: C[ROWS x cols] (+)= A[ROWS x depth] B[depth x cols], cols <= VECS * kLanes. A is a
 // packed panel (a[k * kRows + r]) or, with A_ROWS, rows read in place (a[r * lda + k]); B's k-th
-// row is at b + k * ldb. The accumulators are a fixed-size array that GCC keeps in registers;
-// `pin` stops it from folding B's loads into every FMA.
-template <typename T, int ROWS, int VECS, bool A_ROWS>
+// row is at b + k * ldb, or, with B_TABLE, at b_table[k] + ldb. The accumulators are a fixed-size
+// array that GCC keeps in registers; `pin` stops it from folding B's loads into every FMA.
+template <typename T, int ROWS, int VECS, bool A_ROWS, bool B_TABLE>
 inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __restrict b,
-                 int64_t ldb, T* c, int64_t ldc, int64_t cols, bool add) {
+                 const T* const* b_table, int64_t ldb, T* c, int64_t ldc, int64_t cols, bool add) {
   using V = typename Tile<T>::V;
   constexpr int L = V::kLanes, R = Tile<T>::kRows;
   typename V::type acc[ROWS][VECS] = {};
   for (int64_t k = 0; k < depth; ++k) {
+    const T* b_row = B_TABLE ? b_table[k] + ldb : b + k * ldb;
     typename V::type b_k[VECS];
-    for (int v = 0; v < VECS; ++v) b_k[v] = simd::pin(V::load(b + k * ldb + v * L));
+    for (int v = 0; v < VECS; ++v) b_k[v] = simd::pin(V::load(b_row + v * L));
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
       const T a_rk = A_ROWS ? a[r * lda + k] : a[k * R + r];
@@ -182,14 +183,18 @@ inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __r
   }
 }
 
-template <typename T, bool A_ROWS, int ROWS = Tile<T>::kRows>
-inline void tile_rows(int rows, int64_t depth, const T* a, int64_t lda, const T* b, int64_t ldb,
-                      T* c, int64_t ldc, int64_t cols, bool add) {
+template <typename T, bool A_ROWS, bool B_TABLE, int ROWS = Tile<T>::kRows>
+inline void tile_rows(int rows, int64_t depth, const T* a, int64_t lda, const T* b,
+                      const T* const* b_table, int64_t ldb, T* c, int64_t ldc, int64_t cols,
+                      bool add) {
   if constexpr (ROWS > 1) {
-    if (rows < ROWS) return tile_rows<T, A_ROWS, ROWS - 1>(rows, depth, a, lda, b, ldb, c, ldc, cols, add);
+    if (rows < ROWS)
+      return tile_rows<T, A_ROWS, B_TABLE, ROWS - 1>(rows, depth, a, lda, b, b_table, ldb, c, ldc,
+                                                     cols, add);
   }
-  if (cols <= Tile<T>::kLanes) return tile<T, ROWS, 1, A_ROWS>(depth, a, lda, b, ldb, c, ldc, cols, add);
-  tile<T, ROWS, 2, A_ROWS>(depth, a, lda, b, ldb, c, ldc, cols, add);
+  if (cols <= Tile<T>::kLanes)
+    return tile<T, ROWS, 1, A_ROWS, B_TABLE>(depth, a, lda, b, b_table, ldb, c, ldc, cols, add);
+  tile<T, ROWS, 2, A_ROWS, B_TABLE>(depth, a, lda, b, b_table, ldb, c, ldc, cols, add);
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -209,10 +214,18 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
   // most kFewUses row tiles (the products of LeNet's and other small linear layers). B only where
   // its rows lie within a page of each other: further apart, a panel's rows share a few L1 sets
   // and no prefetcher follows them (VGG's fc6 grad_input ran at half speed in place).
-  const bool a_rows_direct = a_in_place && a_in_place->col == 1 &&
+  // A packer that knows where each row of B starts (conv2d's taps over a padded image) lets the
+  // tile read B's rows in place through a table of them, under the same bound.
+  const bool few_row_tiles = m1 - m0 <= S::kFewUses * S::kRows;
+  const bool b_table_direct = few_row_tiles && [&] {
+    if constexpr (requires { pack_b.row(int64_t(0)); }) return true;
+    return false;
+  }();
+  const bool a_rows_direct = a_in_place && a_in_place->col == 1 && !b_table_direct &&
                              ceil_div(n1 - n0, S::kCols) <= S::kFewUses;
-  const bool b_direct = b_in_place && b_in_place->col == 1 && m1 - m0 <= S::kFewUses * S::kRows &&
-                        b_in_place->row * int64_t(sizeof(T)) < 4096;
+  const bool b_direct = b_table_direct || (b_in_place && b_in_place->col == 1 && few_row_tiles &&
+                                           b_in_place->row * int64_t(sizeof(T)) < 4096);
+  const T* b_table[S::kDepth];
   T* a_buffer = a_rows_direct ? nullptr : scratch<T>(Scratch::kPackedA, a_rows * depth_max);
   T* b_buffer = scratch<T>(Scratch::kPackedB, (b_direct ? S::kCols : b_cols) * depth_max);
   for (int64_t jc = n0; jc < n1; jc += S::kColBlock) {
@@ -221,15 +234,21 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
       const int64_t depth = std::min(S::kDepth, k_size - pc);
       const bool add = accumulate || pc > 0;
       if (!b_direct) pack_b(pc, depth, jc, cols, b_buffer);
+      if constexpr (requires { pack_b.row(int64_t(0)); })
+        if (b_table_direct)
+          for (int64_t k = 0; k < depth; ++k) b_table[k] = pack_b.row(pc + k);
       for (int64_t ic = m0; ic < m1; ic += S::kRowBlock) {
         const int64_t rows = std::min(S::kRowBlock, m1 - ic);
         if (!a_rows_direct) pack_a(ic, rows, pc, depth, a_buffer);
         for (int64_t jr = 0; jr < cols; jr += S::kCols) {
           const int64_t panel_cols = std::min<int64_t>(S::kCols, cols - jr);
           // B's panel: in place, or packed while the first row block runs over it (from L1)
-          const T* b;
+          const T* b = nullptr;
           int64_t ldb = S::kCols;
-          if (b_direct && panel_cols == S::kCols) {
+          const bool from_table = b_table_direct && panel_cols == S::kCols;
+          if (from_table) {
+            ldb = jc + jr;  // the column, read through the table
+          } else if (b_direct && panel_cols == S::kCols) {
             b = b_in_place->data + pc * b_in_place->row + jc + jr;
             ldb = b_in_place->row;
           } else if (b_direct) {
@@ -242,12 +261,16 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
             const int tile_rows_count = int(std::min<int64_t>(S::kRows, rows - ir));
             T* c_tile = c + (ic + ir) * ldc + jc + jr;
             if (a_rows_direct)
-              tile_rows<T, true>(tile_rows_count, depth,
-                                 a_in_place->data + (ic + ir) * a_in_place->row + pc,
-                                 a_in_place->row, b, ldb, c_tile, ldc, panel_cols, add);
+              tile_rows<T, true, false>(tile_rows_count, depth,
+                                        a_in_place->data + (ic + ir) * a_in_place->row + pc,
+                                        a_in_place->row, b, nullptr, ldb, c_tile, ldc, panel_cols,
+                                        add);
+            else if (from_table)
+              tile_rows<T, false, true>(tile_rows_count, depth, a_buffer + ir * depth, 0, nullptr,
+                                        b_table, ldb, c_tile, ldc, panel_cols, add);
             else
-              tile_rows<T, false>(tile_rows_count, depth, a_buffer + ir * depth, 0, b, ldb,
-                                  c_tile, ldc, panel_cols, add);
+              tile_rows<T, false, false>(tile_rows_count, depth, a_buffer + ir * depth, 0, b,
+                                         nullptr, ldb, c_tile, ldc, panel_cols, add);
           }
         }
       }

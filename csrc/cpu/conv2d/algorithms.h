@@ -7,7 +7,10 @@
 #include <optional>
 #include <string_view>
 
+#include <ATen/Parallel.h>
+
 #include "../kernels.h"
+#include "../parallel.h"
 #include "../names.h"
 #include "../simd.h"
 
@@ -17,7 +20,7 @@ using cpu::name;
 using cpu::Pass;
 using cpu::pass_named;
 
-enum class Algorithm { kReference, kIm2col, kDirect, kRows, kLanes };
+enum class Algorithm { kReference, kIm2col, kDirect, kRows, kLanes, kImplicit };
 
 const char* name(Algorithm algorithm);
 std::optional<Algorithm> algorithm_named(std::string_view name);
@@ -74,6 +77,12 @@ void im2col_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
                         int64_t batch, int64_t groups, const ConvShape& s);
 
 template <typename scalar_t>
+void implicit_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                      scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void implicit_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
+                         int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
 void direct_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);
 template <typename scalar_t>
@@ -100,6 +109,16 @@ int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const
                        const ConvShape& s);
 
 // ---- what the fast algorithms share ----
+
+// Runs task(i) for i < count, each of `work` multiply-adds: on the calling thread when there is
+// one (so that the GEMM inside may still split), else spread over the threads.
+template <typename Task>
+void run_conv_tasks(int64_t count, int64_t work, const Task& task) {
+  if (count == 1) return task(0);
+  at::parallel_for(0, count, grain(work, kConvTask), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) task(i);
+  });
+}
 
 // A vector is simd.h's: one 512-bit register, kLanes float or double.
 template <typename scalar_t>

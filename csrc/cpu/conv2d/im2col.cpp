@@ -36,16 +36,6 @@ bool pointwise(const ConvShape& s) {  // its columns are the input itself
          s.pad_h == 0 && s.pad_w == 0;
 }
 
-// Runs task(i) for i < count, each of `work` multiply-adds: on the calling thread when there is
-// one (so that the GEMM inside may still split), else spread over the threads.
-template <typename Task>
-void run_tasks(int64_t count, int64_t work, const Task& task) {
-  if (count == 1) return task(0);
-  at::parallel_for(0, count, grain(work, kConvTask), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) task(i);
-  });
-}
-
 // Parts to split each of `items` into so that the threads have work: 1 when the items alone
 // spread evenly enough.
 int64_t parts_per_item(int64_t items, int64_t most) {
@@ -185,7 +175,7 @@ void im2col_forward(const scalar_t* input, const scalar_t* weight, const scalar_
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
   const int64_t positions = s.positions();
   const Chunks chunks = Chunks::of<scalar_t>(s, batch);
-  run_tasks(groups * chunks.count, s.multiply_adds() * chunks.width / positions, [&](int64_t task) {
+  run_conv_tasks(groups * chunks.count, s.multiply_adds() * chunks.width / positions, [&](int64_t task) {
     const int64_t group = task / chunks.count;
     const Chunks::Chunk chunk = chunks[task % chunks.count];
     const Strided<scalar_t> w{weight + group * s.weight_block(), s.taps(), 1};
@@ -235,7 +225,7 @@ void im2col_grad_input(const scalar_t* grad_output, const scalar_t* weight, scal
   // channels, as many ranges as the threads need.
   const int64_t items = chunks.count / chunks.per_image;
   const int64_t parts = parts_per_item(groups * items, s.channels);
-  run_tasks(groups * items * parts, batch * s.multiply_adds() / (items * parts), [&](int64_t task) {
+  run_conv_tasks(groups * items * parts, batch * s.multiply_adds() / (items * parts), [&](int64_t task) {
     const int64_t group = task / (items * parts), item = task / parts % items, part = task % parts;
     const scalar_t* w = weight + group * s.weight_block();
     const int64_t c0 = part * s.channels / parts, c1 = (part + 1) * s.channels / parts;
@@ -264,7 +254,7 @@ void im2col_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
   // each thread a range of taps (whole panels), summing over every chunk in order
   const int64_t panels = (s.taps() + kCols - 1) / kCols;
   const int64_t parts = std::min(panels, parts_per_item(groups, panels));
-  run_tasks(groups * parts, batch * s.multiply_adds() / parts, [&](int64_t task) {
+  run_conv_tasks(groups * parts, batch * s.multiply_adds() / parts, [&](int64_t task) {
     const int64_t group = task / parts, part = task % parts;
     const int64_t tap0 = std::min(s.taps(), part * panels / parts * kCols);
     const int64_t tap1 = std::min(s.taps(), (part + 1) * panels / parts * kCols);

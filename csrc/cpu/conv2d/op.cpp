@@ -30,6 +30,7 @@ void forward(Algorithm algorithm, const scalar_t* input, const scalar_t* weight,
   switch (algorithm) {
     case Algorithm::kReference: return reference_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kIm2col: return im2col_forward(input, weight, bias, output, batch, groups, s);
+    case Algorithm::kImplicit: return implicit_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kDirect: return direct_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kRows: return rows_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kLanes: {
@@ -48,6 +49,7 @@ void grad_input(Algorithm algorithm, const scalar_t* grad_output, const scalar_t
   switch (algorithm) {
     case Algorithm::kReference: return reference_grad_input(grad_output, weight, grad_input, batch, groups, s);
     case Algorithm::kDirect: return direct_grad_input(grad_output, weight, grad_input, batch, groups, s);
+    case Algorithm::kImplicit: return implicit_grad_input(grad_output, weight, grad_input, batch, groups, s);
     default: return im2col_grad_input(grad_output, weight, grad_input, batch, groups, s);
   }
 }
@@ -66,7 +68,9 @@ void grad_weight(Algorithm algorithm, const scalar_t* grad_output, const scalar_
 // Whether 0 * weight is 0 everywhere, asked only where the answer can change the choice.
 template <typename scalar_t>
 bool finite_weight(const scalar_t* weight, int64_t groups, const ConvShape& s, int64_t batch) {
-  if (!claims<scalar_t>(Algorithm::kDirect, Pass::kGradInput, s, batch, true)) return true;
+  if (!claims<scalar_t>(Algorithm::kDirect, Pass::kGradInput, s, batch, true) &&
+      !claims<scalar_t>(Algorithm::kImplicit, Pass::kGradInput, s, batch, true))
+    return true;
   return std::all_of(weight, weight + groups * s.weight_block(),
                      [](scalar_t w) { return std::isfinite(w); });
 }

@@ -7,7 +7,7 @@
 namespace lenet_ext::cpu::conv2d {
 
 namespace {
-constexpr const char* kAlgorithmNames[] = {"reference", "im2col", "direct", "rows", "lanes"};
+constexpr const char* kAlgorithmNames[] = {"reference", "im2col", "direct", "rows", "lanes", "implicit"};
 }  // namespace
 
 const char* name(Algorithm algorithm) { return kAlgorithmNames[static_cast<int>(algorithm)]; }
@@ -45,6 +45,12 @@ bool claims(Algorithm algorithm, Pass pass, const ConvShape& s, int64_t batch,
     case Algorithm::kLanes:  // a block of kLanes images; grad_input holds a whole row in registers
       return small && five_wide && batch >= L &&
              (pass != Pass::kGradInput || s.in_w <= kLanesMaxRow);
+    case Algorithm::kImplicit:  // shifted views need stride 1 and no dilation; grad_input pads
+      // grad_output by kernel - 1 - pad (so pad < kernel), whose zeros meet every weight
+      return s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
+             (pass == Pass::kForward ||
+              (pass == Pass::kGradInput && s.pad_h < s.kernel_h && s.pad_w < s.kernel_w &&
+               finite_weight));
   }
   return false;
 }
@@ -63,11 +69,20 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       if (fits(A::kLanes)) return A::kLanes;
       // fewer, below a block of images: output row segments as the lanes
       if (fits(A::kRows)) return A::kRows;
+      // stride 1 but for 1x1 (whose columns are the input itself): panels packed from the image,
+      // or read from it in place, instead of unrolled columns (1.1-2x im2col, 3x3 layers of 1-256
+      // channels, planes 8x8 to 512x512)
+      if (fits(A::kImplicit) && !(s.kernel_h == 1 && s.kernel_w == 1 && s.pad_h == 0 && s.pad_w == 0))
+        return A::kImplicit;
       break;
     case Pass::kGradInput:
       // every lane a real product; direct would multiply 20 of 70 (position, kw) pairs by padding
       if (fits(A::kLanes)) return A::kLanes;
       if (fits(A::kDirect)) return A::kDirect;
+      // many input channels on a small plane: the products are wide enough, and there is no
+      // col2im (1.2-1.9x im2col for 32-64 channels on 8x8-16x16); on larger planes and fewer
+      // channels im2col's products were 4-60% faster
+      if (fits(A::kImplicit) && s.channels >= 16 && s.in_h * s.in_w <= 256) return A::kImplicit;
       break;
     case Pass::kGradWeight:
       // whole-vector loads only, where direct loads a broadcast for every FMA

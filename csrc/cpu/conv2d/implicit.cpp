@@ -1,0 +1,170 @@
+// conv2d by implicit GEMM, for stride 1 and no dilation: no unrolled columns. The input of a chunk
+// is copied once into a zero-padded buffer laid out [channel][image][row][padded width pw], and
+// the GEMM's B panels are packed straight from it: with positions counted along the padded width
+// ("wide" positions n = row * pw + column), tap (c, kh, kw) reads the buffer at a fixed offset,
+// B(tap, n) = buffer[c][kh * pw + kw + n], so each panel row is one contiguous run. The product
+// [out_channels, wide positions] goes to a per-thread block, whose columns past out_w (and the
+// rows between images) are dropped on the way out. Memory: the padded copy (the chunk's input,
+// not taps times it as im2col's columns) and the block; the waste is the dropped columns,
+// (kernel_w - 1) of every pw. grad_input is the same kernel: the forward convolution of
+// grad_output, padded by kernel - 1 - pad, with the weight flipped and its channels swapped
+// (its zero padding meets every weight, hence only where 0 * weight is 0). Chunks (whole planes,
+// several images a chunk; or bands of rows of a large plane) are fixed by the shape, so each
+// element is summed in the same order for any thread count.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../gemm.h"
+#include "../parallel.h"
+#include "algorithms.h"
+
+namespace lenet_ext::cpu::conv2d {
+namespace {
+
+// Wide columns a chunk aims at: enough for the GEMM's panels to pay for their packing.
+constexpr int64_t kTargetColumns = 1024;
+// Chunks a batch of small planes is cut into at least, so that the threads share them.
+constexpr int64_t kMinChunks = 8;
+// The padded copy's bound: a band of rows of a large plane stays within it.
+constexpr int64_t kBufferBytes = int64_t(4) << 20;
+
+// The chunks of a batch: `images` whole planes each, or bands of `rows` output rows of one image.
+struct Chunks {
+  int64_t images, rows, bands, count;
+
+  template <typename scalar_t>
+  static Chunks of(const ConvShape& s, int64_t batch, int64_t pw) {
+    const int64_t ph = s.in_h + 2 * s.pad_h;
+    if (s.out_h * pw >= kTargetColumns || batch == 1) {
+      const int64_t most = kBufferBytes / int64_t(sizeof(scalar_t)) / (s.channels * pw) -
+                           (s.kernel_h - 1);
+      const int64_t rows = std::clamp<int64_t>((kTargetColumns + pw - 1) / pw, 1,
+                                               std::max<int64_t>(1, std::min(most, s.out_h)));
+      const int64_t bands = (s.out_h + rows - 1) / rows;
+      return {1, rows, bands, batch * bands};
+    }
+    const int64_t images = std::max<int64_t>(
+        1, std::min((kTargetColumns + ph * pw - 1) / (ph * pw), (batch + kMinChunks - 1) / kMinChunks));
+    return {images, s.out_h, 1, (batch + images - 1) / images};
+  }
+};
+
+// B's packer over the padded buffer: tap k = (c, kh, kw) starts at c * channel_stride + kh * pw +
+// kw; a panel row past the buffer's end (wide columns that are dropped) is zero.
+template <typename scalar_t>
+struct PackTaps {
+  using value_type = scalar_t;
+  const scalar_t* buffer;
+  int64_t end, channel_stride, pw, kernel_h, kernel_w;
+
+  // B(k, 0): the GEMM reads full panels of few-row products in place from here (the buffer's
+  // kernel_w of slack keeps the last full panel inside it)
+  const scalar_t* row(int64_t k) const {
+    const int64_t kernel = kernel_h * kernel_w;
+    return buffer + k / kernel * channel_stride + k % kernel / kernel_w * pw + k % kernel_w;
+  }
+
+  void operator()(int64_t k0, int64_t depth, int64_t n0, int64_t cols, scalar_t* out) const {
+    constexpr int64_t W = gemm::Tile<scalar_t>::kCols;
+    const int64_t kernel = kernel_h * kernel_w;
+    for (int64_t k = k0; k < k0 + depth; ++k) {
+      const int64_t c = k / kernel, kh = k % kernel / kernel_w, kw = k % kernel_w;
+      const int64_t start = c * channel_stride + kh * pw + kw + n0;
+      const scalar_t* src = buffer + start;
+      for (int64_t p0 = 0; p0 < cols; p0 += W) {
+        scalar_t* dst = out + p0 * depth + (k - k0) * W;
+        const int64_t valid = std::min({W, cols - p0, std::max<int64_t>(0, end - start - p0)});
+        if (valid == W) {
+          std::copy_n(src + p0, W, dst);  // constant size: inlined
+        } else {
+          std::copy_n(src + p0, valid, dst);
+          std::fill(dst + valid, dst + W, scalar_t(0));
+        }
+      }
+    }
+  }
+};
+
+// The forward convolution of `input` (stride 1, no dilation) for every chunk; `weight` is the
+// group's [out_channels, taps] block at weight + group * s.weight_block().
+template <typename scalar_t>
+void convolve(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+              scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
+  const int64_t pw = s.in_w + 2 * s.pad_w;
+  const Chunks chunks = Chunks::of<scalar_t>(s, batch, pw);
+  const int64_t band = chunks.rows + s.kernel_h - 1;  // padded rows a band reads
+  const int64_t positions = s.positions();
+  run_conv_tasks(groups * chunks.count, s.multiply_adds() * chunks.images * chunks.rows / s.out_h,
+                 [&](int64_t task) {
+    const int64_t group = task / chunks.count, chunk = task % chunks.count;
+    const int64_t image0 = chunk / chunks.bands * chunks.images;
+    const int64_t images = std::min(chunks.images, batch - image0);
+    const int64_t oh0 = chunk % chunks.bands * chunks.rows;
+    const int64_t rows = std::min(chunks.rows, s.out_h - oh0);
+    // the padded copy: [channel][image][band][pw], plus kernel_w of zeros at the end
+    const int64_t plane = band * pw, channel_stride = images * plane;
+    const int64_t size = s.channels * channel_stride + s.kernel_w;
+    scalar_t* buffer = scratch<scalar_t>(Scratch::kColumns, size);
+    std::fill_n(buffer, size, scalar_t(0));
+    for (int64_t c = 0; c < s.channels; ++c)
+      for (int64_t j = 0; j < images; ++j) {
+        const scalar_t* src = input + (((image0 + j) * groups + group) * s.channels + c) * s.in_h * s.in_w;
+        scalar_t* dst = buffer + c * channel_stride + j * plane;
+        for (int64_t r = 0; r < band; ++r) {
+          const int64_t ih = oh0 + r - s.pad_h;
+          if (ih >= 0 && ih < s.in_h) std::copy_n(src + ih * s.in_w, s.in_w, dst + r * pw + s.pad_w);
+        }
+      }
+    // [out_channels, wide] = weight [out_channels, taps] x B [taps, wide]
+    const int64_t wide = (images - 1) * plane + rows * pw;
+    scalar_t* product = scratch<scalar_t>(Scratch::kBlock, s.out_channels * wide);
+    gemm::gemm(s.out_channels, wide, s.taps(),
+               gemm::PackA<scalar_t>{{weight + group * s.weight_block(), s.taps(), 1}},
+               PackTaps<scalar_t>{buffer, size, channel_stride, pw, s.kernel_h, s.kernel_w},
+               product, wide);
+    for (int64_t j = 0; j < images; ++j)
+      for (int64_t oc = 0; oc < s.out_channels; ++oc) {
+        const scalar_t b = bias ? bias[group * s.out_channels + oc] : scalar_t(0);
+        scalar_t* out = output + ((image0 + j) * groups + group) * s.output_block() +
+                        oc * positions + oh0 * s.out_w;
+        const scalar_t* from = product + oc * wide + j * plane;
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t ow = 0; ow < s.out_w; ++ow) out[r * s.out_w + ow] = from[r * pw + ow] + b;
+      }
+  });
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void implicit_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                      scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
+  convolve(input, weight, bias, output, batch, groups, s);
+}
+
+template <typename scalar_t>
+void implicit_grad_input(const scalar_t* grad_output, const scalar_t* weight,
+                         scalar_t* grad_input, int64_t batch, int64_t groups, const ConvShape& s) {
+  // grad_input = grad_output (padded by kernel - 1 - pad) convolved with the flipped weight,
+  // channels swapped: flipped[g][c][oc][kh][kw] = weight[g][oc][c][kernel_h-1-kh][kernel_w-1-kw]
+  const ConvShape t{s.out_channels, s.out_h, s.out_w, s.channels, s.in_h, s.in_w,
+                    s.kernel_h, s.kernel_w, 1, 1, s.kernel_h - 1 - s.pad_h,
+                    s.kernel_w - 1 - s.pad_w, 1, 1};
+  const int64_t kernel = s.kernel_h * s.kernel_w;
+  std::vector<scalar_t> flipped(groups * s.weight_block());
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t oc = 0; oc < s.out_channels; ++oc)
+      for (int64_t c = 0; c < s.channels; ++c)
+        for (int64_t k = 0; k < kernel; ++k)
+          flipped[g * s.weight_block() + (c * s.out_channels + oc) * kernel + kernel - 1 - k] =
+              weight[g * s.weight_block() + (oc * s.channels + c) * kernel + k];
+  convolve(grad_output, flipped.data(), static_cast<const scalar_t*>(nullptr), grad_input, batch,
+           groups, t);
+}
+
+LENET_EXT_CONV2D_FORWARD(implicit_forward)
+LENET_EXT_CONV2D_GRAD(implicit_grad_input)
+
+}  // namespace lenet_ext::cpu::conv2d
