@@ -1,6 +1,6 @@
 """pytorch/examples' MNIST network (conv 1->32 and 32->64 3x3, max-pool, fc 9216->128->10) on our
 modules against the same network on stock torch.nn, the same weights and images, in one process:
-one training step (forward, log-softmax + NLL loss, backward, SGD step) and inference. The results
+one training step (forward, cross-entropy, backward, SGD step) and inference. The results
 are checked equal first (bench.measure), then timed in alternating rounds.
 
 The example's two dropout layers are left out: each side would draw its own masks, so the two
@@ -38,7 +38,7 @@ class MnistNet(torch.nn.Module):
         x = F.relu(self.conv1(x))
         x = F.max_pool2d(F.relu(self.conv2(x)), 2)
         x = F.relu(self.fc1(torch.flatten(x, 1)))
-        return torch.log_softmax(self.fc2(x), dim=1)
+        return self.fc2(x)  # the example's log_softmax + nll_loss: the training step's cross-entropy
 
 
 def mnist_net_pair(batch: int, device, mode: str) -> bench.Pair:
@@ -46,28 +46,7 @@ def mnist_net_pair(batch: int, device, mode: str) -> bench.Pair:
     stock = MnistNet(torch.nn, torch.nn.functional).to(device)
     stock.load_state_dict(ours.state_dict())
     images = torch.randn(batch, 1, 28, 28, device=device)
-    if mode == "inference":
-        def make(net):
-            def infer():
-                with torch.no_grad():
-                    return net(images)
-            return infer
-        labels = ("log-probabilities",)
-    else:
-        targets = torch.randint(10, (batch,), device=device)
-
-        def make(net):
-            parameters = list(net.parameters())
-            optimizer = torch.optim.SGD(parameters, lr=bench.TRAIN_LR)
-
-            def step():
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.nll_loss(net(images), targets)
-                loss.backward()
-                optimizer.step()
-                return (loss.detach(), *(p.grad for p in parameters))
-            return step
-        labels = ("loss", *(f"grad {n}" for n, _ in ours.named_parameters()))
+    make, labels = bench.network_step(mode, ours, images, batch, device)
     return bench.Pair("mnist-net", mode, batch, "1x28x28 -> 10", make(ours), make(stock), labels,
                       batch, "img/s", redraw=lambda: mnist_net_pair(batch, device, mode))
 

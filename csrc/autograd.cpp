@@ -391,9 +391,12 @@ const auto& max_pool2d_gather_op() {
   return op;
 }
 
-// The node has one input, the output's gradient: the indices (int64) have no gradient.
-struct MaxPool2dBackward : torch::autograd::Node {
-  static constexpr const char* kName = "MaxPool2dBackward";
+// The node has one input, the output's gradient: the indices (int64) have no gradient. It adds
+// each gradient at its argmax: max_pool2d's backward, and max_pool2d_gather's (their adjoint);
+// Name gives each its own type, so each prints its own name.
+template <typename Name>
+struct ScatterToArgmax : torch::autograd::Node {
+  static constexpr const char* kName = Name::kName;
   SavedVariable indices;
   std::vector<int64_t> input_size;
 
@@ -404,6 +407,11 @@ struct MaxPool2dBackward : torch::autograd::Node {
   std::string name() const override { return qualified(kName); }
   void release_variables() override { indices.reset_data(); }
 };
+
+struct MaxPool2dName { static constexpr const char* kName = "MaxPool2dBackward"; };
+struct MaxPool2dGatherName { static constexpr const char* kName = "MaxPool2dGatherBackward"; };
+using MaxPool2dBackward = ScatterToArgmax<MaxPool2dName>;
+using MaxPool2dGatherBackward = ScatterToArgmax<MaxPool2dGatherName>;
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_autograd(const at::Tensor& input,
                                                        at::IntArrayRef kernel_size,
@@ -449,19 +457,6 @@ at::Tensor max_pool2d_backward_autograd(const at::Tensor& grad_output, const at:
   node->indices = SavedVariable(indices, /*is_output=*/false);
   return grad_input;
 }
-
-struct MaxPool2dGatherBackward : torch::autograd::Node {
-  static constexpr const char* kName = "MaxPool2dGatherBackward";
-  SavedVariable indices;
-  std::vector<int64_t> input_size;
-
-  variable_list apply(variable_list&& grads) override {
-    if (!grads[0].defined() || !should_compute_output(0)) return {at::Tensor()};
-    return {call_backward(max_pool2d_backward_op(), grads[0], indices.unpack(), input_size)};
-  }
-  std::string name() const override { return qualified(kName); }
-  void release_variables() override { indices.reset_data(); }
-};
 
 at::Tensor max_pool2d_gather_autograd(const at::Tensor& input, const at::Tensor& indices) {
   check_no_tangent("lenet_ext.max_pool2d_gather", {&input});

@@ -237,21 +237,25 @@ def lenet_pair(batch: int, device, mode: str, name: str = "lenet") -> Pair:
     ours_net, stock_net = lenet_twins(device, LENET_NETWORKS[name])
     images = torch.randn(batch, 1, 32, 32, device=device)
 
+    make, labels = network_step(mode, ours_net, images, batch, device)
+    return Pair(name, mode, batch, "1x32x32 -> 10", make(ours_net), make(stock_net), labels,
+                batch, "img/s", redraw=lambda: lenet_pair(batch, device, mode, name))
+
+
+def network_step(mode: str, net, images, batch: int, device):
+    """(make, labels): make(a network) is the callable a whole-network row times, inference (the
+    no_grad forward, returning the logits) or one training step (training_step, on random
+    targets); labels name what it returns, after `net`'s parameters."""
     if mode == "inference":
         def make(net):
             def infer():
                 with torch.no_grad():
                     return net(images)
             return infer
-        labels = ("logits",)
-    else:
-        targets = torch.randint(10, (batch,), device=device)
-
-        def make(net):
-            return training_step(net, images, targets)
-        labels = ("loss", *(f"grad {n}" for n, _ in ours_net.named_parameters()))
-    return Pair(name, mode, batch, "1x32x32 -> 10", make(ours_net), make(stock_net), labels,
-                batch, "img/s", redraw=lambda: lenet_pair(batch, device, mode, name))
+        return make, ("logits",)
+    targets = torch.randint(10, (batch,), device=device)
+    return (lambda net: training_step(net, images, targets),
+            ("loss", *(f"grad {n}" for n, _ in net.named_parameters())))
 
 
 def op_pairs(batch_sizes: Iterable[int], device) -> Iterable[Pair]:
