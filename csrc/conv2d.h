@@ -43,9 +43,13 @@ inline std::vector<int64_t> check_conv2d_args(const at::Tensor& input, const at:
   TORCH_CHECK(out_channels > 0 && out_channels % groups == 0, "lenet_ext.", op, ": expected "
               "weight.size(0) (out_channels) to be a positive multiple of groups = ", groups,
               ", but got weight of shape ", weight.sizes());
-  TORCH_CHECK(input.size(1) == weight.size(1) * groups, "lenet_ext.", op, ": expected input to "
+  // the product wrapped as the release build's -fwrapv wraps it (and checks.py mirrors), without
+  // the sanitizer build's undefined signed overflow (weight.size(1) and groups may be near 2^62)
+  const int64_t channels = static_cast<int64_t>(static_cast<uint64_t>(weight.size(1)) *
+                                                static_cast<uint64_t>(groups));
+  TORCH_CHECK(input.size(1) == channels, "lenet_ext.", op, ": expected input to "
               "have weight.size(1) * groups = ", weight.size(1), " * ", groups, " = ",
-              weight.size(1) * groups, " channels, but got input of shape ", input.sizes());
+              channels, " channels, but got input of shape ", input.sizes());
   TORCH_CHECK(weight.size(2) > 0 && weight.size(3) > 0, "lenet_ext.", op, ": expected a kernel "
               "of positive size, but got weight of shape ", weight.sizes());
   TORCH_CHECK(input.size(2) > 0 && input.size(3) > 0, "lenet_ext.", op, ": expected input of "
