@@ -110,6 +110,16 @@ int64_t lanes_backward(const scalar_t* grad_output, const scalar_t* input, const
 
 // ---- what the fast algorithms share ----
 
+// Chunks a batch of small planes is cut into at least, by im2col and implicit alike, so that the
+// threads share them (fixed, not the thread count: grad_weight's order of summation follows them).
+constexpr int64_t kMinChunks = 8;
+
+// A 1x1 convolution with stride 1 and no padding: its unrolled columns are the input itself.
+inline bool pointwise(const ConvShape& s) {
+  return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 &&
+         s.pad_h == 0 && s.pad_w == 0;
+}
+
 // Runs task(i) for i < count, each of `work` multiply-adds: on the calling thread when there is
 // one (so that the GEMM inside may still split), else spread over the threads.
 template <typename Task>

@@ -27,15 +27,6 @@ constexpr int64_t kColumnsBytes = int64_t(1) << 20;
 // Columns a chunk holds at least, however many taps: products narrower than this lose more to
 // packing than the bounded buffer saves.
 constexpr int64_t kMinChunk = 256;
-// Chunks a batch of small planes is cut into at least (fixed, not the thread count: grad_weight's
-// order of summation follows the chunks).
-constexpr int64_t kMinChunks = 8;
-
-bool pointwise(const ConvShape& s) {  // its columns are the input itself
-  return s.kernel_h == 1 && s.kernel_w == 1 && s.stride_h == 1 && s.stride_w == 1 &&
-         s.pad_h == 0 && s.pad_w == 0;
-}
-
 // Parts to split each of `items` into so that the threads have work: 1 when the items alone
 // spread evenly enough.
 int64_t parts_per_item(int64_t items, int64_t most) {

@@ -72,8 +72,7 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       // stride 1 but for 1x1 (whose columns are the input itself): panels packed from the image,
       // or read from it in place, instead of unrolled columns (1.1-2x im2col, 3x3 layers of 1-256
       // channels, planes 8x8 to 512x512)
-      if (fits(A::kImplicit) && !(s.kernel_h == 1 && s.kernel_w == 1 && s.pad_h == 0 && s.pad_w == 0))
-        return A::kImplicit;
+      if (fits(A::kImplicit) && !pointwise(s)) return A::kImplicit;
       break;
     case Pass::kGradInput:
       // every lane a real product; direct would multiply 20 of 70 (position, kw) pairs by padding
