@@ -77,6 +77,15 @@ void pack_across(const T* src, int64_t ld, int64_t valid, int64_t depth, T* out)
 // The panels of WIDTH along i of a matrix src(i, k) = data[i * i_step + k * k_step], items
 // [i0, i0 + count) x depth [k0, k0 + depth): out[(p * depth + k) * WIDTH + i] = src(i0 + p *
 // WIDTH + i, k0 + k), zero past the last item. A's panels run along its rows, B's along columns.
+// One row of a panel: `valid` elements of src, then zeros to WIDTH. A full row is a copy of constant
+// size, inlined: a library call a row costs more than the copy.
+template <typename T, int WIDTH>
+inline void copy_panel_row(const T* src, int64_t valid, T* dst) {
+  if (valid == WIDTH) return (void)std::copy_n(src, WIDTH, dst);
+  std::copy_n(src, valid, dst);
+  std::fill(dst + valid, dst + WIDTH, T(0));
+}
+
 template <typename T, int WIDTH>
 void pack_panels(const T* data, int64_t i_step, int64_t k_step, int64_t i0, int64_t count,
                  int64_t k0, int64_t depth, T* out) {
@@ -87,13 +96,7 @@ void pack_panels(const T* data, int64_t i_step, int64_t k_step, int64_t i0, int6
       const T* src = data + i0 + (k0 + k) * k_step;
       for (int64_t p0 = g0; p0 < std::min(count, g0 + kRun); p0 += WIDTH) {
         const int64_t valid = std::min<int64_t>(WIDTH, count - p0);
-        T* dst = out + p0 * depth + k * WIDTH;
-        if (valid == WIDTH) {  // a copy of constant size, inlined: a library call costs more
-          std::copy_n(src + p0, WIDTH, dst);
-        } else {
-          std::copy_n(src + p0, valid, dst);
-          std::fill(dst + valid, dst + WIDTH, T(0));
-        }
+        copy_panel_row<T, WIDTH>(src + p0, valid, out + p0 * depth + k * WIDTH);
       }
     }
     return;
@@ -217,10 +220,8 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
   // A packer that knows where each row of B starts (conv2d's taps over a padded image) lets the
   // tile read B's rows in place through a table of them, under the same bound.
   const bool few_row_tiles = m1 - m0 <= S::kFewUses * S::kRows;
-  const bool b_table_direct = few_row_tiles && [&] {
-    if constexpr (requires { pack_b.row(int64_t(0)); }) return true;
-    return false;
-  }();
+  constexpr bool kKnowsRows = requires { pack_b.row(int64_t(0)); };
+  const bool b_table_direct = kKnowsRows && few_row_tiles;
   const bool a_rows_direct = a_in_place && a_in_place->col == 1 && !b_table_direct &&
                              ceil_div(n1 - n0, S::kCols) <= S::kFewUses;
   const bool b_direct = b_table_direct || (b_in_place && b_in_place->col == 1 && few_row_tiles &&
@@ -234,7 +235,7 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
       const int64_t depth = std::min(S::kDepth, k_size - pc);
       const bool add = accumulate || pc > 0;
       if (!b_direct) pack_b(pc, depth, jc, cols, b_buffer);
-      if constexpr (requires { pack_b.row(int64_t(0)); })
+      if constexpr (kKnowsRows)
         if (b_table_direct)
           for (int64_t k = 0; k < depth; ++k) b_table[k] = pack_b.row(pc + k);
       for (int64_t ic = m0; ic < m1; ic += S::kRowBlock) {

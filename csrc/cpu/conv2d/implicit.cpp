@@ -25,8 +25,6 @@ namespace {
 
 // Wide columns a chunk aims at: enough for the GEMM's panels to pay for their packing.
 constexpr int64_t kTargetColumns = 1024;
-// Chunks a batch of small planes is cut into at least, so that the threads share them.
-constexpr int64_t kMinChunks = 8;
 // The padded copy's bound: a band of rows of a large plane stays within it.
 constexpr int64_t kBufferBytes = int64_t(4) << 20;
 
@@ -67,22 +65,14 @@ struct PackTaps {
   }
 
   void operator()(int64_t k0, int64_t depth, int64_t n0, int64_t cols, scalar_t* out) const {
-    constexpr int64_t W = gemm::Tile<scalar_t>::kCols;
-    const int64_t kernel = kernel_h * kernel_w;
+    constexpr int W = gemm::Tile<scalar_t>::kCols;
     for (int64_t k = k0; k < k0 + depth; ++k) {
-      const int64_t c = k / kernel, kh = k % kernel / kernel_w, kw = k % kernel_w;
-      const int64_t start = c * channel_stride + kh * pw + kw + n0;
-      const scalar_t* src = buffer + start;
-      for (int64_t p0 = 0; p0 < cols; p0 += W) {
-        scalar_t* dst = out + p0 * depth + (k - k0) * W;
-        const int64_t valid = std::min({W, cols - p0, std::max<int64_t>(0, end - start - p0)});
-        if (valid == W) {
-          std::copy_n(src + p0, W, dst);  // constant size: inlined
-        } else {
-          std::copy_n(src + p0, valid, dst);
-          std::fill(dst + valid, dst + W, scalar_t(0));
-        }
-      }
+      const scalar_t* src = row(k) + n0;
+      const int64_t left = buffer + end - src;  // elements before the buffer's end
+      for (int64_t p0 = 0; p0 < cols; p0 += W)
+        gemm::detail::copy_panel_row<scalar_t, W>(
+            src + p0, std::min({int64_t(W), cols - p0, std::max<int64_t>(0, left - p0)}),
+            out + p0 * depth + (k - k0) * W);
     }
   }
 };
