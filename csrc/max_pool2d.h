@@ -50,20 +50,26 @@ inline std::vector<int64_t> check_max_pool2d_args(const at::Tensor& input,
   return shape;
 }
 
+// `arg` a batch of planes (3-D or 4-D) of a dtype the kernels take, and `indices` int64 on its
+// device: what max_pool2d_backward and max_pool2d_gather ask of their tensors first.
+inline void check_planes_and_indices(const char* op, const char* arg, const at::Tensor& t,
+                                     const at::Tensor& indices) {
+  check_dtype(op, arg, t);
+  TORCH_CHECK(t.dim() == 3 || t.dim() == 4, "lenet_ext.", op, ": expected ", arg, " to be a 3-D "
+              "(C, H, W) or 4-D (N, C, H, W) tensor, but got a ", t.dim(), "-D tensor of shape ",
+              t.sizes());
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "lenet_ext.", op, ": expected indices to "
+                   "have dtype int64, but got ", indices.scalar_type());
+  TORCH_CHECK(indices.device() == t.device(), "lenet_ext.", op, ": expected indices to be on the "
+              "same device as ", arg, " (", t.device(), "), but got ", indices.device());
+}
+
 // grad_output and indices of the forward's output shape; input_size the forward's input shape.
 inline void check_max_pool2d_backward_args(const at::Tensor& grad_output, const at::Tensor& indices,
                                            at::IntArrayRef input_size) {
   constexpr const char* op = "max_pool2d_backward";
-  check_dtype(op, "grad_output", grad_output);
+  check_planes_and_indices(op, "grad_output", grad_output, indices);
   const int64_t dim = grad_output.dim();
-  TORCH_CHECK(dim == 3 || dim == 4, "lenet_ext.max_pool2d_backward: expected grad_output to be a "
-              "3-D (C, H, W) or 4-D (N, C, H, W) tensor, but got a ", dim, "-D tensor of shape ",
-              grad_output.sizes());
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "lenet_ext.max_pool2d_backward: expected "
-                   "indices to have dtype int64, but got ", indices.scalar_type());
-  TORCH_CHECK(indices.device() == grad_output.device(), "lenet_ext.max_pool2d_backward: expected "
-              "indices to be on the same device as grad_output (", grad_output.device(),
-              "), but got ", indices.device());
   check_same_shape(op, "indices", indices, grad_output.sizes());
   check_array_size(op, "input_size", input_size, dim);
   bool leading_match = true;
@@ -79,16 +85,8 @@ inline void check_max_pool2d_backward_args(const at::Tensor& grad_output, const 
 // (..., out_h, out_w) int64 on its device with the same leading sizes (the output's shape).
 inline void check_max_pool2d_gather_args(const at::Tensor& input, const at::Tensor& indices) {
   constexpr const char* op = "max_pool2d_gather";
-  check_dtype(op, "input", input);
+  check_planes_and_indices(op, "input", input, indices);
   const int64_t dim = input.dim();
-  TORCH_CHECK(dim == 3 || dim == 4, "lenet_ext.max_pool2d_gather: expected input to be a 3-D "
-              "(C, H, W) or 4-D (N, C, H, W) tensor, but got a ", dim, "-D tensor of shape ",
-              input.sizes());
-  TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "lenet_ext.max_pool2d_gather: expected "
-                   "indices to have dtype int64, but got ", indices.scalar_type());
-  TORCH_CHECK(indices.device() == input.device(), "lenet_ext.max_pool2d_gather: expected indices "
-              "to be on the same device as input (", input.device(), "), but got ",
-              indices.device());
   bool leading_match = indices.dim() == dim;
   for (int64_t d = 0; leading_match && d < dim - 2; ++d)
     leading_match = indices.size(d) == input.size(d);

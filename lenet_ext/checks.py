@@ -257,18 +257,21 @@ def check_max_pool2d_args(input, kernel_size, stride, padding, dilation, ceil_mo
     return shape
 
 
+def check_planes_and_indices(op, arg, t, indices):
+    check_dtype(op, arg, t)
+    _check(t.dim() == 3 or t.dim() == 4, "lenet_ext.", op, ": expected ", arg, " to be a 3-D "
+           "(C, H, W) or 4-D (N, C, H, W) tensor, but got a ", t.dim(), "-D tensor of shape ",
+           t.shape)
+    _check_type(indices.dtype == torch.int64, "lenet_ext.", op, ": expected indices to have "
+                "dtype int64, but got ", indices.dtype)
+    _check(indices.device == t.device, "lenet_ext.", op, ": expected indices to be on the same "
+           "device as ", arg, " (", t.device, "), but got ", indices.device)
+
+
 def check_max_pool2d_backward_args(grad_output, indices, input_size):
     op = "max_pool2d_backward"
-    check_dtype(op, "grad_output", grad_output)
+    check_planes_and_indices(op, "grad_output", grad_output, indices)
     dim = grad_output.dim()
-    _check(dim == 3 or dim == 4, "lenet_ext.max_pool2d_backward: expected grad_output to be a "
-           "3-D (C, H, W) or 4-D (N, C, H, W) tensor, but got a ", dim, "-D tensor of shape ",
-           grad_output.shape)
-    _check_type(indices.dtype == torch.int64, "lenet_ext.max_pool2d_backward: expected "
-                "indices to have dtype int64, but got ", indices.dtype)
-    _check(indices.device == grad_output.device, "lenet_ext.max_pool2d_backward: expected "
-           "indices to be on the same device as grad_output (", grad_output.device,
-           "), but got ", indices.device)
     check_same_shape(op, "indices", indices, grad_output.shape)
     check_array_size(op, "input_size", input_size, dim)
     leading_match = all(input_size[d] == grad_output.shape[d] for d in range(dim - 2))
@@ -281,15 +284,8 @@ def check_max_pool2d_backward_args(grad_output, indices, input_size):
 
 def check_max_pool2d_gather_args(input, indices):
     op = "max_pool2d_gather"
-    check_dtype(op, "input", input)
+    check_planes_and_indices(op, "input", input, indices)
     dim = input.dim()
-    _check(dim == 3 or dim == 4, "lenet_ext.max_pool2d_gather: expected input to be a 3-D "
-           "(C, H, W) or 4-D (N, C, H, W) tensor, but got a ", dim, "-D tensor of shape ",
-           input.shape)
-    _check_type(indices.dtype == torch.int64, "lenet_ext.max_pool2d_gather: expected "
-                "indices to have dtype int64, but got ", indices.dtype)
-    _check(indices.device == input.device, "lenet_ext.max_pool2d_gather: expected indices "
-           "to be on the same device as input (", input.device, "), but got ", indices.device)
     leading_match = indices.dim() == dim and all(indices.shape[d] == input.shape[d]
                                                  for d in range(dim - 2))
     _check(leading_match, "lenet_ext.max_pool2d_gather: expected indices to match input "
