@@ -12,14 +12,16 @@
 
 namespace lenet_ext {
 
-// The dtypes our kernels are written for.
+// The dtypes of the ops: float32 and float64, and bfloat16 and float16 with float32 accumulation.
 inline bool is_supported_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
+  const auto dtype = t.scalar_type();
+  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 ||
+         dtype == at::kHalf;
 }
 
 inline void check_dtype(const char* op, const char* arg, const at::Tensor& t) {
   TORCH_CHECK_TYPE(is_supported_dtype(t), "lenet_ext.", op, ": expected ", arg,
-                   " to have dtype float32 or float64, but got ", t.scalar_type());
+                   " to have dtype float32, float64, bfloat16 or float16, but got ", t.scalar_type());
 }
 
 // `t` must match the reference argument `ref` (named `ref_arg`) in dtype and device.

@@ -51,8 +51,9 @@ def _int64(value):
 # csrc/checks.h ----------------------------------------------------------------------------------
 
 def check_dtype(op, arg, t):
-    _check_type(t.dtype in (torch.float32, torch.float64), "lenet_ext.", op, ": expected ", arg,
-                " to have dtype float32 or float64, but got ", t.dtype)
+    _check_type(t.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16),
+                "lenet_ext.", op, ": expected ", arg,
+                " to have dtype float32, float64, bfloat16 or float16, but got ", t.dtype)
 
 
 def check_same_dtype_device(op, arg, t, ref_arg, ref):

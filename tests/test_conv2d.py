@@ -398,9 +398,9 @@ BAD_INPUTS = {
     "kernel_empty": (_args(weight=(6, 2, 0, 3)), r"kernel of positive size"),
     "bias_wrong_shape": (_args(bias=(3,)), r"bias of shape \[6\].*but got shape \[3\]"),
     "bias_2d": (_args(bias=(6, 1)), r"bias of shape \[6\].*but got shape \[6, 1\]"),
-    "int_dtype": (_args(dtype=torch.int32), r"input to have dtype float32 or float64, but got Int"),
-    "half_dtype": (_args(dtype=torch.float16),
-                   r"input to have dtype float32 or float64, but got Half"),
+    "int_dtype": (_args(dtype=torch.int32), r"input to have dtype float32, float64, bfloat16 or float16, but got Int"),
+    "complex_dtype": (_args(dtype=torch.complex64),
+                      r"input to have dtype float32, float64, bfloat16 or float16, but got ComplexFloat"),
     "weight_dtype_differs": (_args(weight_dtype=torch.float64),
                              r"weight to have the same dtype as input \(Float\), but got Double"),
 }

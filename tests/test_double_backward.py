@@ -330,7 +330,7 @@ def test_max_pool2d_gather_matches_stock(config, device, dtype):
     (lambda x, i: (x, i + 36), r"max_pool2d_gather: expected indices in \[0, H\*W\) = \[0, 36\)"),
     (lambda x, i: (x, -i - 1), r"max_pool2d_gather: expected indices in \[0, H\*W\)"),
     (lambda x, i: (x, i.int()), r"max_pool2d_gather: expected indices to have dtype int64, but got Int"),
-    (lambda x, i: (x.int(), i), r"max_pool2d_gather: expected input to have dtype float32 or float64"),
+    (lambda x, i: (x.int(), i), r"max_pool2d_gather: expected input to have dtype float32, float64, bfloat16 or float16"),
     (lambda x, i: (x, i[:1]), r"max_pool2d_gather: expected indices to match input \(shape \[2, 3, 6, 6\]\)"),
     (lambda x, i: (x[0, 0], i[0, 0]), r"max_pool2d_gather: expected input to be a 3-D .* but got a 2-D"),
 ])

@@ -151,7 +151,7 @@ VALID = {
 # (op, what is wrong, the arguments that replace the valid call's)
 BAD = [
     ("relu", "input int", dict(input=t(2, 3, dtype=torch.int32))),
-    ("relu_backward", "result half", dict(result=t(2, 3, dtype=torch.float16))),
+    ("relu_backward", "result complex", dict(result=t(2, 3, dtype=torch.complex64))),
     ("relu_backward", "grad_output float64", dict(grad_output=t(2, 3, dtype=torch.float64))),
     ("relu_backward", "grad_output shape", dict(grad_output=t(3, 2))),
     ("linear", "input bool", dict(input=t(3, 5, dtype=torch.bool))),
@@ -231,7 +231,7 @@ BAD = [
     ("max_pool2d_backward", "input_size channels", dict(input_size=[2, 4, 8, 8])),
     ("max_pool2d_backward", "input_size negative", dict(input_size=[2, 3, -1, 8])),
     ("max_pool2d_backward", "input past 2^63 bytes", dict(input_size=[2, 3, 2**40, 2**40])),
-    ("conv2d_relu_max_pool2d", "input float16", dict(input=t(2, 1, 12, 12, dtype=torch.float16))),
+    ("conv2d_relu_max_pool2d", "input complex64", dict(input=t(2, 1, 12, 12, dtype=torch.complex64))),
     ("conv2d_relu_max_pool2d", "weight float64", dict(weight=t(6, 1, 5, 5, dtype=torch.float64))),
     ("conv2d_relu_max_pool2d", "input 3-D", dict(input=t(1, 12, 12))),
     ("conv2d_relu_max_pool2d", "weight 2-D", dict(weight=t(6, 25))),
@@ -253,7 +253,7 @@ BAD = [
     ("lenet", "input 28x28", dict(input=t(2, 1, 28, 28))),
     ("lenet", "fc1_weight shape", dict(fc1_weight=t(120, 401))),
     ("lenet", "conv2_bias float64", dict(conv2_bias=t(16, dtype=torch.float64))),
-    ("lenet_backward", "input float16", dict(input=t(2, 1, 32, 32, dtype=torch.float16))),
+    ("lenet_backward", "input complex64", dict(input=t(2, 1, 32, 32, dtype=torch.complex64))),
     ("lenet_backward", "fc3_weight shape", dict(fc3_weight=t(84, 10))),
     ("lenet_backward", "grad_logits shape", dict(grad_logits=t(3, 10))),
     ("lenet_backward", "pool1 float64", dict(pool1=t(2, 6, 14, 14, dtype=torch.float64))),

@@ -323,7 +323,7 @@ BAD_INPUTS = {
     "lenet: unbatched": ("lenet", lambda: _replace(_lenet_args(2), 0, torch.randn(1, 32, 32)),
                          RuntimeError, r"lenet: expected input to be a 4-D tensor \(N, 1, 32, 32\)"),
     "lenet: integer input": ("lenet", lambda: _replace(_lenet_args(2), 0, torch.ones(2, 1, 32, 32, dtype=torch.int64)),
-                             TypeError, r"lenet: expected input to have dtype float32 or float64, but got Long"),
+                             TypeError, r"lenet: expected input to have dtype float32, float64, bfloat16 or float16, but got Long"),
     "lenet: fc1_weight shape": ("lenet", lambda: _replace(_lenet_args(2), 5, torch.randn(120, 256)),
                                 RuntimeError, r"lenet: expected fc1_weight of shape \[120, 400\], but got shape \[120, 256\]"),
     "lenet: conv2_bias dtype": ("lenet", lambda: _replace(_lenet_args(2), 4, torch.randn(16, dtype=torch.float64)),

@@ -282,9 +282,10 @@ BAD_INPUTS = {
     "zero-channels": ((2, 0, 4, 4), torch.float32, (2, 2), (2, 2), (0, 0), (1, 1), False,
                       RuntimeError, r"expected input to have non-zero C, H and W"),
     "int-dtype": ((1, 1, 4, 4), torch.int32, (2, 2), (2, 2), (0, 0), (1, 1), False,
-                  TypeError, r"expected input to have dtype float32 or float64, but got Int"),
-    "half-dtype": ((1, 1, 4, 4), torch.float16, (2, 2), (2, 2), (0, 0), (1, 1), False,
-                   TypeError, r"expected input to have dtype float32 or float64, but got Half"),
+                  TypeError, r"expected input to have dtype float32, float64, bfloat16 or float16, but got Int"),
+    "complex-dtype": ((1, 1, 4, 4), torch.complex64, (2, 2), (2, 2), (0, 0), (1, 1), False,
+                      TypeError, r"expected input to have dtype float32, float64, bfloat16 or float16, "
+                      r"but got ComplexFloat"),
 }
 
 
@@ -330,6 +331,6 @@ def test_backward_bad_input_raises(case, device):
     elif case == "grad-rank":
         grad_output, indices, pattern = grad_output[0, 0], indices[0, 0], "expected grad_output to be"
     else:
-        grad_output, error, pattern = grad_output.half(), TypeError, "expected grad_output to have dtype"
+        grad_output, error, pattern = grad_output.to(torch.complex64), TypeError, "expected grad_output to have dtype"
     with pytest.raises(error, match=r"^lenet_ext\.max_pool2d_backward: " + pattern):
         lib.max_pool2d_backward(grad_output, indices, input_size)

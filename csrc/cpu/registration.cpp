@@ -1,7 +1,8 @@
 // The CPU entry points of every lenet_ext op, registered at the CPU key in one place, as
 // csrc/cuda/registration.cpp registers the CUDA ones. Each entry point (in its op's file) checks
 // the arguments (the shared csrc/<op>.h headers), makes inputs contiguous, allocates outputs and
-// calls the op's kernels on raw pointers. The emulated-CUDA build registers the CUDA entry points
+// calls the op's kernels on raw pointers. Each is wrapped in Widened (widen.h), which runs a
+// bfloat16 or float16 call on float32 copies. The emulated-CUDA build registers the CUDA entry points
 // at the CPU key instead, for the ops both devices have; the CPU-only ops (fused, internal) stay.
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -10,6 +11,8 @@
 #include <optional>
 #include <string>
 #include <tuple>
+
+#include "widen.h"
 
 namespace lenet_ext::cpu {
 
@@ -77,32 +80,32 @@ Grads conv2d_backward_forced_cpu(T grad_output, T input, T weight, IntArrayRef s
 
 TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
 #if !defined(LENET_EXT_CUDA_EMULATED)
-  m.impl("relu", &relu_cpu);
-  m.impl("relu_backward", &relu_backward_cpu);
-  m.impl("linear", &linear_cpu);
-  m.impl("linear_backward", &linear_backward_cpu);
-  m.impl("conv2d", &conv2d_cpu);
-  m.impl("conv2d_backward", &conv2d_backward_cpu);
-  m.impl("max_pool2d", &max_pool2d_cpu);
-  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
-  m.impl("max_pool2d_gather", &max_pool2d_gather_cpu);
+  m.impl("relu", &Widened<&relu_cpu>::call);
+  m.impl("relu_backward", &Widened<&relu_backward_cpu>::call);
+  m.impl("linear", &Widened<&linear_cpu>::call);
+  m.impl("linear_backward", &Widened<&linear_backward_cpu>::call);
+  m.impl("conv2d", &Widened<&conv2d_cpu>::call);
+  m.impl("conv2d_backward", &Widened<&conv2d_backward_cpu>::call);
+  m.impl("max_pool2d", &Widened<&max_pool2d_cpu>::call);
+  m.impl("max_pool2d_backward", &Widened<&max_pool2d_backward_cpu>::call);
+  m.impl("max_pool2d_gather", &Widened<&max_pool2d_gather_cpu>::call);
 #endif
-  m.impl("conv2d_relu_max_pool2d", &conv2d_relu_max_pool2d_cpu);
-  m.impl("conv2d_relu_max_pool2d_backward", &conv2d_relu_max_pool2d_backward_cpu);
-  m.impl("lenet", &lenet_cpu);
-  m.impl("lenet_backward", &lenet_backward_cpu);
-  m.impl("_conv2d_relu_max_pool2d_forced", &conv2d_relu_max_pool2d_forced_cpu);
-  m.impl("_conv2d_relu_max_pool2d_backward_forced", &conv2d_relu_max_pool2d_backward_forced_cpu);
-  m.impl("_lenet_forced", &lenet_forced_cpu);
-  m.impl("_lenet_backward_forced", &lenet_backward_forced_cpu);
-  m.impl("_conv2d_algorithm", &conv2d_algorithm_cpu);
-  m.impl("_conv2d_forced", &conv2d_forced_cpu);
-  m.impl("_conv2d_backward_forced", &conv2d_backward_forced_cpu);
-  m.impl("_linear_algorithm", &linear_algorithm_cpu);
-  m.impl("_linear_forced", &linear_forced_cpu);
-  m.impl("_linear_backward_forced", &linear_backward_forced_cpu);
-  m.impl("_max_pool2d_algorithm", &max_pool2d_algorithm_cpu);
-  m.impl("_max_pool2d_forced", &max_pool2d_forced_cpu);
+  m.impl("conv2d_relu_max_pool2d", &Widened<&conv2d_relu_max_pool2d_cpu>::call);
+  m.impl("conv2d_relu_max_pool2d_backward", &Widened<&conv2d_relu_max_pool2d_backward_cpu>::call);
+  m.impl("lenet", &Widened<&lenet_cpu>::call);
+  m.impl("lenet_backward", &Widened<&lenet_backward_cpu>::call);
+  m.impl("_conv2d_relu_max_pool2d_forced", &Widened<&conv2d_relu_max_pool2d_forced_cpu>::call);
+  m.impl("_conv2d_relu_max_pool2d_backward_forced", &Widened<&conv2d_relu_max_pool2d_backward_forced_cpu>::call);
+  m.impl("_lenet_forced", &Widened<&lenet_forced_cpu>::call);
+  m.impl("_lenet_backward_forced", &Widened<&lenet_backward_forced_cpu>::call);
+  m.impl("_conv2d_algorithm", &Widened<&conv2d_algorithm_cpu>::call);
+  m.impl("_conv2d_forced", &Widened<&conv2d_forced_cpu>::call);
+  m.impl("_conv2d_backward_forced", &Widened<&conv2d_backward_forced_cpu>::call);
+  m.impl("_linear_algorithm", &Widened<&linear_algorithm_cpu>::call);
+  m.impl("_linear_forced", &Widened<&linear_forced_cpu>::call);
+  m.impl("_linear_backward_forced", &Widened<&linear_backward_forced_cpu>::call);
+  m.impl("_max_pool2d_algorithm", &Widened<&max_pool2d_algorithm_cpu>::call);
+  m.impl("_max_pool2d_forced", &Widened<&max_pool2d_forced_cpu>::call);
 }
 
 }  // namespace lenet_ext::cpu

@@ -1,0 +1,119 @@
+// bfloat16 and float16 on CPU by widening: a call whose floating-point tensors are all of one
+// low-precision dtype (and all on the CPU) runs the op's float32 entry point on float32 copies of
+// them, and its floating-point results are rounded back (round to nearest even, as torch rounds).
+// So every product is accumulated in float32, in the float32 kernel's order, and a result differs
+// from the float32 op's only by the final rounding: the conversions are exact one way and one
+// rounding the other. The copies cost a read of 2 and a write of 4 bytes an element (and the
+// reverse for results) on top of the float32 op; the ops' own low-precision kernels replace this
+// path where they exist (the selector of each op says where).
+// A call that mixes dtypes or devices is passed through unchanged, so the entry point's checks
+// refuse it with their usual message (widening would hide the mismatch).
+#pragma once
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <optional>
+#include <tuple>
+#include <type_traits>
+
+#include "parallel.h"
+
+namespace lenet_ext::cpu {
+
+inline bool is_low_precision(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
+// dst[i] = To(src[i]) for a contiguous run: widening is exact, narrowing rounds to nearest even.
+template <typename From, typename To>
+void convert(const From* src, To* dst, int64_t numel) {
+  at::parallel_for(0, numel, grain(1, kStreamTask), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) dst[i] = static_cast<To>(static_cast<float>(src[i]));
+  });
+}
+
+template <typename Low>
+at::Tensor converted(const at::Tensor& t, at::ScalarType to) {
+  const auto x = t.expect_contiguous();
+  auto out = at::empty(t.sizes(), t.options().dtype(to));
+  if (to == at::kFloat)
+    convert(x->const_data_ptr<Low>(), out.mutable_data_ptr<float>(), t.numel());
+  else
+    convert(x->const_data_ptr<float>(), out.mutable_data_ptr<Low>(), t.numel());
+  return out;
+}
+
+inline at::Tensor widen(const at::Tensor& t) {
+  if (!t.defined() || !is_low_precision(t.scalar_type())) return t;
+  return t.scalar_type() == at::kBFloat16 ? converted<c10::BFloat16>(t, at::kFloat)
+                                          : converted<c10::Half>(t, at::kFloat);
+}
+inline std::optional<at::Tensor> widen(const std::optional<at::Tensor>& t) {
+  return t ? std::optional<at::Tensor>(widen(*t)) : std::nullopt;
+}
+template <typename Other>
+const Other& widen(const Other& value) {
+  return value;
+}
+
+// A result back in the call's dtype: float32 tensors are rounded, indices and names kept.
+inline at::Tensor narrow(const at::Tensor& t, at::ScalarType dtype) {
+  if (!t.defined() || t.scalar_type() != at::kFloat) return t;
+  return dtype == at::kBFloat16 ? converted<c10::BFloat16>(t, dtype)
+                                : converted<c10::Half>(t, dtype);
+}
+template <typename... Results>
+std::tuple<Results...> narrow(const std::tuple<Results...>& results, at::ScalarType dtype) {
+  return std::apply([&](const auto&... r) { return std::tuple<Results...>(narrow(r, dtype)...); },
+                    results);
+}
+template <typename Other>
+const Other& narrow(const Other& value, at::ScalarType) {
+  return value;
+}
+
+// The low-precision dtype every floating-point tensor of a call shares, all on the CPU; none if
+// the call has none, mixes dtypes or devices, or has a tensor of a dtype the ops refuse (which
+// the checks must then name as given, not as widened).
+struct CallDtype {
+  std::optional<at::ScalarType> dtype;
+  bool mixed = false;
+  void see(const at::Tensor& t) {
+    if (!t.defined()) return;
+    if (!at::isFloatingType(t.scalar_type())) {
+      mixed |= t.scalar_type() != at::kLong;  // indices are int64; any other dtype is refused
+      return;
+    }
+    if (!is_low_precision(t.scalar_type()) || !t.device().is_cpu() ||
+        (dtype && *dtype != t.scalar_type()))
+      mixed = true;
+    dtype = t.scalar_type();
+  }
+  void see(const std::optional<at::Tensor>& t) {
+    if (t) see(*t);
+  }
+  template <typename Other>
+  void see(const Other&) {}
+  std::optional<at::ScalarType> low_precision() const {
+    return mixed ? std::nullopt : dtype;
+  }
+};
+
+// Widened<&entry>::call has entry's signature and widens a low-precision call as described above.
+template <auto entry, typename Signature = decltype(entry)>
+struct Widened;
+template <auto entry, typename Result, typename... Args>
+struct Widened<entry, Result (*)(Args...)> {
+  static Result call(Args... args) {
+    CallDtype call_dtype;
+    (call_dtype.see(args), ...);
+    const auto dtype = call_dtype.low_precision();
+    if (!dtype) return entry(args...);
+    return narrow(entry(widen(args)...), *dtype);
+  }
+};
+
+}  // namespace lenet_ext::cpu
