@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels.h"
 #include "runtime.h"
 
 namespace lenet_ext::cuda {
@@ -53,20 +54,22 @@ __device__ scalar_t block_sum(scalar_t value) {
 
 // sums[c] = sum over n < batch, p < plane of values[(n * channels + c) * plane + p]: the bias
 // gradient of linear (plane 1) and conv2d. One block per channel; each thread sums a fixed
-// strided subset in order, then block_sum: deterministic, no atomics.
+// strided subset in order, then block_sum, all in acc_t, rounded once at the store:
+// deterministic, no atomics.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     channel_sum_kernel(const scalar_t* values, scalar_t* sums, int64_t batch, int64_t channels,
                        int64_t plane) {
+  using acc = acc_t<scalar_t>;
   const int64_t count = batch * plane;
   for (int64_t c = blockIdx.x; c < channels; c += gridDim.x) {
-    scalar_t acc = 0;
+    acc sum = 0;
     for (int64_t r = threadIdx.x; r < count; r += kThreads) {
       const int64_t n = r / plane, p = r % plane;
-      acc += values[(n * channels + c) * plane + p];
+      sum += static_cast<acc>(values[(n * channels + c) * plane + p]);
     }
-    const scalar_t total = block_sum(acc);
-    if (threadIdx.x == 0) sums[c] = total;
+    const acc total = block_sum(sum);
+    if (threadIdx.x == 0) sums[c] = static_cast<scalar_t>(total);
   }
 }
 

@@ -9,6 +9,23 @@
 
 namespace lenet_ext::cuda {
 
+// The type a kernel computes in for a storage type: float for the two 2-byte types (each load
+// widened, every product and sum in float, one rounding at the store), the type itself otherwise.
+template <typename scalar_t>
+struct Accumulate {
+  using type = scalar_t;
+};
+template <>
+struct Accumulate<__nv_bfloat16> {
+  using type = float;
+};
+template <>
+struct Accumulate<__half> {
+  using type = float;
+};
+template <typename scalar_t>
+using acc_t = typename Accumulate<scalar_t>::type;
+
 // relu --------------------------------------------------------------------------------------------
 
 template <typename scalar_t>

@@ -4,13 +4,17 @@
 // its threads as fibers; this header maps the few CUDA names the kernels use onto it and gives
 // warp shuffles CUDA's 32-lane semantics, which HIP-CPU's own 64-wide __shfl does not have.
 // Kernels are launched only through LENET_CUDA_LAUNCH: HIP-CPU cannot parse <<<...>>>.
+// The two 2-byte storage types are CUDA's __half and __nv_bfloat16; emulated, __half is HIP-CPU's
+// and __nv_bfloat16 the struct below.
 #pragma once
 
 #if defined(LENET_EXT_CUDA_EMULATED)
 
-#include <hip/hip_runtime.h>
+#include <hip/hip_runtime.h>  // and hip_fp16.h's __half: a host half with float conversions
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 using cudaStream_t = hipStream_t;
 using cudaError_t = hipError_t;
@@ -75,8 +79,32 @@ T __shfl_xor_sync(unsigned int /*mask*/, T value, int lane_mask, int width = 32)
 // A block-wide barrier: correct wherever CUDA's warp-wide one is, given the rule above.
 inline void __syncwarp(unsigned int /*mask*/ = 0xffffffffu) { __syncthreads(); }
 
+// bfloat16 (HIP-CPU has none): float's upper 16 bits. Widening is exact; narrowing rounds to
+// nearest even and makes any NaN the quiet NaN 0x7FC0, bit for bit as c10::BFloat16 does, so a
+// result is what PyTorch's own rounding of the same float would give. No arithmetic: kernels
+// widen to float (an operator applied to two of them acts on their floats).
+struct __nv_bfloat16 {
+  uint16_t bits = 0;
+
+  __nv_bfloat16() = default;
+  explicit __nv_bfloat16(float value) {
+    uint32_t word;
+    std::memcpy(&word, &value, sizeof word);
+    bits = std::isnan(value) ? uint16_t{0x7FC0}
+                             : static_cast<uint16_t>((word + 0x7FFFu + ((word >> 16) & 1u)) >> 16);
+  }
+  operator float() const {
+    const uint32_t word = uint32_t{bits} << 16;
+    float value;
+    std::memcpy(&value, &word, sizeof value);
+    return value;
+  }
+};
+
 #else
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #define LENET_CUDA_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
