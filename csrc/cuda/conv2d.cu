@@ -4,6 +4,8 @@
 // touched it; grad_weight gives each weight element one block, whose threads sum fixed strided
 // parts of the batch x out_h x out_w products (coalesced over output positions) before a fixed
 // shared-memory tree; grad_bias is the same per output channel. No atomics: bitwise deterministic.
+// Each sum is kept in acc_t (float for bfloat16 and half: every load widened, every product and
+// sum in float) in the orders above, and rounded once, at its store.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -13,6 +15,7 @@ namespace {
 template <typename scalar_t>
 __global__ void conv2d_kernel(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                               scalar_t* output, Conv2dShape s) {
+  using acc = acc_t<scalar_t>;
   const int64_t group_in = s.in_channels / s.groups, group_out = s.out_channels / s.groups;
   const int64_t numel = s.batch * s.out_channels * s.out_h * s.out_w;
   LENET_CUDA_KERNEL_LOOP(index, numel) {
@@ -23,7 +26,7 @@ __global__ void conv2d_kernel(const scalar_t* input, const scalar_t* weight, con
     const scalar_t* in = input + (n * s.in_channels + first_channel) * s.in_h * s.in_w;
     const scalar_t* w = weight + o * group_in * s.kernel_h * s.kernel_w;
     const int64_t h0 = oh * s.stride_h - s.pad_h, w0 = ow * s.stride_w - s.pad_w;
-    scalar_t acc = bias != nullptr ? bias[o] : scalar_t(0);
+    acc sum = bias != nullptr ? static_cast<acc>(bias[o]) : acc(0);
     for (int64_t c = 0; c < group_in; ++c) {
       for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
         const int64_t ih = h0 + kh * s.dilation_h;
@@ -31,13 +34,13 @@ __global__ void conv2d_kernel(const scalar_t* input, const scalar_t* weight, con
         for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
           const int64_t iw = w0 + kw * s.dilation_w;
           // padding is an input of zeros, as on CPU: an infinite weight there gives NaN (0 * inf)
-          const scalar_t x = row_inside && iw >= 0 && iw < s.in_w
-                                 ? in[(c * s.in_h + ih) * s.in_w + iw] : scalar_t(0);
-          acc += x * w[(c * s.kernel_h + kh) * s.kernel_w + kw];
+          const acc x = row_inside && iw >= 0 && iw < s.in_w
+                            ? static_cast<acc>(in[(c * s.in_h + ih) * s.in_w + iw]) : acc(0);
+          sum += x * static_cast<acc>(w[(c * s.kernel_h + kh) * s.kernel_w + kw]);
         }
       }
     }
-    output[index] = acc;
+    output[index] = static_cast<scalar_t>(sum);
   }
 }
 
@@ -47,6 +50,7 @@ __global__ void conv2d_kernel(const scalar_t* input, const scalar_t* weight, con
 template <typename scalar_t>
 __global__ void conv2d_grad_input_kernel(const scalar_t* grad_output, const scalar_t* weight,
                                          scalar_t* grad_input, Conv2dShape s) {
+  using acc = acc_t<scalar_t>;
   const int64_t group_in = s.in_channels / s.groups, group_out = s.out_channels / s.groups;
   const int64_t numel = s.batch * s.in_channels * s.in_h * s.in_w;
   LENET_CUDA_KERNEL_LOOP(index, numel) {
@@ -54,7 +58,7 @@ __global__ void conv2d_grad_input_kernel(const scalar_t* grad_output, const scal
     const int64_t c = index / (s.in_w * s.in_h) % s.in_channels;
     const int64_t n = index / (s.in_w * s.in_h * s.in_channels);
     const int64_t first_out = c / group_in * group_out, channel_in_group = c % group_in;
-    scalar_t acc = 0;
+    acc sum = 0;
     for (int64_t o = first_out; o < first_out + group_out; ++o) {
       const scalar_t* grad = grad_output + (n * s.out_channels + o) * s.out_h * s.out_w;
       const scalar_t* w = weight + (o * group_in + channel_in_group) * s.kernel_h * s.kernel_w;
@@ -68,11 +72,12 @@ __global__ void conv2d_grad_input_kernel(const scalar_t* grad_output, const scal
           if (w_offset < 0 || w_offset % s.stride_w != 0) continue;
           const int64_t ow = w_offset / s.stride_w;
           if (ow >= s.out_w) continue;
-          acc += grad[oh * s.out_w + ow] * w[kh * s.kernel_w + kw];
+          sum += static_cast<acc>(grad[oh * s.out_w + ow]) *
+                 static_cast<acc>(w[kh * s.kernel_w + kw]);
         }
       }
     }
-    grad_input[index] = acc;
+    grad_input[index] = static_cast<scalar_t>(sum);
   }
 }
 
@@ -80,6 +85,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     conv2d_grad_weight_kernel(const scalar_t* grad_output, const scalar_t* input,
                               scalar_t* grad_weight, Conv2dShape s) {
+  using acc = acc_t<scalar_t>;
   const int64_t group_in = s.in_channels / s.groups, group_out = s.out_channels / s.groups;
   const int64_t out_plane = s.out_h * s.out_w, count = s.batch * out_plane;
   const int64_t numel = s.out_channels * group_in * s.kernel_h * s.kernel_w;
@@ -88,17 +94,17 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t channel_in_group = index / (s.kernel_w * s.kernel_h) % group_in;
     const int64_t o = index / (s.kernel_w * s.kernel_h * group_in);
     const int64_t c = o / group_out * group_in + channel_in_group;
-    scalar_t acc = 0;
+    acc sum = 0;
     for (int64_t r = threadIdx.x; r < count; r += kThreads) {
       const int64_t n = r / out_plane, p = r % out_plane;
       const int64_t ih = p / s.out_w * s.stride_h - s.pad_h + kh * s.dilation_h;
       const int64_t iw = p % s.out_w * s.stride_w - s.pad_w + kw * s.dilation_w;
       if (ih < 0 || ih >= s.in_h || iw < 0 || iw >= s.in_w) continue;
-      acc += grad_output[(n * s.out_channels + o) * out_plane + p] *
-             input[((n * s.in_channels + c) * s.in_h + ih) * s.in_w + iw];
+      sum += static_cast<acc>(grad_output[(n * s.out_channels + o) * out_plane + p]) *
+             static_cast<acc>(input[((n * s.in_channels + c) * s.in_h + ih) * s.in_w + iw]);
     }
-    const scalar_t total = block_sum(acc);
-    if (threadIdx.x == 0) grad_weight[index] = total;
+    const acc total = block_sum(sum);
+    if (threadIdx.x == 0) grad_weight[index] = static_cast<scalar_t>(total);
   }
 }
 
@@ -151,5 +157,7 @@ void launch_conv2d_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias,
   template void launch_conv2d_grad_bias<T>(const T*, T*, const Conv2dShape&, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
+INSTANTIATE(__nv_bfloat16)
+INSTANTIATE(__half)
 
 }  // namespace lenet_ext::cuda

@@ -1,7 +1,7 @@
 // The CUDA kernels' launchers: raw pointers, sizes and a stream, no PyTorch type, so the .cu files
 // that define them compile with nvcc alone and csrc/cuda/registration.cpp calls them. Each launcher
 // enqueues exactly one kernel on `stream` (none when there is nothing to compute) and returns at
-// once; the caller checks the launch. Instantiated for float and double.
+// once; the caller checks the launch. Instantiated for float, double, __nv_bfloat16 and __half.
 #pragma once
 #include <cstdint>
 

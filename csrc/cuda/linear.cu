@@ -3,7 +3,9 @@
 // transpose is materialised. A 16x16 block computes a 16x16 tile of C, one element per thread, from
 // tiles of A and B staged in shared memory (a global element is read m/16 or n/16 times, not m or
 // n) and loaded along their contiguous dimension so loads coalesce. One thread sums each C element
-// over k in order and grad_bias is a fixed-tree column sum: bitwise the same every run.
+// over k in order (bias first) and grad_bias is a fixed-tree column sum: bitwise the same every
+// run. The tiles hold acc_t (float for bfloat16 and half, widened once at the load), so every
+// product and sum is in acc_t and each C element is rounded once, at its store.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -19,19 +21,20 @@ struct MatrixView {
   int64_t rows, cols, row_stride, col_stride;
 };
 
-// tile[r][c] = view(row0 + r, col0 + c), zero outside the matrix. Consecutive threads (x) walk the
-// view's contiguous dimension, so a warp reads consecutive addresses; the +1 column of padding
-// keeps the transposed shared-memory writes free of bank conflicts.
+// tile[r][c] = view(row0 + r, col0 + c) widened to acc_t, zero outside the matrix. Consecutive
+// threads (x) walk the view's contiguous dimension, so a warp reads consecutive addresses; the +1
+// column of padding keeps the transposed shared-memory writes free of bank conflicts.
 template <typename scalar_t>
-__device__ void load_tile(scalar_t (&tile)[kTile][kTile + 1], const MatrixView<scalar_t>& view,
-                          int64_t row0, int64_t col0) {
+__device__ void load_tile(acc_t<scalar_t> (&tile)[kTile][kTile + 1],
+                          const MatrixView<scalar_t>& view, int64_t row0, int64_t col0) {
+  using acc = acc_t<scalar_t>;
   const bool walk_cols = view.col_stride == 1;
   const int r = walk_cols ? threadIdx.y : threadIdx.x;
   const int c = walk_cols ? threadIdx.x : threadIdx.y;
   const int64_t row = row0 + r, col = col0 + c;
   tile[r][c] = row < view.rows && col < view.cols
-                   ? view.data[row * view.row_stride + col * view.col_stride]
-                   : scalar_t(0);
+                   ? static_cast<acc>(view.data[row * view.row_stride + col * view.col_stride])
+                   : acc(0);
 }
 
 // c[m, n] (contiguous) = a[m, k] * b[k, n] (+ bias[n]); a.rows = m, a.cols = b.rows = k,
@@ -40,24 +43,25 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kTile * kTile)
     gemm_kernel(MatrixView<scalar_t> a, MatrixView<scalar_t> b, const scalar_t* bias,
                 scalar_t* c) {
-  __shared__ scalar_t a_tile[kTile][kTile + 1];
-  __shared__ scalar_t b_tile[kTile][kTile + 1];
+  using acc = acc_t<scalar_t>;
+  __shared__ acc a_tile[kTile][kTile + 1];
+  __shared__ acc b_tile[kTile][kTile + 1];
   const int64_t col_tiles = (b.cols + kTile - 1) / kTile;
   const int64_t row0 = int64_t{blockIdx.x} / col_tiles * kTile;
   const int64_t col0 = int64_t{blockIdx.x} % col_tiles * kTile;
   const int64_t row = row0 + threadIdx.y, col = col0 + threadIdx.x;
   // the bias first, then k in order: the CPU GEMM's summation order
-  scalar_t acc = bias != nullptr && col < b.cols ? bias[col] : scalar_t(0);
+  acc sum = bias != nullptr && col < b.cols ? static_cast<acc>(bias[col]) : acc(0);
   for (int64_t k0 = 0; k0 < a.cols; k0 += kTile) {
     load_tile(a_tile, a, row0, k0);
     load_tile(b_tile, b, k0, col0);
     __syncthreads();
     // past the end of k both tiles hold zeros, which add exact zeros
 #pragma unroll
-    for (int k = 0; k < kTile; ++k) acc += a_tile[threadIdx.y][k] * b_tile[k][threadIdx.x];
+    for (int k = 0; k < kTile; ++k) sum += a_tile[threadIdx.y][k] * b_tile[k][threadIdx.x];
     __syncthreads();
   }
-  if (row < a.rows && col < b.cols) c[row * b.cols + col] = acc;
+  if (row < a.rows && col < b.cols) c[row * b.cols + col] = static_cast<scalar_t>(sum);
 }
 
 template <typename scalar_t>
@@ -115,5 +119,7 @@ void launch_linear_grad_bias(const scalar_t* grad_output, scalar_t* grad_bias, i
   template void launch_linear_grad_bias<T>(const T*, T*, int64_t, int64_t, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
+INSTANTIATE(__nv_bfloat16)
+INSTANTIATE(__half)
 
 }  // namespace lenet_ext::cuda

@@ -1,7 +1,8 @@
 // relu on CUDA: one grid-stride pass, one element per thread per step, out = x < 0 ? 0 : x;
 // backward passes grad where the saved result is > 0. Each element is read and written once
 // (coalesced), so both run at memory bandwidth; selects, not branches, and NaN compares false so
-// it propagates as in torch. No reduction: bitwise deterministic.
+// it propagates as in torch. No reduction: bitwise deterministic. Compares and copies only, in
+// the storage type (bfloat16 and half compare exactly, as their floats would): exact in every type.
 #include "common.cuh"
 #include "kernels.h"
 
@@ -47,5 +48,7 @@ void launch_relu_backward(const scalar_t* grad_output, const scalar_t* result, s
   template void launch_relu_backward<T>(const T*, const T*, T*, int64_t, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
+INSTANTIATE(__nv_bfloat16)
+INSTANTIATE(__half)
 
 }  // namespace lenet_ext::cuda
