@@ -97,11 +97,14 @@ void launch_max_pool2d(const scalar_t* input, scalar_t* output, int64_t* indices
 
 // bad_index points to two device int64s, zero on entry: if an index lies outside
 // [0, in_h * in_w), the first is set to 1 and the second to such an index. That index is never
-// followed, so memory outside the plane is never touched.
+// followed, so memory outside the plane is never touched. `sums`: planes * in_plane device
+// elements where acc_t<scalar_t> is wider than scalar_t (the sums before their one rounding),
+// else unused (null): grad_input holds its own sums.
 template <typename scalar_t>
 void launch_max_pool2d_backward(const scalar_t* grad_output, const int64_t* indices,
-                                scalar_t* grad_input, int64_t planes, int64_t in_plane,
-                                int64_t out_plane, int64_t* bad_index, cudaStream_t stream);
+                                scalar_t* grad_input, acc_t<scalar_t>* sums, int64_t planes,
+                                int64_t in_plane, int64_t out_plane, int64_t* bad_index,
+                                cudaStream_t stream);
 
 // The backward's derivative: output[plane, o] = input[plane, indices[plane, o]], indices' shape;
 // bad_index as above (an output whose index lies outside the plane is 0).

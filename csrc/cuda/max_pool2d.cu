@@ -1,11 +1,15 @@
 // max_pool2d on CUDA. Forward: one thread per output element scans its window row by row, as
-// torch's kernel does (a NaN wins, ties keep the first cell, padding never wins). Backward: the
-// schema gives no window geometry, so no input cell can find the windows covering it; instead one
-// warp owns each plane, zeroes it, then takes its grads 32 at a time in output order: lanes whose
-// indices coincide sum their grads in lane order (shuffles) and the first adds the sum to the cell.
-// Fixed order, no atomics: bitwise deterministic. An index outside the plane is flagged, not used.
-// Gather (the backward's derivative): one thread per output element reads its plane at its index.
+// torch's kernel does (a NaN wins, ties keep the first cell, padding never wins), comparing in
+// acc_t; the max is stored back exactly (a NaN as a quiet NaN). Backward: the schema gives no
+// window geometry, so no input cell can find the windows covering it; instead one warp owns each
+// plane, zeroes its sums, then takes its grads 32 at a time in output order: lanes whose indices
+// coincide sum their grads in lane order (shuffles) and the first adds that to the cell's sum, so
+// chunk sums are added in output order, all in acc_t; for bfloat16 and half the sums live in a
+// float workspace and each is rounded into grad_input once, at the end. Fixed order, no atomics:
+// bitwise deterministic. An index outside the plane is flagged, not used. Gather (the backward's
+// derivative): one thread per output element copies its plane's element at its index.
 #include <cmath>
+#include <type_traits>
 
 #include "../shapes.h"
 #include "common.cuh"
@@ -20,6 +24,7 @@ __global__ void max_pool2d_kernel(const scalar_t* input, scalar_t* output, int64
   const int64_t numel = s.planes * s.out_h * s.out_w;
   LENET_CUDA_KERNEL_LOOP(index, numel) {
     const int64_t ow = index % s.out_w, oh = index / s.out_w % s.out_h;
+    using acc = acc_t<scalar_t>;
     const int64_t plane = index / (s.out_w * s.out_h);
     const scalar_t* in = input + plane * s.in_h * s.in_w;
     const int64_t h_start = oh * s.stride_h - s.pad_h, w_start = ow * s.stride_w - s.pad_w;
@@ -29,57 +34,64 @@ __global__ void max_pool2d_kernel(const scalar_t* input, scalar_t* output, int64
     const int64_t w_end = w_stop < s.in_w ? w_stop : s.in_w;
     const int64_t h_first = h_start + first_tap_inside(h_start, s.dilation_h) * s.dilation_h;
     const int64_t w_first = w_start + first_tap_inside(w_start, s.dilation_w) * s.dilation_w;
-    scalar_t max_value = -static_cast<scalar_t>(INFINITY);
+    acc max_value = -static_cast<acc>(INFINITY);
     int64_t max_index = h_first * s.in_w + w_first;
     for (int64_t h = h_first; h < h_end; h += s.dilation_h) {
       for (int64_t w = w_first; w < w_end; w += s.dilation_w) {
-        const scalar_t value = in[h * s.in_w + w];
+        const acc value = static_cast<acc>(in[h * s.in_w + w]);
         if (value > max_value || isnan(value)) {
           max_value = value;
           max_index = h * s.in_w + w;
         }
       }
     }
-    output[index] = max_value;
+    // exact: max_value is an input element, or -inf for a window wholly in the padding
+    output[index] = static_cast<scalar_t>(max_value);
     indices[index] = max_index;
   }
 }
 
 // Needs blockDim.x == kThreads; a plane's whole warp walks every loop below together, as the
-// shuffles require.
+// shuffles require. `sums` is grad_input itself where acc_t is scalar_t.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     max_pool2d_backward_kernel(const scalar_t* grad_output, const int64_t* indices,
-                               scalar_t* grad_input, int64_t planes, int64_t in_plane,
-                               int64_t out_plane, int64_t* bad_index) {
+                               scalar_t* grad_input, acc_t<scalar_t>* sums, int64_t planes,
+                               int64_t in_plane, int64_t out_plane, int64_t* bad_index) {
+  using acc = acc_t<scalar_t>;
   const int lane = threadIdx.x % kWarp;
   for (int64_t plane = int64_t{blockIdx.x} * kWarps + threadIdx.x / kWarp; plane < planes;
        plane += int64_t{gridDim.x} * kWarps) {
-    scalar_t* grad_in = grad_input + plane * in_plane;
-    for (int64_t i = lane; i < in_plane; i += kWarp) grad_in[i] = scalar_t(0);
+    acc* sum_in = sums + plane * in_plane;
+    for (int64_t i = lane; i < in_plane; i += kWarp) sum_in[i] = acc(0);
     __syncwarp();  // orders the zeroing before other lanes' additions
     for (int64_t base = 0; base < out_plane; base += kWarp) {
       const int64_t o = plane * out_plane + base + lane;
       const bool active = base + lane < out_plane;
       const int64_t target = active ? indices[o] : -1;
-      const scalar_t grad = active ? grad_output[o] : scalar_t(0);
+      const acc grad = active ? static_cast<acc>(grad_output[o]) : acc(0);
       const bool valid = target >= 0 && target < in_plane;  // inactive lanes are invalid
       if (active && !valid) {
         bad_index[1] = target;
         bad_index[0] = 1;
       }
-      scalar_t sum = 0;
+      acc sum = 0;
       bool first = true;
       for (int other = 0; other < kWarp; ++other) {
         const int64_t other_target = __shfl_sync(kAllLanes, target, other);
-        const scalar_t other_grad = __shfl_sync(kAllLanes, grad, other);
+        const acc other_grad = __shfl_sync(kAllLanes, grad, other);
         if (other_target == target) {
           sum += other_grad;
           first = first && other >= lane;
         }
       }
-      if (valid && first) grad_in[target] += sum;
+      if (valid && first) sum_in[target] += sum;
       __syncwarp();  // orders this chunk's additions before the next chunk's reads
+    }
+    if constexpr (!std::is_same_v<acc, scalar_t>) {  // the one rounding of each cell's sum
+      scalar_t* grad_in = grad_input + plane * in_plane;
+      for (int64_t i = lane; i < in_plane; i += kWarp)
+        grad_in[i] = static_cast<scalar_t>(sum_in[i]);
     }
   }
 }
@@ -113,12 +125,14 @@ void launch_max_pool2d(const scalar_t* input, scalar_t* output, int64_t* indices
 
 template <typename scalar_t>
 void launch_max_pool2d_backward(const scalar_t* grad_output, const int64_t* indices,
-                                scalar_t* grad_input, int64_t planes, int64_t in_plane,
-                                int64_t out_plane, int64_t* bad_index, cudaStream_t stream) {
+                                scalar_t* grad_input, acc_t<scalar_t>* sums, int64_t planes,
+                                int64_t in_plane, int64_t out_plane, int64_t* bad_index,
+                                cudaStream_t stream) {
   if (planes == 0 || in_plane == 0) return;
+  if constexpr (std::is_same_v<acc_t<scalar_t>, scalar_t>) sums = grad_input;
   const int64_t blocks = std::min<int64_t>((planes + kWarps - 1) / kWarps, int64_t{1} << 20);
   LENET_CUDA_LAUNCH(max_pool2d_backward_kernel<scalar_t>, static_cast<unsigned int>(blocks),
-                    kThreads, 0, stream, grad_output, indices, grad_input, planes, in_plane,
+                    kThreads, 0, stream, grad_output, indices, grad_input, sums, planes, in_plane,
                     out_plane, bad_index);
 }
 
@@ -134,11 +148,13 @@ void launch_max_pool2d_gather(const scalar_t* input, const int64_t* indices, sca
 
 #define INSTANTIATE(T)                                                                        \
   template void launch_max_pool2d<T>(const T*, T*, int64_t*, const Pool2dShape&, cudaStream_t); \
-  template void launch_max_pool2d_backward<T>(const T*, const int64_t*, T*, int64_t, int64_t, \
-                                              int64_t, int64_t*, cudaStream_t);               \
+  template void launch_max_pool2d_backward<T>(const T*, const int64_t*, T*, acc_t<T>*, int64_t, \
+                                              int64_t, int64_t, int64_t*, cudaStream_t);      \
   template void launch_max_pool2d_gather<T>(const T*, const int64_t*, T*, int64_t, int64_t,   \
                                             int64_t, int64_t*, cudaStream_t);
 INSTANTIATE(float)
 INSTANTIATE(double)
+INSTANTIATE(__nv_bfloat16)
+INSTANTIATE(__half)
 
 }  // namespace lenet_ext::cuda

@@ -17,6 +17,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../backward.h"
@@ -67,6 +68,42 @@ bool stream_is_capturing(cudaStream_t stream) {
 
 #endif
 
+// The kernels' storage type for a dispatched scalar_t: CUDA's bfloat16 and half for ATen's (the
+// same 2-byte layout, so data pointers are reinterpreted, never converted), float and double as
+// they are.
+template <typename scalar_t>
+struct KernelScalar {
+  using type = scalar_t;
+};
+template <>
+struct KernelScalar<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct KernelScalar<at::Half> {
+  using type = __half;
+};
+template <typename scalar_t>
+using kernel_t = typename KernelScalar<scalar_t>::type;
+static_assert(sizeof(__nv_bfloat16) == sizeof(at::BFloat16) && sizeof(__half) == sizeof(at::Half));
+
+template <typename scalar_t>
+const kernel_t<scalar_t>* const_data(const at::Tensor& t) {
+  return reinterpret_cast<const kernel_t<scalar_t>*>(t.const_data_ptr<scalar_t>());
+}
+template <typename scalar_t>
+const kernel_t<scalar_t>* const_data(const std::optional<at::Tensor>& t) {  // null if none
+  return t ? const_data<scalar_t>(*t) : nullptr;
+}
+template <typename scalar_t>
+kernel_t<scalar_t>* mutable_data(at::Tensor& t) {
+  return reinterpret_cast<kernel_t<scalar_t>*>(t.mutable_data_ptr<scalar_t>());
+}
+
+// Every entry point dispatches over the same four dtypes.
+#define LENET_EXT_DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, name, __VA_ARGS__)
+
 // relu --------------------------------------------------------------------------------------------
 
 at::Tensor relu_cuda(const at::Tensor& input) {
@@ -74,8 +111,8 @@ at::Tensor relu_cuda(const at::Tensor& input) {
   const DeviceGuard guard(input.device());
   const auto x = input.expect_contiguous();
   auto output = at::empty(input.sizes(), input.options());
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::relu", [&] {
-    cuda::launch_relu(x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+  LENET_EXT_DISPATCH(input.scalar_type(), "lenet_ext::relu", [&] {
+    cuda::launch_relu(const_data<scalar_t>(*x), mutable_data<scalar_t>(output),
                       x->numel(), current_stream());
     LENET_EXT_LAUNCH_CHECK();
   });
@@ -89,9 +126,9 @@ at::Tensor relu_backward_cuda(const at::Tensor& grad_output, const at::Tensor& r
   const DeviceGuard guard(result.device());
   const auto [grad, y] = contiguous(grad_output, result);
   auto grad_input = at::empty(result.sizes(), result.options());
-  AT_DISPATCH_FLOATING_TYPES(result.scalar_type(), "lenet_ext::relu_backward", [&] {
-    cuda::launch_relu_backward(grad->const_data_ptr<scalar_t>(), y->const_data_ptr<scalar_t>(),
-                               grad_input.mutable_data_ptr<scalar_t>(), y->numel(),
+  LENET_EXT_DISPATCH(result.scalar_type(), "lenet_ext::relu_backward", [&] {
+    cuda::launch_relu_backward(const_data<scalar_t>(*grad), const_data<scalar_t>(*y),
+                               mutable_data<scalar_t>(grad_input), y->numel(),
                                current_stream());
     LENET_EXT_LAUNCH_CHECK();
   });
@@ -109,9 +146,9 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight,
   auto output = at::empty(linear_output_shape(input, weight), input.options());
   const auto [x, w] = contiguous(input, weight);
   const auto b = contiguous_bias(bias);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear", [&] {
-    cuda::launch_linear(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
-                        optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(),
+  LENET_EXT_DISPATCH(input.scalar_type(), "lenet_ext::linear", [&] {
+    cuda::launch_linear(const_data<scalar_t>(*x), const_data<scalar_t>(*w),
+                        const_data<scalar_t>(b), mutable_data<scalar_t>(output),
                         linear_rows(input), in_features, out_features, current_stream());
     LENET_EXT_LAUNCH_CHECK();
   });
@@ -128,22 +165,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_backward_cuda(
   const auto [grad, x, w] = contiguous(grad_output, input, weight);
   auto [grad_input, grad_weight, grad_bias] = empty_grads(input, weight, output_mask);
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::linear_backward", [&] {
-    const scalar_t* g = grad->const_data_ptr<scalar_t>();
+  LENET_EXT_DISPATCH(input.scalar_type(), "lenet_ext::linear_backward", [&] {
+    const auto* g = const_data<scalar_t>(*grad);
     if (grad_input.defined()) {
-      cuda::launch_linear_grad_input(g, w->const_data_ptr<scalar_t>(),
-                                     grad_input.mutable_data_ptr<scalar_t>(), rows, in_features,
+      cuda::launch_linear_grad_input(g, const_data<scalar_t>(*w),
+                                     mutable_data<scalar_t>(grad_input), rows, in_features,
                                      out_features, stream);
       LENET_EXT_LAUNCH_CHECK();
     }
     if (grad_weight.defined()) {
-      cuda::launch_linear_grad_weight(g, x->const_data_ptr<scalar_t>(),
-                                      grad_weight.mutable_data_ptr<scalar_t>(), rows, in_features,
+      cuda::launch_linear_grad_weight(g, const_data<scalar_t>(*x),
+                                      mutable_data<scalar_t>(grad_weight), rows, in_features,
                                       out_features, stream);
       LENET_EXT_LAUNCH_CHECK();
     }
     if (grad_bias.defined()) {
-      cuda::launch_linear_grad_bias(g, grad_bias.mutable_data_ptr<scalar_t>(), rows, out_features,
+      cuda::launch_linear_grad_bias(g, mutable_data<scalar_t>(grad_bias), rows, out_features,
                                     stream);
       LENET_EXT_LAUNCH_CHECK();
     }
@@ -174,9 +211,9 @@ at::Tensor conv2d_cuda(const at::Tensor& input, const at::Tensor& weight,
   auto output = at::empty(output_shape, input.options());
   const auto [x, w] = contiguous(input, weight);
   const auto b = contiguous_bias(bias);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d", [&] {
-    cuda::launch_conv2d(x->const_data_ptr<scalar_t>(), w->const_data_ptr<scalar_t>(),
-                        optional_data<scalar_t>(b), output.mutable_data_ptr<scalar_t>(), shape,
+  LENET_EXT_DISPATCH(input.scalar_type(), "lenet_ext::conv2d", [&] {
+    cuda::launch_conv2d(const_data<scalar_t>(*x), const_data<scalar_t>(*w),
+                        const_data<scalar_t>(b), mutable_data<scalar_t>(output), shape,
                         current_stream());
     LENET_EXT_LAUNCH_CHECK();
   });
@@ -194,20 +231,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   const auto [grad, x, w] = contiguous(grad_output, input, weight);
   auto [grad_input, grad_weight, grad_bias] = empty_grads(input, weight, output_mask);
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
-    const scalar_t* g = grad->const_data_ptr<scalar_t>();
+  LENET_EXT_DISPATCH(input.scalar_type(), "lenet_ext::conv2d_backward", [&] {
+    const auto* g = const_data<scalar_t>(*grad);
     if (grad_input.defined()) {
-      cuda::launch_conv2d_grad_input(g, w->const_data_ptr<scalar_t>(),
-                                     grad_input.mutable_data_ptr<scalar_t>(), shape, stream);
+      cuda::launch_conv2d_grad_input(g, const_data<scalar_t>(*w),
+                                     mutable_data<scalar_t>(grad_input), shape, stream);
       LENET_EXT_LAUNCH_CHECK();
     }
     if (grad_weight.defined()) {
-      cuda::launch_conv2d_grad_weight(g, x->const_data_ptr<scalar_t>(),
-                                      grad_weight.mutable_data_ptr<scalar_t>(), shape, stream);
+      cuda::launch_conv2d_grad_weight(g, const_data<scalar_t>(*x),
+                                      mutable_data<scalar_t>(grad_weight), shape, stream);
       LENET_EXT_LAUNCH_CHECK();
     }
     if (grad_bias.defined()) {
-      cuda::launch_conv2d_grad_bias(g, grad_bias.mutable_data_ptr<scalar_t>(), shape, stream);
+      cuda::launch_conv2d_grad_bias(g, mutable_data<scalar_t>(grad_bias), shape, stream);
       LENET_EXT_LAUNCH_CHECK();
     }
   });
@@ -239,8 +276,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input,
   const auto x = input.expect_contiguous();
   auto output = at::empty(output_shape, input.options());
   auto indices = at::empty(output_shape, input.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d", [&] {
-    cuda::launch_max_pool2d(x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
+  LENET_EXT_DISPATCH(input.scalar_type(), "lenet_ext::max_pool2d", [&] {
+    cuda::launch_max_pool2d(const_data<scalar_t>(*x), mutable_data<scalar_t>(output),
                             indices.mutable_data_ptr<int64_t>(), shape, current_stream());
     LENET_EXT_LAUNCH_CHECK();
   });
@@ -257,10 +294,16 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   auto grad_input = at::empty(input_size, grad_output.options());
   auto bad_index = at::zeros({2}, grad_output.options().dtype(at::kLong));  // found, which
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "lenet_ext::max_pool2d_backward", [&] {
-    cuda::launch_max_pool2d_backward(grad->const_data_ptr<scalar_t>(),
-                                     index->const_data_ptr<int64_t>(),
-                                     grad_input.mutable_data_ptr<scalar_t>(),
+  LENET_EXT_DISPATCH(grad_output.scalar_type(), "lenet_ext::max_pool2d_backward", [&] {
+    // a 2-byte dtype's sums, in float until their one rounding into grad_input (kernels.h); freed
+    // after the launch, which the stream orders before any reuse of the memory
+    using acc = cuda::acc_t<kernel_t<scalar_t>>;
+    at::Tensor sums;
+    if constexpr (!std::is_same_v<acc, kernel_t<scalar_t>>)
+      sums = at::empty(input_size, grad_output.options().dtype(at::kFloat));
+    cuda::launch_max_pool2d_backward(const_data<scalar_t>(*grad), index->const_data_ptr<int64_t>(),
+                                     mutable_data<scalar_t>(grad_input),
+                                     sums.defined() ? sums.mutable_data_ptr<acc>() : nullptr,
                                      pool_planes(input_size), in_h * in_w, out_plane,
                                      bad_index.mutable_data_ptr<int64_t>(), stream);
     LENET_EXT_LAUNCH_CHECK();
@@ -284,9 +327,9 @@ at::Tensor max_pool2d_gather_cuda(const at::Tensor& input, const at::Tensor& ind
   auto output = at::empty(indices.sizes(), input.options());
   auto bad_index = at::zeros({2}, input.options().dtype(at::kLong));  // found, which
   const cudaStream_t stream = current_stream();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d_gather", [&] {
-    cuda::launch_max_pool2d_gather(x->const_data_ptr<scalar_t>(), index->const_data_ptr<int64_t>(),
-                                   output.mutable_data_ptr<scalar_t>(), pool_planes(input.sizes()),
+  LENET_EXT_DISPATCH(input.scalar_type(), "lenet_ext::max_pool2d_gather", [&] {
+    cuda::launch_max_pool2d_gather(const_data<scalar_t>(*x), index->const_data_ptr<int64_t>(),
+                                   mutable_data<scalar_t>(output), pool_planes(input.sizes()),
                                    in_plane, indices.size(-2) * indices.size(-1),
                                    bad_index.mutable_data_ptr<int64_t>(), stream);
     LENET_EXT_LAUNCH_CHECK();
