@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <optional>
 
 namespace lenet_ext {
 
@@ -19,17 +20,25 @@ inline bool is_supported_dtype(const at::Tensor& t) {
          dtype == at::kHalf;
 }
 
+// While a bfloat16 or float16 call runs on float32 copies (cpu/widen.h), its dtype: the checks
+// then name, and size outputs by, the dtype the call was made with.
+inline thread_local std::optional<at::ScalarType> widened_from;
+
+inline at::ScalarType given_dtype(const at::Tensor& t) {
+  return widened_from && t.scalar_type() == at::kFloat ? *widened_from : t.scalar_type();
+}
+
 inline void check_dtype(const char* op, const char* arg, const at::Tensor& t) {
   TORCH_CHECK_TYPE(is_supported_dtype(t), "lenet_ext.", op, ": expected ", arg,
-                   " to have dtype float32, float64, bfloat16 or float16, but got ", t.scalar_type());
+                   " to have dtype float32, float64, bfloat16 or float16, but got ", given_dtype(t));
 }
 
 // `t` must match the reference argument `ref` (named `ref_arg`) in dtype and device.
 inline void check_same_dtype_device(const char* op, const char* arg, const at::Tensor& t,
                                     const char* ref_arg, const at::Tensor& ref) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "lenet_ext.", op, ": expected ", arg,
-                   " to have the same dtype as ", ref_arg, " (", ref.scalar_type(), "), but got ",
-                   t.scalar_type());
+                   " to have the same dtype as ", ref_arg, " (", given_dtype(ref), "), but got ",
+                   given_dtype(t));
   TORCH_CHECK(t.device() == ref.device(), "lenet_ext.", op, ": expected ", arg,
               " to be on the same device as ", ref_arg, " (", ref.device(), "), but got ",
               t.device());
@@ -66,14 +75,14 @@ inline void check_int32_range(const char* op, const char* arg, at::IntArrayRef v
 // An output of 2^63 bytes or more cannot be allocated (nor strided, even when a size is 0): refuse
 // it by name rather than leave the allocator to fail with a message that names no op.
 inline void check_output_fits(const char* op, at::IntArrayRef shape, const at::Tensor& like) {
-  uint64_t bytes = like.element_size();
+  uint64_t bytes = c10::elementSize(given_dtype(like));
   bool overflows = false;
   for (const int64_t size : shape) {
     overflows |= c10::mul_overflows(bytes, static_cast<uint64_t>(std::max<int64_t>(size, 1)), &bytes);
   }
   TORCH_CHECK(!overflows && bytes <= std::numeric_limits<int64_t>::max(), "lenet_ext.", op,
               ": expected an output whose sizes (0 counted as 1) multiply to fewer than 2^63 bytes, "
-              "but its shape would be ", shape, " of ", like.scalar_type());
+              "but its shape would be ", shape, " of ", given_dtype(like));
 }
 
 }  // namespace lenet_ext

@@ -93,11 +93,11 @@ TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("conv2d_relu_max_pool2d", &Widened<&conv2d_relu_max_pool2d_cpu>::call);
   m.impl("conv2d_relu_max_pool2d_backward", &Widened<&conv2d_relu_max_pool2d_backward_cpu>::call);
   m.impl("lenet", &Widened<&lenet_cpu>::call);
-  m.impl("lenet_backward", &Widened<&lenet_backward_cpu>::call);
+  m.impl("lenet_backward", &Widened<&lenet_backward_cpu, at::kByte>::call);
   m.impl("_conv2d_relu_max_pool2d_forced", &Widened<&conv2d_relu_max_pool2d_forced_cpu>::call);
   m.impl("_conv2d_relu_max_pool2d_backward_forced", &Widened<&conv2d_relu_max_pool2d_backward_forced_cpu>::call);
   m.impl("_lenet_forced", &Widened<&lenet_forced_cpu>::call);
-  m.impl("_lenet_backward_forced", &Widened<&lenet_backward_forced_cpu>::call);
+  m.impl("_lenet_backward_forced", &Widened<&lenet_backward_forced_cpu, at::kByte>::call);
   m.impl("_conv2d_algorithm", &Widened<&conv2d_algorithm_cpu>::call);
   m.impl("_conv2d_forced", &Widened<&conv2d_forced_cpu>::call);
   m.impl("_conv2d_backward_forced", &Widened<&conv2d_backward_forced_cpu>::call);

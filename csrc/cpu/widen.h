@@ -7,7 +7,8 @@
 // reverse for results) on top of the float32 op; the ops' own low-precision kernels replace this
 // path where they exist (the selector of each op says where).
 // A call that mixes dtypes or devices is passed through unchanged, so the entry point's checks
-// refuse it with their usual message (widening would hide the mismatch).
+// refuse it with their usual message (widening would hide the mismatch). The checks of a widened
+// call name its own dtype (checks.h: widened_from).
 #pragma once
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -19,6 +20,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "../checks.h"
 #include "parallel.h"
 
 namespace lenet_ext::cpu {
@@ -79,12 +81,13 @@ const Other& narrow(const Other& value, at::ScalarType) {
 // the call has none, mixes dtypes or devices, or has a tensor of a dtype the ops refuse (which
 // the checks must then name as given, not as widened).
 struct CallDtype {
+  at::ScalarType index_dtype;  // the op's indices: int64, or uint8 for lenet_backward's
   std::optional<at::ScalarType> dtype;
   bool mixed = false;
   void see(const at::Tensor& t) {
     if (!t.defined()) return;
     if (!at::isFloatingType(t.scalar_type())) {
-      mixed |= t.scalar_type() != at::kLong;  // indices are int64; any other dtype is refused
+      mixed |= t.scalar_type() != index_dtype;  // any other dtype is refused by the checks
       return;
     }
     if (!is_low_precision(t.scalar_type()) || !t.device().is_cpu() ||
@@ -103,16 +106,23 @@ struct CallDtype {
 };
 
 // Widened<&entry>::call has entry's signature and widens a low-precision call as described above.
-template <auto entry, typename Signature = decltype(entry)>
+template <auto entry, at::ScalarType index_dtype = at::kLong, typename Signature = decltype(entry)>
 struct Widened;
-template <auto entry, typename Result, typename... Args>
-struct Widened<entry, Result (*)(Args...)> {
+template <auto entry, at::ScalarType index_dtype, typename Result, typename... Args>
+struct Widened<entry, index_dtype, Result (*)(Args...)> {
   static Result call(Args... args) {
-    CallDtype call_dtype;
+    CallDtype call_dtype{index_dtype};
     (call_dtype.see(args), ...);
     const auto dtype = call_dtype.low_precision();
     if (!dtype) return entry(args...);
-    return narrow(entry(widen(args)...), *dtype);
+    struct Given {  // restored however the call ends
+      std::optional<at::ScalarType> outer = widened_from;
+      ~Given() { widened_from = outer; }
+    } given;
+    widened_from = *dtype;
+    auto result = entry(widen(args)...);
+    widened_from = given.outer;
+    return narrow(result, *dtype);
   }
 };
 
