@@ -32,7 +32,7 @@ if [ "$mode" = cuda-emulated ]; then
   LENET_EXT_CUDA=emulated python setup.py -q build_ext --inplace
   python -c "import lenet_ext, sys; sys.exit(not lenet_ext.cuda_emulated())"  # the right build
   python -m pytest -q -p no:cacheprovider "${tests[@]}" tests/test_determinism.py tests/test_cuda.py \
-    tests/test_double_backward.py
+    tests/test_double_backward.py tests/test_mixed_precision.py
   exit
 fi
 
