@@ -93,7 +93,7 @@ const kernel_t<scalar_t>* const_data(const at::Tensor& t) {
 }
 template <typename scalar_t>
 const kernel_t<scalar_t>* const_data(const std::optional<at::Tensor>& t) {  // null if none
-  return t ? const_data<scalar_t>(*t) : nullptr;
+  return reinterpret_cast<const kernel_t<scalar_t>*>(optional_data<scalar_t>(t));
 }
 template <typename scalar_t>
 kernel_t<scalar_t>* mutable_data(at::Tensor& t) {
@@ -112,8 +112,8 @@ at::Tensor relu_cuda(const at::Tensor& input) {
   const auto x = input.expect_contiguous();
   auto output = at::empty(input.sizes(), input.options());
   LENET_EXT_DISPATCH(input.scalar_type(), "lenet_ext::relu", [&] {
-    cuda::launch_relu(const_data<scalar_t>(*x), mutable_data<scalar_t>(output),
-                      x->numel(), current_stream());
+    cuda::launch_relu(const_data<scalar_t>(*x), mutable_data<scalar_t>(output), x->numel(),
+                      current_stream());
     LENET_EXT_LAUNCH_CHECK();
   });
   return output;
