@@ -200,3 +200,22 @@ def test_lenet(model, low):
     assert_no_worse_than_stock(run(ours), run(stock),
                                [randn(64, 1, 32, 32)] + [p.detach() for p in ours.parameters()], low,
                                model=True)
+
+
+def test_every_value_converts_exactly_and_results_round_as_torch(low):
+    # every 16-bit pattern through an op that only moves values: widened and narrowed back unchanged
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(low)
+    moved = F.max_pool2d(values.reshape(1, 1, 256, 256), 1).flatten()
+    nan = values.isnan()
+    assert torch.equal(moved.isnan(), nan)
+    assert torch.equal(moved.view(torch.int16)[~nan], values.view(torch.int16)[~nan])
+    # x + b, summed in float32 and rounded once, as torch rounds it, over the whole exponent range
+    # and past float16's largest value (65504) and below its smallest (6e-8)
+    count = 1 << 14
+    scale = torch.logspace(-40, 40, count, base=2.0)
+    x, b = (torch.randn(count) * scale).to(low), (torch.randn(count) * scale * 1e-3).to(low)
+    x[:4] = torch.tensor([float("inf"), -float("inf"), 65504.0, 3e-8])
+    b[:4] = torch.tensor([1.0, 1.0, 16.0, 1e-8])
+    ours = F.conv2d(x.reshape(1, count, 1, 1), torch.ones(count, 1, 1, 1).to(low), b, groups=count)
+    torch.testing.assert_close(ours.flatten(), (x.float() + b.float()).to(low), rtol=0, atol=0,
+                               equal_nan=True)
