@@ -219,3 +219,12 @@ def test_every_value_converts_exactly_and_results_round_as_torch(low):
     ours = F.conv2d(x.reshape(1, count, 1, 1), torch.ones(count, 1, 1, 1).to(low), b, groups=count)
     torch.testing.assert_close(ours.flatten(), (x.float() + b.float()).to(low), rtol=0, atol=0,
                                equal_nan=True)
+
+
+def test_relu_and_its_gradient_of_every_value_are_stocks(low):
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(low)
+    torch.testing.assert_close(F.relu(values), TF.relu(values), rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(F.relu(values).view(torch.int16) == 0, TF.relu(values).view(torch.int16) == 0)
+    grad = torch.randn(values.shape).to(low)
+    torch.testing.assert_close(torch.ops.lenet_ext.relu_backward(grad, values),
+                               torch.ops.aten.threshold_backward(grad, values, 0), rtol=0, atol=0)
