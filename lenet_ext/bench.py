@@ -505,6 +505,14 @@ def describe(env: dict) -> str:
     if env["device"] == "cuda":
         tf32 = "on" if env["tf32_matmul"] or env["tf32_cudnn"] else "off"
         parts += [f"{env['gpu']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}, TF32 {tf32})"]
+    if env.get("dtype", "float32") != "float32":
+        parts.append(env["dtype"])
+    peak = env.get("fma_peak") or {}
+    if peak.get("gflops"):
+        parts.append("FMA peak " + ", ".join(f"{v:.0f}" for v in peak["gflops"].values())
+                     + " GFLOP/s (1, 2 threads)" + (
+                         " · bf16 dot " + ", ".join(f"{v:.0f}" for v in peak["bf16_dot"].values())
+                         if peak.get("bf16_dot") else ""))
     return " · ".join(parts)
 
 
@@ -677,6 +685,10 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
     prepare(args.device, args.threads)
     env = environment(args.device, args.threads, shlex.join(["python", prog, *argv]))
     env["dtype"] = args.dtype
+    env["cpu_flags"] = cpu_flags()
+    peak_source = Path(__file__).resolve().parents[1] / "benchmarks" / "peak_fma.c"
+    if args.device == "cpu" and peak_source.exists():  # the machine's ceiling, in the same run
+        env["fma_peak"] = fma_peak(peak_source)
     if args.dtype != "float32":
         title, stem = f"{title}, {args.dtype}", f"{stem}-{args.dtype}"
     print(f"{title}\n{describe(env)}")
@@ -703,19 +715,21 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
 # (helpers for benchmarks/bench_shapes.py and any other script; nothing above uses them)
 
 _FMA_PEAK_LINE = r"^(\d+) threads?: ([0-9.]+) GFLOP/s"
+_BF16_DOT_LINE = r"^bf16 dot \(vdpbf16ps\), (\d+) threads?: ([0-9.]+) GFLOP/s"
 
 
 def fma_peak(source: Path, timeout: float = 120.0) -> dict:
     """The machine's fp32 FMA peak from benchmarks/peak_fma.c, compiled as its header says
     ($CC or cc, -O2 -march=native -fopenmp) into a temporary folder and run once:
     {"gflops": {threads: GFLOP/s}, "command": the compile command, "output": its output,
-    "error": None, or why there is no number (no compiler, no AVX-512, ...)}. peak_fma.c measures
-    1 and 2 threads."""
+    "error": None, or why there is no number (no compiler, no AVX-512, ...); with AVX-512 BF16 also
+    "bf16_dot": {threads: GFLOP/s} of vdpbf16ps}. peak_fma.c measures 1 and 2 threads."""
     import re
     import tempfile
 
     command = [os.environ.get("CC", "cc"), "-O2", "-march=native", "-fopenmp", str(source)]
-    result = {"gflops": {}, "command": shlex.join(command + ["-o", "peak_fma"]), "output": "", "error": None}
+    result = {"gflops": {}, "bf16_dot": {}, "command": shlex.join(command + ["-o", "peak_fma"]),
+              "output": "", "error": None}
     with tempfile.TemporaryDirectory() as folder:
         binary = str(Path(folder) / "peak_fma")
         try:
@@ -728,9 +742,10 @@ def fma_peak(source: Path, timeout: float = 120.0) -> dict:
             return result
     result["output"] = run.stdout.strip()
     for line in run.stdout.splitlines():
-        match = re.match(_FMA_PEAK_LINE, line.strip())
-        if match:
-            result["gflops"][int(match[1])] = float(match[2])
+        for key, pattern in (("gflops", _FMA_PEAK_LINE), ("bf16_dot", _BF16_DOT_LINE)):
+            match = re.match(pattern, line.strip())
+            if match:
+                result[key][int(match[1])] = float(match[2])
     if not result["gflops"]:
         result["error"] = f"no GFLOP/s line in its output: {run.stdout.strip()!r}"
     return result

@@ -234,7 +234,11 @@ def test_a_benchmark_script_runs_in_bfloat16(script, stem, tmp_path):
                   *TINY_RUN)
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / f"{stem}-bf16.json").read_text())  # each row checked first
-    assert report["environment"]["dtype"] == "bf16" and report["rows"]
+    env = report["environment"]
+    assert env["dtype"] == "bf16" and report["rows"]
+    assert env["cpu_flags"] == bench.cpu_flags()  # the machine's flags and ceiling, same run
+    assert env["fma_peak"]["error"] or env["fma_peak"]["gflops"]["1"] > 0
+    assert ("avx512_bf16" in env["cpu_flags"]) <= bool(env["fma_peak"]["error"] or env["fma_peak"]["bf16_dot"])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
