@@ -43,7 +43,7 @@ void relu_forward_bits(const uint16_t* input, uint16_t* output, int64_t numel) {
   at::parallel_for(0, numel, grain(1, kStreamTask), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const uint16_t x = input[i], magnitude = x & 0x7FFF;
-      output[i] = (x & 0x8000) && magnitude != 0 && magnitude <= kInfinity ? uint16_t(0) : x;
+      output[i] = (x >> 15) & (magnitude != 0) & (magnitude <= kInfinity) ? uint16_t(0) : x;
     }
   });
 }
@@ -53,9 +53,9 @@ void relu_backward_bits(const uint16_t* grad_output, const uint16_t* result, uin
                         int64_t numel) {
   at::parallel_for(0, numel, grain(1, kStreamTask), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const uint16_t y = result[i], magnitude = y & 0x7FFF;
-      const bool at_most_zero = magnitude == 0 || ((y & 0x8000) && magnitude <= kInfinity);
-      grad_input[i] = at_most_zero ? uint16_t(0) : grad_output[i];
+      const uint16_t y = result[i], grad = grad_output[i], magnitude = y & 0x7FFF;  // both loaded
+      const bool at_most_zero = (magnitude == 0) | ((y >> 15) & (magnitude <= kInfinity));
+      grad_input[i] = at_most_zero ? uint16_t(0) : grad;
     }
   });
 }
