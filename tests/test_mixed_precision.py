@@ -228,3 +228,21 @@ def test_relu_and_its_gradient_of_every_value_are_stocks(low):
     grad = torch.randn(values.shape).to(low)
     torch.testing.assert_close(torch.ops.lenet_ext.relu_backward(grad, values),
                                torch.ops.aten.threshold_backward(grad, values, 0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algorithm", ["reference", "general", "2x2"])
+def test_every_max_pool2d_algorithm_pools_low_precision_exactly(algorithm, low):
+    # more planes than one widened piece (kWidenedPlanes input elements), and odd ones
+    x = torch.randn(3, 37, 24, 22).to(low)
+    x[0, 0, :2, :2] = float("nan")
+    x[1, 1, :2, :2] = 1.0  # ties: the first of equal values wins, as in stock
+    output, indices = torch.ops.lenet_ext._max_pool2d_forced(x, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                             algorithm)
+    expected, expected_indices = TF.max_pool2d(x, 2, return_indices=True)
+    torch.testing.assert_close(output, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(indices, expected_indices)
+    grad = torch.randn(output.shape).to(low)
+    torch.testing.assert_close(torch.ops.lenet_ext.max_pool2d_backward(grad, indices, list(x.shape)),
+                               torch.ops.aten.max_pool2d_with_indices_backward(
+                                   grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices),
+                               rtol=0, atol=0)

@@ -86,8 +86,8 @@ TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("linear_backward", &Widened<&linear_backward_cpu>::call);
   m.impl("conv2d", &Widened<&conv2d_cpu>::call);
   m.impl("conv2d_backward", &Widened<&conv2d_backward_cpu>::call);
-  m.impl("max_pool2d", &Widened<&max_pool2d_cpu>::call);
-  m.impl("max_pool2d_backward", &Widened<&max_pool2d_backward_cpu>::call);
+  m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
   m.impl("max_pool2d_gather", &Widened<&max_pool2d_gather_cpu>::call);
 #endif
   m.impl("conv2d_relu_max_pool2d", &Widened<&conv2d_relu_max_pool2d_cpu>::call);
@@ -105,7 +105,7 @@ TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("_linear_forced", &Widened<&linear_forced_cpu>::call);
   m.impl("_linear_backward_forced", &Widened<&linear_backward_forced_cpu>::call);
   m.impl("_max_pool2d_algorithm", &Widened<&max_pool2d_algorithm_cpu>::call);
-  m.impl("_max_pool2d_forced", &Widened<&max_pool2d_forced_cpu>::call);
+  m.impl("_max_pool2d_forced", &max_pool2d_forced_cpu);
 }
 
 }  // namespace lenet_ext::cpu
