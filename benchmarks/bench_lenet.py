@@ -1,7 +1,7 @@
 """The whole LeNet, ours against the stock tutorial network with the same weights: inference
 forward and one training step (forward, cross-entropy, backward, SGD step), in images/s.
 
-    python benchmarks/bench_lenet.py [--batch-sizes 1 64 256] [--device cpu|cuda] [--threads N]
+    python benchmarks/bench_lenet.py [--batch-sizes 1 64 256] [--device cpu|cuda] [--dtype float32|bf16|fp16] [--threads N]
                                      [--min-run-time SECONDS] [--only NAME ...] [--out DIR]
 """
 import sys

@@ -41,20 +41,27 @@ class MnistNet(torch.nn.Module):
         return self.fc2(x)  # the example's log_softmax + nll_loss: the training step's cross-entropy
 
 
-def mnist_net_pair(batch: int, device, mode: str) -> bench.Pair:
-    ours = MnistNet(lenet_ext.nn, lenet_ext.functional).to(device)
-    stock = MnistNet(torch.nn, torch.nn.functional).to(device)
+def mnist_net_pair(batch: int, device, mode: str, dtype=torch.float32) -> bench.Pair:
+    ours = MnistNet(lenet_ext.nn, lenet_ext.functional).to(device, dtype)
+    stock = MnistNet(torch.nn, torch.nn.functional).to(device, dtype)
     stock.load_state_dict(ours.state_dict())
-    images = torch.randn(batch, 1, 28, 28, device=device)
-    make, labels = bench.network_step(mode, ours, images, batch, device)
+    images = torch.randn(batch, 1, 28, 28, device=device, dtype=dtype)
+    targets = torch.randint(10, (batch,), device=device)
+    make, labels = bench.network_step(mode, ours, images, targets)
+    reference = None
+    if dtype != torch.float32:  # stock in float32 on the same values (bench.DTYPES)
+        wide = MnistNet(torch.nn, torch.nn.functional).to(device)
+        wide.load_state_dict(stock.state_dict())
+        reference = bench.network_step(mode, wide, images.float(), targets)[0](wide)
     return bench.Pair("mnist-net", mode, batch, "1x28x28 -> 10", make(ours), make(stock), labels,
-                      batch, "img/s", redraw=lambda: mnist_net_pair(batch, device, mode))
+                      batch, "img/s", redraw=lambda: mnist_net_pair(batch, device, mode, dtype),
+                      dtype=dtype, reference=reference)
 
 
-def pairs(batch_sizes, device):
+def pairs(batch_sizes, device, dtype=torch.float32):
     for mode in ("training step", "inference"):
         for batch in batch_sizes:
-            yield mnist_net_pair(batch, device, mode)
+            yield mnist_net_pair(batch, device, mode, dtype)
 
 
 if __name__ == "__main__":

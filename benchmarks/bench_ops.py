@@ -1,7 +1,7 @@
 """Each of LeNet's layers (conv1, conv2, pool1, pool2, fc1, fc2, fc3, relu), forward and
 forward+backward, ours against stock PyTorch: median times, GFLOP/s or GB/s, and stock/ours.
 
-    python benchmarks/bench_ops.py [--batch-sizes 1 64 256] [--device cpu|cuda] [--threads N]
+    python benchmarks/bench_ops.py [--batch-sizes 1 64 256] [--device cpu|cuda] [--dtype float32|bf16|fp16] [--threads N]
                                    [--min-run-time SECONDS] [--only NAME ...] [--out DIR]
 """
 import sys

@@ -408,7 +408,7 @@ def run_row(planned: Planned, device, min_run_time: float, peak: Optional[float]
         return {**row, "status": "mismatch", "message": problem}
     pair = bench.Pair(layer.label, pass_, batch, row["shape"], lambda: ours_result, lambda: stock_result,
                       labels, flops(layer, batch, pass_), "GFLOP/s")
-    error, _ = bench.max_error(pair)  # on the results already computed
+    error, *_ = bench.max_error(pair)  # on the results already computed
     del ours_result, stock_result, pair
     times, contention, attempts = bench.time_against({"ours": ours, "stock": stock}, "stock", min_run_time)
     timed = bench.Row(layer.label, pass_, batch, row["shape"], "GFLOP/s", flops(layer, batch, pass_), error,

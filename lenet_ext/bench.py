@@ -8,6 +8,7 @@ flagged unstable where a busy machine spoilt them (see round_ratios). A report i
 JSON file with the machine, and a PNG plot.
 """
 import argparse
+import copy
 import dataclasses
 import datetime
 import json
@@ -30,6 +31,16 @@ import lenet_ext
 # float32: the largest |ours - stock| of each output, relative to the largest |stock|. Relative to
 # the whole tensor, not per element, so a sum that cancels to near zero does not fail a correct op.
 TOLERANCE = 1e-4
+# The dtypes a benchmark runs in (--dtype). In bfloat16 and float16 both sides are checked against
+# stock in float32 on the same values, since they round at different points (stock after every op,
+# our fused network only its results) and may be far apart while both are right: ours passes when
+# its error is within LOW_PRECISION_TOLERANCE of the largest value (a few units of 2^-8 or 2^-11)
+# or no more than REFERENCE_SLACK times stock's. (tests/test_mixed_precision.py holds each op to
+# float64.)
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LOW_PRECISION_TOLERANCE = {torch.bfloat16: 3e-2, torch.float16: 4e-3}
+REFERENCE_SLACK = 1.25
+
 WARMUP_CALLS = 3  # cuDNN/cuBLAS algorithm selection and allocator growth happen before timing
 # Ours and stock are timed in rounds, one block of each a round, so that another job's burst spoils
 # a round's ratio, not a row. Eight: one spoilt round, either way, leaves the median and quartiles of
@@ -82,6 +93,8 @@ class Pair:
     unit: str  # a key of UNIT_SCALE
     # the same case on fresh random inputs, where a correct kernel may differ by chance (see measure)
     redraw: Optional[Callable[[], "Pair"]] = None
+    dtype: torch.dtype = torch.float32
+    reference: Optional[Callable[[], Any]] = None  # in low precision: stock in float32, same values
 
 
 @dataclasses.dataclass
@@ -157,15 +170,17 @@ def _shape(size) -> str:
 
 # cases ---------------------------------------------------------------------------------------
 
-def op_pair(name: str, batch: int, device, mode: str, all_grads: bool = False) -> Pair:
+def op_pair(name: str, batch: int, device, mode: str, all_grads: bool = False,
+            dtype=torch.float32) -> Pair:
     """One LeNet layer, ours against torch.nn.functional, on fresh random inputs.
 
     forward+backward returns the output and the gradients autograd would ask for in training:
     conv1's input is the image, so it gets none unless all_grads (the self-check asks for all)."""
     op, input_shape, weight_shape = LENET_OPS[name]
-    tensors = [torch.randn(batch, *input_shape, device=device)]
+    tensors = [torch.randn(batch, *input_shape, device=device, dtype=dtype)]
     if weight_shape:
-        tensors += [torch.randn(weight_shape, device=device), torch.randn(weight_shape[0], device=device)]
+        tensors += [torch.randn(weight_shape, device=device, dtype=dtype),
+                    torch.randn(weight_shape[0], device=device, dtype=dtype)]
     kwargs = OP_KWARGS.get(op, {})
     ours = partial(getattr(lenet_ext.functional, op), **kwargs)
     stock = partial(getattr(torch.nn.functional, op), **kwargs)
@@ -177,20 +192,23 @@ def op_pair(name: str, batch: int, device, mode: str, all_grads: bool = False) -
     else:  # bytes at the function's interface: input read, output written
         unit, forward_work = "GB/s", tensors[0].element_size() * (tensors[0].numel() + math.prod(output_size))
 
-    def pair(ours_fn, stock_fn, labels, work):
-        return Pair(name, mode, batch, shape, ours_fn, stock_fn, labels, work, unit)
+    def pair(ours_fn, stock_fn, labels, work, reference):
+        return Pair(name, mode, batch, shape, ours_fn, stock_fn, labels, work, unit, dtype=dtype,
+                    reference=reference if dtype != torch.float32 else None)
 
     if mode == "forward":
-        return pair(lambda: ours(*tensors), lambda: stock(*tensors), ("output",), forward_work)
+        wide = [t.float() for t in tensors]
+        return pair(lambda: ours(*tensors), lambda: stock(*tensors), ("output",), forward_work,
+                    lambda: stock(*wide))
 
     argument_names = ("input", "weight", "bias")[:len(tensors)]
     wanted = [i for i in range(len(tensors)) if all_grads or not (name == "conv1" and i == 0)]
-    for i in wanted:
-        tensors[i].requires_grad_()
-    differentiated = [tensors[i] for i in wanted]
-    grad_output = torch.randn(output_size, device=device)
+    grad_output = torch.randn(output_size, device=device, dtype=dtype)
 
-    def forward_backward(fn):
+    def forward_backward(fn, tensors, grad_output):
+        tensors = [t.detach().clone().requires_grad_(i in wanted) for i, t in enumerate(tensors)]
+        differentiated = [tensors[i] for i in wanted]
+
         def run():
             output = fn(*tensors)
             return (output, *torch.autograd.grad(output, differentiated, grad_output))
@@ -201,7 +219,9 @@ def op_pair(name: str, batch: int, device, mode: str, all_grads: bool = False) -
     else:  # backward reads grad_output and writes grad_input: the forward's traffic again
         work = 2 * forward_work
     labels = ("output", *(f"grad {argument_names[i]}" for i in wanted))
-    return pair(forward_backward(ours), forward_backward(stock), labels, work)
+    return pair(forward_backward(ours, tensors, grad_output),
+                forward_backward(stock, tensors, grad_output), labels, work,
+                forward_backward(stock, [t.float() for t in tensors], grad_output.float()))
 
 
 def lenet_twins(device, network: str = "LeNet"):
@@ -230,22 +250,28 @@ def training_step(net, images, targets) -> Callable[[], tuple]:
     return step
 
 
-def lenet_pair(batch: int, device, mode: str, name: str = "lenet") -> Pair:
+def lenet_pair(batch: int, device, mode: str, name: str = "lenet", dtype=torch.float32) -> Pair:
     """The whole LeNet on random 32x32 images: inference (no_grad forward) or one training step
     (forward, cross-entropy, backward, SGD step), which returns the loss and every gradient.
     `name` (a key of LENET_NETWORKS) picks our network; stock is always StockLeNet."""
-    ours_net, stock_net = lenet_twins(device, LENET_NETWORKS[name])
-    images = torch.randn(batch, 1, 32, 32, device=device)
+    ours_net, stock_net = (net.to(dtype) for net in lenet_twins(device, LENET_NETWORKS[name]))
+    images = torch.randn(batch, 1, 32, 32, device=device, dtype=dtype)
+    targets = torch.randint(10, (batch,), device=device)
 
-    make, labels = network_step(mode, ours_net, images, batch, device)
+    make, labels = network_step(mode, ours_net, images, targets)
+    reference = None
+    if dtype != torch.float32:
+        wide = copy.deepcopy(stock_net).float()
+        reference = network_step(mode, wide, images.float(), targets)[0](wide)
     return Pair(name, mode, batch, "1x32x32 -> 10", make(ours_net), make(stock_net), labels,
-                batch, "img/s", redraw=lambda: lenet_pair(batch, device, mode, name))
+                batch, "img/s", redraw=lambda: lenet_pair(batch, device, mode, name, dtype), dtype=dtype,
+                reference=reference)
 
 
-def network_step(mode: str, net, images, batch: int, device):
+def network_step(mode: str, net, images, targets):
     """(make, labels): make(a network) is the callable a whole-network row times, inference (the
-    no_grad forward, returning the logits) or one training step (training_step, on random
-    targets); labels name what it returns, after `net`'s parameters."""
+    no_grad forward, returning the logits) or one training step (training_step, on `targets`);
+    labels name what it returns, after `net`'s parameters."""
     if mode == "inference":
         def make(net):
             def infer():
@@ -253,38 +279,49 @@ def network_step(mode: str, net, images, batch: int, device):
                     return net(images)
             return infer
         return make, ("logits",)
-    targets = torch.randint(10, (batch,), device=device)
     return (lambda net: training_step(net, images, targets),
             ("loss", *(f"grad {n}" for n, _ in net.named_parameters())))
 
 
-def op_pairs(batch_sizes: Iterable[int], device) -> Iterable[Pair]:
+def op_pairs(batch_sizes: Iterable[int], device, dtype=torch.float32) -> Iterable[Pair]:
     for name in LENET_OPS:
         for mode in OP_MODES:
             for batch in batch_sizes:
-                yield op_pair(name, batch, device, mode)
+                yield op_pair(name, batch, device, mode, dtype=dtype)
 
 
-def lenet_pairs(batch_sizes: Iterable[int], device) -> Iterable[Pair]:
+def lenet_pairs(batch_sizes: Iterable[int], device, dtype=torch.float32) -> Iterable[Pair]:
     for name in LENET_NETWORKS:
         for mode in LENET_MODES:
             for batch in batch_sizes:
-                yield lenet_pair(batch, device, mode, name)
+                yield lenet_pair(batch, device, mode, name, dtype)
 
 
 # checking and timing -------------------------------------------------------------------------
 
 def max_error(pair: Pair) -> tuple:
-    """(largest relative error over the returned tensors, the label of that tensor)."""
-    ours, stock = pair.ours(), pair.stock()
+    """(largest relative error over the returned tensors, the label of that tensor, the bound it
+    must meet): ours against stock, or in low precision ours against the float32 reference (see
+    DTYPES)."""
+    if pair.reference is None:
+        return (*relative_error(pair.ours(), pair.stock(), pair.labels), TOLERANCE)
+    reference = pair.reference()
+    stock_error, _ = relative_error(pair.stock(), reference, pair.labels)
+    bound = max(LOW_PRECISION_TOLERANCE[pair.dtype], REFERENCE_SLACK * stock_error)
+    return (*relative_error(pair.ours(), reference, pair.labels), bound)
+
+
+def relative_error(ours, stock, labels) -> tuple:
+    """(the largest of max |ours - stock| / max |stock| over the tensors, that tensor's label)."""
     ours, stock = (t if isinstance(t, tuple) else (t,) for t in (ours, stock))
     if len(ours) != len(stock):
         return math.inf, f"{len(ours)} results instead of {len(stock)}"
-    worst = (0.0, pair.labels[0])
-    for label, a, b in zip(pair.labels, ours, stock):
+    worst = (0.0, labels[0])
+    for label, a, b in zip(labels, ours, stock):
         if a.shape != b.shape:
             return math.inf, f"{label} shape {tuple(a.shape)} instead of {tuple(b.shape)}"
-        error = ((a.detach() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+        a, b = a.detach().float(), b.detach().float()
+        error = ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
         if not error <= worst[0]:  # NaN counts as the worst
             worst = (error, label)
     return worst
@@ -352,18 +389,18 @@ def time_against(fns: dict, reference: str, seconds: float) -> tuple:
 def measure(pair: Pair, min_run_time: float) -> Row:
     """Checks the pair equal, then times ours and stock for min_run_time each, in ROUNDS rounds, and
     again (up to MEASURE_ATTEMPTS in all) while the row is unstable; keeps the last attempt."""
-    error, label = max_error(pair)
-    if not error <= TOLERANCE and pair.redraw is not None:
+    error, label, bound = max_error(pair)
+    if not error <= bound and pair.redraw is not None:
         # A whole network's gradients go through max-pool's argmax, which jumps where two cells of
         # a window are within rounding of each other: our convolution and stock's round
         # differently, so now and then (~1 batch-256 step in 30) one window picks the other cell
         # and moves its gradient, ~3e-3 of a conv weight's gradient. So one more draw: a kernel
         # bug fails on it too, a flip only by a second chance of ~1 in 30.
         pair = pair.redraw()
-        error, label = max_error(pair)
-    if not error <= TOLERANCE:
+        error, label, bound = max_error(pair)
+    if not error <= bound:
         raise MismatchError(f"{pair.name} {pair.mode} batch {pair.batch}: {label} differs from torch "
-                            f"(max relative error {error:.1e} > {TOLERANCE:.0e}); not timing it")
+                            f"(max relative error {error:.1e} > {bound:.0e}); not timing it")
     times, contention, attempts = time_against({"ours": pair.ours, "stock": pair.stock}, "stock",
                                                min_run_time)
     return Row(pair.name, pair.mode, pair.batch, pair.shape, pair.unit, pair.work, error,
@@ -382,10 +419,10 @@ def _check_group(name: str, make_pairs: Callable[[], list]) -> Check:
         pairs = make_pairs()
         worst = 0.0
         for pair in pairs:
-            error, label = max_error(pair)
-            if not error <= TOLERANCE:
+            error, label, bound = max_error(pair)
+            if not error <= bound:
                 return Check(name, False, f"{pair.name} {pair.mode}: {label} differs, "
-                                          f"max error {error:.1e} > {TOLERANCE:.0e}")
+                                          f"max error {error:.1e} > {bound:.0e}")
             worst = max(worst, error)
     except Exception as error:  # an op that raises has failed its check; say how
         return Check(name, False, f"raised {type(error).__name__}: {error}")
@@ -468,6 +505,14 @@ def describe(env: dict) -> str:
     if env["device"] == "cuda":
         tf32 = "on" if env["tf32_matmul"] or env["tf32_cudnn"] else "off"
         parts += [f"{env['gpu']} (CUDA {env['cuda']}, cuDNN {env['cudnn']}, TF32 {tf32})"]
+    if env.get("dtype", "float32") != "float32":
+        parts.append(env["dtype"])
+    peak = env.get("fma_peak") or {}
+    if peak.get("gflops"):
+        parts.append("FMA peak " + ", ".join(f"{v:.0f}" for v in peak["gflops"].values())
+                     + " GFLOP/s (1, 2 threads)" + (
+                         " · bf16 dot " + ", ".join(f"{v:.0f}" for v in peak["bf16_dot"].values())
+                         if peak.get("bf16_dot") else ""))
     return " · ".join(parts)
 
 
@@ -626,6 +671,8 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads for ours and stock alike (default: %(default)s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="ours and stock both in this dtype (default: %(default)s)")
     parser.add_argument("--min-run-time", type=float, default=1.0, metavar="SECONDS",
                         help="timed seconds per side of each comparison, over all its rounds "
                              "(default: %(default)s)")
@@ -637,9 +684,16 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
     args = parser.parse_args(argv)
     prepare(args.device, args.threads)
     env = environment(args.device, args.threads, shlex.join(["python", prog, *argv]))
+    env["dtype"] = args.dtype
+    env["cpu_flags"] = cpu_flags()
+    peak_source = Path(__file__).resolve().parents[1] / "benchmarks" / "peak_fma.c"
+    if args.device == "cpu" and peak_source.exists():  # the machine's ceiling, in the same run
+        env["fma_peak"] = fma_peak(peak_source)
+    if args.dtype != "float32":
+        title, stem = f"{title}, {args.dtype}", f"{stem}-{args.dtype}"
     print(f"{title}\n{describe(env)}")
     rows = []
-    for pair in pairs(args.batch_sizes, args.device):
+    for pair in pairs(args.batch_sizes, args.device, DTYPES[args.dtype]):
         if args.only and pair.name not in args.only:
             continue
         rows.append(measure(pair, args.min_run_time))
@@ -661,19 +715,21 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
 # (helpers for benchmarks/bench_shapes.py and any other script; nothing above uses them)
 
 _FMA_PEAK_LINE = r"^(\d+) threads?: ([0-9.]+) GFLOP/s"
+_BF16_DOT_LINE = r"^bf16 dot \(vdpbf16ps\), (\d+) threads?: ([0-9.]+) GFLOP/s"
 
 
 def fma_peak(source: Path, timeout: float = 120.0) -> dict:
     """The machine's fp32 FMA peak from benchmarks/peak_fma.c, compiled as its header says
     ($CC or cc, -O2 -march=native -fopenmp) into a temporary folder and run once:
     {"gflops": {threads: GFLOP/s}, "command": the compile command, "output": its output,
-    "error": None, or why there is no number (no compiler, no AVX-512, ...)}. peak_fma.c measures
-    1 and 2 threads."""
+    "error": None, or why there is no number (no compiler, no AVX-512, ...); with AVX-512 BF16 also
+    "bf16_dot": {threads: GFLOP/s} of vdpbf16ps}. peak_fma.c measures 1 and 2 threads."""
     import re
     import tempfile
 
     command = [os.environ.get("CC", "cc"), "-O2", "-march=native", "-fopenmp", str(source)]
-    result = {"gflops": {}, "command": shlex.join(command + ["-o", "peak_fma"]), "output": "", "error": None}
+    result = {"gflops": {}, "bf16_dot": {}, "command": shlex.join(command + ["-o", "peak_fma"]),
+              "output": "", "error": None}
     with tempfile.TemporaryDirectory() as folder:
         binary = str(Path(folder) / "peak_fma")
         try:
@@ -686,9 +742,10 @@ def fma_peak(source: Path, timeout: float = 120.0) -> dict:
             return result
     result["output"] = run.stdout.strip()
     for line in run.stdout.splitlines():
-        match = re.match(_FMA_PEAK_LINE, line.strip())
-        if match:
-            result["gflops"][int(match[1])] = float(match[2])
+        for key, pattern in (("gflops", _FMA_PEAK_LINE), ("bf16_dot", _BF16_DOT_LINE)):
+            match = re.match(pattern, line.strip())
+            if match:
+                result[key][int(match[1])] = float(match[2])
     if not result["gflops"]:
         result["error"] = f"no GFLOP/s line in its output: {run.stdout.strip()!r}"
     return result

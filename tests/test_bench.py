@@ -228,6 +228,42 @@ def test_a_benchmark_script_writes_its_table_json_and_plot(script, stem, names, 
         assert (tmp_path / plot[0]).read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("script, stem", [("bench_lenet.py", "lenet"), ("bench_mnist_net.py", "mnist_net")])
+def test_a_benchmark_script_runs_in_bfloat16(script, stem, tmp_path):
+    result = _run(f"benchmarks/{script}", "--dtype", "bf16", "--threads", "1", "--out", str(tmp_path),
+                  *TINY_RUN)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / f"{stem}-bf16.json").read_text())  # each row checked first
+    env = report["environment"]
+    assert env["dtype"] == "bf16" and report["rows"]
+    assert env["cpu_flags"] == bench.cpu_flags()  # the machine's flags and ceiling, same run
+    assert env["fma_peak"]["error"] or env["fma_peak"]["gflops"]["1"] > 0
+    assert ("avx512_bf16" in env["cpu_flags"]) <= bool(env["fma_peak"]["error"] or env["fma_peak"]["bf16_dot"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_every_low_precision_pair_meets_its_bound(dtype):
+    pairs = [bench.op_pair(name, 4, "cpu", mode, all_grads=True, dtype=dtype)
+             for name in bench.LENET_OPS for mode in bench.OP_MODES]
+    pairs += [bench.lenet_pair(8, "cpu", mode, name, dtype)
+              for name in bench.LENET_NETWORKS for mode in bench.LENET_MODES]
+    for pair in pairs:
+        assert pair.reference is not None and pair.dtype == dtype
+        error, label, bound = bench.max_error(pair)
+        assert error <= bound, f"{pair.name} {pair.mode}: {label} error {error:.1e} > {bound:.1e}"
+
+
+# Below bfloat16's resolution, 0.1% is not an error there.
+@pytest.mark.parametrize("wrong", [w for w in WRONG_OPS if w != "linear off by 0.1%"])
+def test_a_wrong_op_fails_its_bfloat16_check(wrong, monkeypatch):
+    op, wrong_op = WRONG_OPS[wrong]
+    monkeypatch.setattr(lenet_ext.functional, op, wrong_op)
+    checks = [bench.max_error(bench.op_pair(name, 4, "cpu", "forward+backward", all_grads=True,
+                                            dtype=torch.bfloat16))
+              for name, case in bench.LENET_OPS.items() if case[0] == op]
+    assert any(not error <= bound for error, _, bound in checks)
+
+
 def test_the_plot_is_skipped_with_a_note_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
     rows = [bench.measure(bench.op_pair("relu", 1, "cpu", "forward"), min_run_time=0.002)]

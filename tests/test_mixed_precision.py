@@ -200,3 +200,49 @@ def test_lenet(model, low):
     assert_no_worse_than_stock(run(ours), run(stock),
                                [randn(64, 1, 32, 32)] + [p.detach() for p in ours.parameters()], low,
                                model=True)
+
+
+def test_every_value_converts_exactly_and_results_round_as_torch(low):
+    # every 16-bit pattern through an op that only moves values: widened and narrowed back unchanged
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(low)
+    moved = F.max_pool2d(values.reshape(1, 1, 256, 256), 1).flatten()
+    nan = values.isnan()
+    assert torch.equal(moved.isnan(), nan)
+    assert torch.equal(moved.view(torch.int16)[~nan], values.view(torch.int16)[~nan])
+    # x + b, summed in float32 and rounded once, as torch rounds it, over the whole exponent range
+    # and past float16's largest value (65504) and below its smallest (6e-8)
+    count = 1 << 14
+    scale = torch.logspace(-40, 40, count, base=2.0)
+    x, b = (torch.randn(count) * scale).to(low), (torch.randn(count) * scale * 1e-3).to(low)
+    x[:4] = torch.tensor([float("inf"), -float("inf"), 65504.0, 3e-8])
+    b[:4] = torch.tensor([1.0, 1.0, 16.0, 1e-8])
+    ours = F.conv2d(x.reshape(1, count, 1, 1), torch.ones(count, 1, 1, 1).to(low), b, groups=count)
+    torch.testing.assert_close(ours.flatten(), (x.float() + b.float()).to(low), rtol=0, atol=0,
+                               equal_nan=True)
+
+
+def test_relu_and_its_gradient_of_every_value_are_stocks(low):
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(low)
+    torch.testing.assert_close(F.relu(values), TF.relu(values), rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(F.relu(values).view(torch.int16) == 0, TF.relu(values).view(torch.int16) == 0)
+    grad = torch.randn(values.shape).to(low)
+    torch.testing.assert_close(torch.ops.lenet_ext.relu_backward(grad, values),
+                               torch.ops.aten.threshold_backward(grad, values, 0), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("algorithm", ["reference", "general", "2x2"])
+def test_every_max_pool2d_algorithm_pools_low_precision_exactly(algorithm, low):
+    # more planes than one widened piece (kWidenedPlanes input elements), and odd ones
+    x = torch.randn(3, 37, 24, 22).to(low)
+    x[0, 0, :2, :2] = float("nan")
+    x[1, 1, :2, :2] = 1.0  # ties: the first of equal values wins, as in stock
+    output, indices = torch.ops.lenet_ext._max_pool2d_forced(x, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                             algorithm)
+    expected, expected_indices = TF.max_pool2d(x, 2, return_indices=True)
+    torch.testing.assert_close(output, expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(indices, expected_indices)
+    grad = torch.randn(output.shape).to(low)
+    torch.testing.assert_close(torch.ops.lenet_ext.max_pool2d_backward(grad, indices, list(x.shape)),
+                               torch.ops.aten.max_pool2d_with_indices_backward(
+                                   grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices),
+                               rtol=0, atol=0)

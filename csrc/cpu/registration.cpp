@@ -1,8 +1,8 @@
 // The CPU entry points of every lenet_ext op, registered at the CPU key in one place, as
 // csrc/cuda/registration.cpp registers the CUDA ones. Each entry point (in its op's file) checks
 // the arguments (the shared csrc/<op>.h headers), makes inputs contiguous, allocates outputs and
-// calls the op's kernels on raw pointers. Each is wrapped in Widened (widen.h), which runs a
-// bfloat16 or float16 call on float32 copies. The emulated-CUDA build registers the CUDA entry points
+// calls the op's kernels on raw pointers. An op without kernels of its own for bfloat16 and
+// float16 is wrapped in Widened (widen.h), which runs such a call on float32 copies. The emulated-CUDA build registers the CUDA entry points
 // at the CPU key instead, for the ops both devices have; the CPU-only ops (fused, internal) stay.
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -80,14 +80,14 @@ Grads conv2d_backward_forced_cpu(T grad_output, T input, T weight, IntArrayRef s
 
 TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
 #if !defined(LENET_EXT_CUDA_EMULATED)
-  m.impl("relu", &Widened<&relu_cpu>::call);
-  m.impl("relu_backward", &Widened<&relu_backward_cpu>::call);
+  m.impl("relu", &relu_cpu);
+  m.impl("relu_backward", &relu_backward_cpu);
   m.impl("linear", &Widened<&linear_cpu>::call);
   m.impl("linear_backward", &Widened<&linear_backward_cpu>::call);
   m.impl("conv2d", &Widened<&conv2d_cpu>::call);
   m.impl("conv2d_backward", &Widened<&conv2d_backward_cpu>::call);
-  m.impl("max_pool2d", &Widened<&max_pool2d_cpu>::call);
-  m.impl("max_pool2d_backward", &Widened<&max_pool2d_backward_cpu>::call);
+  m.impl("max_pool2d", &max_pool2d_cpu);
+  m.impl("max_pool2d_backward", &max_pool2d_backward_cpu);
   m.impl("max_pool2d_gather", &Widened<&max_pool2d_gather_cpu>::call);
 #endif
   m.impl("conv2d_relu_max_pool2d", &Widened<&conv2d_relu_max_pool2d_cpu>::call);
@@ -105,7 +105,7 @@ TORCH_LIBRARY_IMPL(lenet_ext, CPU, m) {
   m.impl("_linear_forced", &Widened<&linear_forced_cpu>::call);
   m.impl("_linear_backward_forced", &Widened<&linear_backward_forced_cpu>::call);
   m.impl("_max_pool2d_algorithm", &Widened<&max_pool2d_algorithm_cpu>::call);
-  m.impl("_max_pool2d_forced", &Widened<&max_pool2d_forced_cpu>::call);
+  m.impl("_max_pool2d_forced", &max_pool2d_forced_cpu);
 }
 
 }  // namespace lenet_ext::cpu

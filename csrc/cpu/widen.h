@@ -3,14 +3,13 @@
 // them, and its floating-point results are rounded back (round to nearest even, as torch rounds).
 // So every product is accumulated in float32, in the float32 kernel's order, and a result differs
 // from the float32 op's only by the final rounding: the conversions are exact one way and one
-// rounding the other. The copies cost a read of 2 and a write of 4 bytes an element (and the
-// reverse for results) on top of the float32 op; the ops' own low-precision kernels replace this
+// rounding the other. The copies (convert.cpp) cost a read of 2 and a write of 4 bytes an
+// element (and the reverse for results) on top of the float32 op; the ops' own low-precision kernels replace this
 // path where they exist (the selector of each op says where).
 // A call that mixes dtypes or devices is passed through unchanged, so the entry point's checks
 // refuse it with their usual message (widening would hide the mismatch). The checks of a widened
 // call name its own dtype (checks.h: widened_from).
 #pragma once
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
@@ -21,7 +20,7 @@
 #include <type_traits>
 
 #include "../checks.h"
-#include "parallel.h"
+#include "convert.h"
 
 namespace lenet_ext::cpu {
 
@@ -29,22 +28,14 @@ inline bool is_low_precision(at::ScalarType dtype) {
   return dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-// dst[i] = To(src[i]) for a contiguous run: widening is exact, narrowing rounds to nearest even.
-template <typename From, typename To>
-void convert(const From* src, To* dst, int64_t numel) {
-  at::parallel_for(0, numel, grain(1, kStreamTask), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) dst[i] = static_cast<To>(static_cast<float>(src[i]));
-  });
-}
-
 template <typename Low>
 at::Tensor converted(const at::Tensor& t, at::ScalarType to) {
   const auto x = t.expect_contiguous();
   auto out = at::empty(t.sizes(), t.options().dtype(to));
   if (to == at::kFloat)
-    convert(x->const_data_ptr<Low>(), out.mutable_data_ptr<float>(), t.numel());
+    to_float(x->const_data_ptr<Low>(), out.mutable_data_ptr<float>(), t.numel());
   else
-    convert(x->const_data_ptr<float>(), out.mutable_data_ptr<Low>(), t.numel());
+    from_float(x->const_data_ptr<float>(), out.mutable_data_ptr<Low>(), t.numel());
   return out;
 }
 

@@ -1,7 +1,10 @@
 // max_pool2d on CPU: the op's entry points (checks, allocation, then raw pointers), the run of the
 // algorithm select.cpp picks (or the one a test forces), the backward's scatter over planes and
 // its derivative's gather (max_pool2d_gather), and the internal ops tests use to see and force the
-// choice. The algorithms are one a file here.
+// choice. The algorithms are one a file here. bfloat16 and float16 run the float32 kernels on a
+// few planes at a time widened into a per-thread buffer (in cache; never a float32 copy of the
+// whole tensor), and narrow the results: exact, since a maximum is one of its inputs and a
+// gradient cell the float32 sum of what its windows send it, rounded once.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -15,6 +18,7 @@
 
 #include "../../backward.h"
 #include "../../max_pool2d.h"
+#include "../convert.h"
 #include "../parallel.h"
 #include "algorithms.h"
 
@@ -28,6 +32,47 @@ void forward(Algorithm algorithm, const scalar_t* input, scalar_t* output, int64
     case Algorithm::kReference: return reference_forward(input, output, indices, planes, rows, cols);
     case Algorithm::kGeneral: return general_forward(input, output, indices, planes, rows, cols);
     case Algorithm::k2x2: return two_by_two_forward(input, output, indices, planes, rows, cols);
+  }
+}
+
+// The forward of any dtype: float32 and float64 as they are, bfloat16 and float16 widened (see
+// the top of the file) kWidenedPlanes input elements' worth of planes at a time.
+constexpr int64_t kWidenedPlanes = int64_t(1) << 14;
+
+template <typename scalar_t>
+void forward_any(Algorithm algorithm, const scalar_t* input, scalar_t* output, int64_t* indices,
+                 int64_t planes, const PoolAxis& rows, const PoolAxis& cols) {
+  if constexpr (sizeof(scalar_t) != 2) {
+    forward(algorithm, input, output, indices, planes, rows, cols);
+  } else {
+    const int64_t in_plane = rows.input * cols.input, out_plane = rows.output * cols.output;
+    const int64_t chunk = std::max<int64_t>(1, kWidenedPlanes / std::max<int64_t>(1, in_plane));
+    at::parallel_for(0, planes, grain(in_plane, kPoolTask), [&](int64_t begin, int64_t end) {
+      float* wide_input = scratch<float>(Scratch::kWidened, chunk * in_plane);
+      float* wide_output = scratch<float>(Scratch::kWidenedResult, chunk * out_plane);
+      for (int64_t first = begin; first < end; first += chunk) {  // the kernels run serially here
+        const int64_t count = std::min(chunk, end - first);
+        to_float(input + first * in_plane, wide_input, count * in_plane);
+        forward(algorithm, wide_input, wide_output, indices + first * out_plane, count, rows, cols);
+        from_float(wide_output, output + first * out_plane, count * out_plane);
+      }
+    });
+  }
+}
+
+// One plane's backward scatter in any dtype (bfloat16 and float16 widened, as above).
+template <typename scalar_t>
+bool scatter_any(const scalar_t* grad, const int64_t* where, int64_t out_plane,
+                 scalar_t* plane_grad, int64_t in_plane, int64_t* bad_index) {
+  if constexpr (sizeof(scalar_t) != 2) {
+    return scatter_plane(grad, where, out_plane, plane_grad, in_plane, bad_index);
+  } else {
+    float* wide_grad = scratch<float>(Scratch::kWidened, out_plane);
+    float* wide_plane = scratch<float>(Scratch::kWidenedResult, in_plane);
+    to_float(grad, wide_grad, out_plane);
+    const bool ok = scatter_plane(wide_grad, where, out_plane, wide_plane, in_plane, bad_index);
+    from_float(wide_plane, plane_grad, in_plane);
+    return ok;
   }
 }
 
@@ -67,20 +112,23 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_run(const at::Tensor& input,
   auto output = at::empty(c.shape, input.options());
   auto indices = at::empty(c.shape, input.options().dtype(at::kLong));
   const auto x = input.expect_contiguous();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lenet_ext::max_pool2d", [&] {
-    auto chosen = max_pool2d::select<scalar_t>(c.rows, c.cols);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, input.scalar_type(),
+                                  "lenet_ext::max_pool2d", [&] {
+    using kernel_t = std::conditional_t<sizeof(scalar_t) == 2, float, scalar_t>;  // widened
+    auto chosen = max_pool2d::select<kernel_t>(c.rows, c.cols);
     if (algorithm) {
       const auto named = max_pool2d::algorithm_named(*algorithm);
       TORCH_CHECK(named.has_value(), "lenet_ext.", op, ": expected algorithm to be one of "
                   "reference, general, 2x2, but got '", *algorithm, "'");
-      TORCH_CHECK(max_pool2d::claims<scalar_t>(*named, c.rows, c.cols), "lenet_ext.", op,
+      TORCH_CHECK(max_pool2d::claims<kernel_t>(*named, c.rows, c.cols), "lenet_ext.", op,
                   ": algorithm '", *algorithm, "' does not claim the forward of this shape (input ",
                   input.sizes(), ", kernel_size ", kernel_size, ", stride ", stride, ", padding ",
                   padding, ", dilation ", dilation, ", ceil_mode=", ceil_mode, ")");
       chosen = *named;
     }
-    max_pool2d::forward(chosen, x->const_data_ptr<scalar_t>(), output.mutable_data_ptr<scalar_t>(),
-                        indices.mutable_data_ptr<int64_t>(), c.planes, c.rows, c.cols);
+    max_pool2d::forward_any(chosen, x->const_data_ptr<scalar_t>(),
+                            output.mutable_data_ptr<scalar_t>(),
+                            indices.mutable_data_ptr<int64_t>(), c.planes, c.rows, c.cols);
   });
   return {output, indices};
 }
@@ -127,15 +175,16 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
   const auto [grad, idx] = contiguous(grad_output, indices);
   std::atomic<bool> found_bad_index{false};
   std::atomic<int64_t> bad_index{0};
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "lenet_ext::max_pool2d_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_output.scalar_type(),
+                                  "lenet_ext::max_pool2d_backward", [&] {
     const scalar_t* g = grad->const_data_ptr<scalar_t>();
     const int64_t* where = idx->const_data_ptr<int64_t>();
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, planes, grain(in_plane, kPoolTask), [&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         int64_t bad;
-        if (!max_pool2d::scatter_plane(g + plane * out_plane, where + plane * out_plane, out_plane,
-                                       gi + plane * in_plane, in_plane, &bad)) {
+        if (!max_pool2d::scatter_any(g + plane * out_plane, where + plane * out_plane, out_plane,
+                                     gi + plane * in_plane, in_plane, &bad)) {
           bad_index.store(bad, std::memory_order_relaxed);
           found_bad_index.store(true, std::memory_order_relaxed);
         }
