@@ -80,7 +80,8 @@ def build():
     print(f"lenet_ext: building the {built} kernels: {reason}", file=sys.stderr)
 
     # csrc/cpu/<op>.cpp and csrc/cpu/<op>/*.cpp (an op with several algorithms has a folder)
-    sources = ["csrc/lenet_ext.cpp", "csrc/autograd.cpp", "csrc/node_names.cpp"] + sorted(
+    sources = ["csrc/lenet_ext.cpp", "csrc/autograd.cpp", "csrc/autocast.cpp",
+               "csrc/node_names.cpp"] + sorted(
         glob.glob("csrc/cpu/**/*.cpp", recursive=True))
     cxx_flags = ["-O3", "-std=c++20", "-ffp-contract=fast", "-fdiagnostics-color=always"]
     if os.environ.get("LENET_EXT_NATIVE", "1") != "0":
