@@ -6,6 +6,7 @@
     python -m lenet_ext.train --eval runs/a.pt              # test loss, accuracy, confusion matrix
     python -m lenet_ext.train --data-dir data ...           # full MNIST, downloaded there if missing
     python -m lenet_ext.train --backend torch ...           # the same network on stock modules
+    python -m lenet_ext.train --precision bf16 ...          # mixed precision (torch.autocast)
     torchrun --nproc_per_node=2 -m lenet_ext.train ...      # DistributedDataParallel (gloo / NCCL)
 
 Without ``--data-dir``, MNIST is the 4,000/1,000-image real-MNIST sample inside the package (no
@@ -22,6 +23,7 @@ bitwise that of a run never interrupted. Per-epoch metrics go to a CSV file besi
 and one line naming the file or option.
 """
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -47,7 +49,10 @@ EVAL_BATCH_SIZE = 1000
 CLASSES = 10
 # What a resumed run keeps from its checkpoint whatever the command line says: changing any of them
 # would make it another run.
-RUN_DEFINING = ("model", "dataset", "normalize", "batch_size", "lr", "optimizer", "backend", "seed")
+RUN_DEFINING = ("model", "dataset", "normalize", "batch_size", "lr", "optimizer", "backend", "seed",
+                "precision")
+# --precision: the dtype torch.autocast computes the forward in (None: float32 throughout).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class UsageError(Exception):
@@ -96,6 +101,12 @@ def build_parser():
     add("--device", choices=["cpu", "cuda"], default="cpu", help="default: %(default)s")
     add("--backend", choices=["ext", "torch"], default="ext",
         help="ext: lenet_ext's kernels; torch: stock torch.nn modules, for comparison "
+             "(default: %(default)s)")
+    add("--precision", choices=list(PRECISIONS), default="fp32",
+        help="fp32: float32 throughout; bf16, fp16: mixed precision, the forward and the loss "
+             "(in training and evaluation) under torch.autocast in bfloat16 or float16 (conv2d and "
+             "linear compute in it), parameters, gradients and optimizer state in float32; fp16 "
+             "also scales the loss (torch.amp.GradScaler), as float16's narrow range needs "
              "(default: %(default)s)")
     add("--seed", type=int, default=0,
         help="seeds the weights, the data order and dropout (default: %(default)s)")
@@ -354,9 +365,17 @@ class Run:
                 dist.barrier()
         return True
 
+    def autocast(self):
+        """The forward's precision: torch.autocast to --precision's dtype, or float32 as it is."""
+        dtype = PRECISIONS[self.args.precision]
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     def test(self):
-        """(test loss, test accuracy in %, confusion matrix) over the whole test set."""
-        loss_sum, confusion = evaluate(self.network, self.loss_fn, *self.test_set, self.test_order)
+        """(test loss, test accuracy in %, confusion matrix) over the whole test set, at the
+        precision the network trains in."""
+        with self.autocast():
+            loss_sum, confusion = evaluate(self.network, self.loss_fn, *self.test_set,
+                                           self.test_order)
         total = all_sum(torch.cat([loss_sum.view(1), confusion.flatten()]))
         confusion = total[1:].round().long().view(CLASSES, CLASSES)
         count = int(confusion.sum())
@@ -388,6 +407,8 @@ class Run:
         self.optimizer = (torch.optim.Adam(network.parameters(), lr=args.lr)
                           if args.optimizer == "adam" else
                           torch.optim.SGD(network.parameters(), lr=args.lr, momentum=0.9))
+        # Passes loss and step through unchanged unless fp16 (a disabled scaler is one check).
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
         self.shuffle = torch.Generator().manual_seed(args.seed)  # the same order on every process
         # Where the run stands: epochs done, steps done in the next one and its partial sums.
         self.epoch, self.step, self.history = 0, 0, []
@@ -420,7 +441,8 @@ class Run:
         self.say(f"summary model={args.model} backend={args.backend} dataset={args.dataset} "
                  f"device={device.type} processes={self.world_size} epochs={args.epochs} "
                  f"batch_size={args.batch_size} optimizer={args.optimizer} lr={args.lr:g} "
-                 f"compile={int(args.compile)} test_acc={last['test_acc']:.2f} "
+                 f"precision={args.precision} compile={int(args.compile)} "
+                 f"test_acc={last['test_acc']:.2f} "
                  f"images_per_s={total_images / max(total_seconds, 1e-9):.0f} "
                  f"train_seconds={total_seconds:.1f}")
         return 0
@@ -439,9 +461,11 @@ class Run:
             remaining = batches(*self.train_set, args.batch_size, order[self.step * args.batch_size:])
             for input, target in remaining if not signum else ():
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self.loss_fn(model(input), target)
-                loss.backward()
-                self.optimizer.step()
+                with self.autocast():
+                    loss = self.loss_fn(model(input), target)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
                 loss_sum = loss_sum + loss.detach() * len(target)  # on the device: no sync a step
                 seen += len(target)
                 self.step += 1
@@ -494,6 +518,7 @@ class Run:
             "format": checkpoint.FORMAT,
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),  # fp16's loss scale; empty otherwise
             "epoch": self.epoch, "step": self.step, "partial": self.partial,
             "processes": self.world_size,
             "random": checkpoint.random_state(self.epoch_shuffle, self.device),
@@ -504,6 +529,8 @@ class Run:
     def restore(self, saved):
         self.network.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
         self.epoch, self.step = saved["epoch"], saved["step"]
         self.partial, self.history = dict(saved["partial"]), list(saved["history"])
         checkpoint.set_random_state(saved["random"], self.shuffle, self.device)
