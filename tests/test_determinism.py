@@ -1,5 +1,6 @@
-"""Determinism on CPU (README "Determinism"): relu and a whole LeNet training step give
-bitwise the same results run after run, in a fresh process, and with 1 or 2 threads. linear, conv2d
+"""Determinism on CPU (README "Determinism"): relu and a whole LeNet training step (in float32,
+bfloat16 and float16) give bitwise the same results run after run, in a fresh process, and with 1
+or 2 threads. linear, conv2d
 and max_pool2d have the same test for the op alone in their own files."""
 import hashlib
 import os
@@ -22,16 +23,16 @@ def relu_forward_backward():
     return [y.detach(), *torch.autograd.grad(y, x, grad_output)]
 
 
-def lenet_training_steps(steps=3):
+def lenet_training_steps(steps=3, dtype=torch.float32):
     """Losses, parameters and gradients after a few SGD steps (forward, cross-entropy, backward,
     update) at batch 64, where every op splits its work between threads."""
     torch.manual_seed(0)
-    network = lenet_ext.models.LeNet()
+    network = lenet_ext.models.LeNet().to(dtype)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.05, momentum=0.9)
     gen = torch.Generator().manual_seed(1)
     results = []
     for _ in range(steps):
-        images = torch.randn(64, 1, 32, 32, generator=gen)
+        images = torch.randn(64, 1, 32, 32, generator=gen).to(dtype)
         labels = torch.randint(0, 10, (64,), generator=gen)
         loss = torch.nn.functional.cross_entropy(network(images), labels)
         optimizer.zero_grad()
@@ -42,7 +43,9 @@ def lenet_training_steps(steps=3):
         [p.grad.clone() for p in network.parameters()]
 
 
-WORKLOADS = {"relu": relu_forward_backward, "lenet_training_step": lenet_training_steps}
+WORKLOADS = {"relu": relu_forward_backward, "lenet_training_step": lenet_training_steps,
+             "lenet_training_step_bfloat16": lambda: lenet_training_steps(dtype=torch.bfloat16),
+             "lenet_training_step_float16": lambda: lenet_training_steps(dtype=torch.float16)}
 
 
 def with_threads(count, workload):
@@ -55,7 +58,8 @@ def with_threads(count, workload):
 
 
 def digest(tensors):
-    return hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in tensors)).hexdigest()
+    return hashlib.sha256(b"".join(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+                                   for t in tensors)).hexdigest()
 
 
 @pytest.mark.parametrize("name", WORKLOADS)
