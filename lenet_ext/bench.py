@@ -712,7 +712,7 @@ def run_cli(argv, *, prog: str, stem: str, title: str, pairs, default_out: Path)
 
 
 # the machine's FMA peak, CPU flags, peak memory, report folder names ---------------------------
-# (helpers for benchmarks/bench_shapes.py and any other script; nothing above uses them)
+# (run_cli records the flags and peaks of each run; bench_shapes.py and bench_gemm.py use them too)
 
 _FMA_PEAK_LINE = r"^(\d+) threads?: ([0-9.]+) GFLOP/s"
 _BF16_DOT_LINE = r"^bf16 dot \(vdpbf16ps\), (\d+) threads?: ([0-9.]+) GFLOP/s"

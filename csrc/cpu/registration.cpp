@@ -2,8 +2,9 @@
 // csrc/cuda/registration.cpp registers the CUDA ones. Each entry point (in its op's file) checks
 // the arguments (the shared csrc/<op>.h headers), makes inputs contiguous, allocates outputs and
 // calls the op's kernels on raw pointers. An op without kernels of its own for bfloat16 and
-// float16 is wrapped in Widened (widen.h), which runs such a call on float32 copies. The emulated-CUDA build registers the CUDA entry points
-// at the CPU key instead, for the ops both devices have; the CPU-only ops (fused, internal) stay.
+// float16 is wrapped in Widened (widen.h), which runs such a call on float32 copies. The
+// emulated-CUDA build registers the CUDA entry points at the CPU key instead, for the ops both
+// devices have; the CPU-only ops (fused, internal) stay.
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 

@@ -4,8 +4,8 @@
 // So every product is accumulated in float32, in the float32 kernel's order, and a result differs
 // from the float32 op's only by the final rounding: the conversions are exact one way and one
 // rounding the other. The copies (convert.cpp) cost a read of 2 and a write of 4 bytes an
-// element (and the reverse for results) on top of the float32 op; the ops' own low-precision kernels replace this
-// path where they exist (the selector of each op says where).
+// element (and the reverse for results) on top of the float32 op; an op with low-precision
+// kernels of its own is registered without this wrapper (registration.cpp says which).
 // A call that mixes dtypes or devices is passed through unchanged, so the entry point's checks
 // refuse it with their usual message (widening would hide the mismatch). The checks of a widened
 // call name its own dtype (checks.h: widened_from).
@@ -111,9 +111,7 @@ struct Widened<entry, index_dtype, Result (*)(Args...)> {
       ~Given() { widened_from = outer; }
     } given;
     widened_from = *dtype;
-    auto result = entry(widen(args)...);
-    widened_from = given.outer;
-    return narrow(result, *dtype);
+    return narrow(entry(widen(args)...), *dtype);
   }
 };
 
