@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from test_conv2d import SPECIAL_PATH_CASES, _lanes, assert_close
+from test_conv2d import SPECIAL_PATH_CASES, TOLERANCE, _lanes, assert_close
 
 op = torch.ops.lenet_ext
-ALGORITHMS = ["reference", "im2col", "direct", "rows", "lanes", "implicit"]
+ALGORITHMS = ["reference", "im2col", "direct", "rows", "lanes", "implicit", "winograd"]
 STEPS = ["forward", "grad_input", "grad_weight"]
 # the steps each algorithm is written for (on some shapes)
 HAS = {"reference": STEPS, "im2col": STEPS, "direct": STEPS, "rows": ["forward", "grad_weight"],
-       "lanes": STEPS, "implicit": ["forward", "grad_input"]}
+       "lanes": STEPS, "implicit": ["forward", "grad_input"], "winograd": STEPS}
 
 
 def _random_small_case(seed):
@@ -55,6 +55,13 @@ CASES.update({
     "implicit_bands": lambda L: (2, 3, 5, (61, 45), (3, 3), 1, 1),
     "implicit_full_padding": lambda L: (2, 3, 4, (7, 6), (3, 2), 1, (2, 1)),
     "implicit_groups": lambda L: (3, 6, 4, (12, 10), (3, 3), 2, (0, 1)),
+    # Winograd F(2x2, 3x3): tile rows in two chunks (2 MB of transformed tiles), output channels in
+    # blocks (4 MB of transformed weight), channels off whole vectors with the padding of
+    # grad_input's limit, groups
+    "winograd_chunks": lambda L: (3, 16, 16, (40, 40), (3, 3), 1, 1),
+    "winograd_blocks": lambda L: (1, 256, 272, (4, 5), (3, 3), 1, 2),
+    "winograd_uneven": lambda L: (2, 17, 33, (9, 12), (3, 3), 1, (2, 0)),
+    "winograd_groups": lambda L: (2, 12, 9, (7, 6), (3, 3), 3, 1),
 })
 
 
@@ -130,7 +137,8 @@ def test_every_algorithm_claims_shapes_of_the_grid():
 @pytest.mark.parametrize("algorithm, case", [
     ("im2col", "pointwise"), ("im2col", "chunked"), ("im2col", "chunked_odd_batch"),
     ("im2col", "stem"), ("implicit", "implicit_images"), ("implicit", "implicit_bands"),
-    ("implicit", "chunked")])
+    ("implicit", "chunked"), ("winograd", "winograd_chunks"), ("winograd", "winograd_blocks"),
+    ("winograd", "chunked_odd_batch")])
 def test_gemm_algorithms_are_bitwise_the_same_for_one_and_two_threads(algorithm, case):
     """Threads take disjoint parts of each result; chunks are fixed by the shape alone."""
     x, w, b, *args = _conv_args(case, torch.float32)
@@ -194,10 +202,39 @@ def test_direct_grad_input_needs_finite_weights():
                                    [True, False, False], "direct")
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("step, where", [("forward", "input"), ("forward", "weight"),
+                                         ("grad_input", "weight"), ("grad_weight", "input")])
+def test_winograd_non_finite_values_give_im2col_results(step, where, value):
+    """A transform mixes a tile's values, so one infinity would turn its neighbours' results into
+    NaN: such a result is recomputed by im2col, whose sums are stock's (but for the README's one
+    difference: an infinite weight meeting zero padding gives NaN), NaN for NaN."""
+    x, w, b, *args = _conv_args("winograd_uneven", torch.float32)
+    (x if where == "input" else w)[0, 3, 2, 1] = value
+    grad_output = torch.randn_like(TF.conv2d(x, w, b, *args))
+    ours = _run("winograd", step, x, w, b, grad_output, *args)
+    assert not ours.isfinite().all()
+    torch.testing.assert_close(ours, _run("im2col", step, x, w, b, grad_output, *args), equal_nan=True,
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape, batch, chosen", [
+    ((64, 64, 56), 1, "winograd"), ((128, 128, 28), 32, "winograd"), ((512, 512, 7), 32, "winograd"),
+    ((512, 512, 7), 1, None), ((16, 16, 32), 32, None), ((3, 16, 32), 32, None)])
+def test_winograd_takes_wide_3x3_layers(shape, batch, chosen):
+    """Every pass of a 3x3 layer of 32 channels or more from 128 tiles; not a few tiles (the
+    weight's transform would cost more than the products) or few channels."""
+    channels, out_channels, size = shape
+    x, w = torch.randn(batch, channels, size, size), torch.randn(out_channels, channels, 3, 3)
+    for step in STEPS:
+        algorithm = op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step)
+        assert (algorithm == "winograd") == (chosen == "winograd"), (shape, batch, step, algorithm)
+
+
 def test_forcing_an_unknown_algorithm_raises():
     x, w = torch.randn(1, 1, 8, 8), torch.randn(2, 1, 3, 3)
     with pytest.raises(RuntimeError, match=r"_conv2d_forced: expected algorithm to be one of "
-                                           r"reference, im2col, direct, rows, lanes, but got 'fast'"):
+                                           r"reference, im2col, direct, rows, lanes, implicit, winograd, but got 'fast'"):
         op._conv2d_forced(x, w, None, [1, 1], [0, 0], [1, 1], 1, "fast")
     with pytest.raises(RuntimeError, match=r"expected step to be one of forward, grad_input, "
                                            r"grad_weight, but got 'backward'"):

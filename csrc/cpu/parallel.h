@@ -29,8 +29,12 @@ constexpr int64_t kPoolTask = int64_t(1) << 14;
 // The per-thread working buffers, one a use, kept between calls (fresh pages would cost more than
 // a small product) and aligned for vector loads: the GEMM's packed panels, conv2d's columns and
 // its block of grad_output or output; a bfloat16/float16 op's operands and results widened to
-// float32 a piece at a time.
-enum class Scratch { kPackedA, kPackedB, kColumns, kBlock, kWidened, kWidenedResult, kCount };
+// float32 a piece at a time; Winograd's transformed weight, tiles and products, which the calling
+// thread holds and its workers share.
+enum class Scratch {
+  kPackedA, kPackedB, kColumns, kBlock, kWidened, kWidenedResult,
+  kWinogradWeight, kWinogradTiles, kWinogradProducts, kWinogradTaps, kCount
+};
 
 // This thread's `which` buffer, grown to at least `count` elements; its contents are not kept.
 template <typename T>

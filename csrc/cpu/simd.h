@@ -7,9 +7,14 @@
 // (docs/performance.md, common to every kernel). GCC vectors follow -march instead (AVX-512
 // native, SSE2 portable), and take __bf16 / _Float16 lanes when mixed precision comes. Kernels use it through Vec<T, N>; no other vector type is defined under csrc/cpu.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace lenet_ext::cpu::simd {
 
@@ -121,24 +126,64 @@ inline void transpose_block(typename Vec<scalar_t>::type* rows) {
   if constexpr (HALF > 1) transpose_block<scalar_t, HALF / 2>(rows);
 }
 
+// The first `count` (<= kLanes) lanes of a vector from or to memory, the rest of a load zero: a
+// masked move on AVX-512, else a copy of that many elements.
+template <typename T>
+inline typename Vec<T>::type load_first(const T* p, int count) {
+  typename Vec<T>::type v{};
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4)
+    return typename Vec<T>::type(_mm512_maskz_loadu_ps(__mmask16((1u << count) - 1), p));
+  else
+    return typename Vec<T>::type(_mm512_maskz_loadu_pd(__mmask8((1u << count) - 1), p));
+#endif
+  std::memcpy(&v, p, count * sizeof(T));
+  return v;
+}
+template <typename T>
+inline void store_first(T* p, const typename Vec<T>::type& v, int count) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4)
+    return _mm512_mask_storeu_ps(p, __mmask16((1u << count) - 1), __m512(v));
+  else
+    return _mm512_mask_storeu_pd(p, __mmask8((1u << count) - 1), __m512d(v));
+#endif
+  std::memcpy(p, &v, count * sizeof(T));
+}
+
 // out[j * ld_out + i] = in[i * ld_in + j] for i < rows, j < cols (out = in^T, row strides ld_in
-// and ld_out), kLanes x kLanes blocks in registers, scalar at the edges.
+// and ld_out), kLanes x kLanes blocks in registers; the blocks at the edges load and store only
+// their elements.
 template <typename scalar_t>
 void transpose(const scalar_t* in, int64_t ld_in, scalar_t* out, int64_t ld_out, int64_t rows,
                int64_t cols) {
   using V = Vec<scalar_t>;
   constexpr int L = V::kLanes;
-  const int64_t full_rows = rows / L * L, full_cols = cols / L * L;
-  for (int64_t i = 0; i < full_rows; i += L)
-    for (int64_t j = 0; j < full_cols; j += L) {
+  for (int64_t i = 0; i < rows; i += L)
+    for (int64_t j = 0; j < cols; j += L) {
+      const int valid_rows = int(std::min<int64_t>(L, rows - i));
+      const int valid_cols = int(std::min<int64_t>(L, cols - j));
+      // one running pointer each way: 16 precomputed row pointers would not fit the registers
+      const scalar_t* from = in + i * ld_in + j;
+      scalar_t* to = out + j * ld_out + i;
       typename V::type block[L];
-      for (int r = 0; r < L; ++r) block[r] = V::load(in + (i + r) * ld_in + j);
+      if (valid_rows == L && valid_cols == L) {
+        for (int r = 0; r < L; ++r, from += ld_in) {
+          block[r] = V::load(from);
+          asm("" : "+r"(from));
+        }
+        transpose_block<scalar_t>(block);
+        for (int r = 0; r < L; ++r, to += ld_out) {
+          V::store(to, block[r]);
+          asm("" : "+r"(to));
+        }
+        continue;
+      }
+      for (int r = 0; r < L; ++r, from += ld_in)
+        block[r] = r < valid_rows ? load_first(from, valid_cols) : typename V::type{};
       transpose_block<scalar_t>(block);
-      for (int r = 0; r < L; ++r) V::store(out + (j + r) * ld_out + i, block[r]);
+      for (int r = 0; r < valid_cols; ++r, to += ld_out) store_first(to, block[r], valid_rows);
     }
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = i < full_rows ? full_cols : 0; j < cols; ++j)
-      out[j * ld_out + i] = in[i * ld_in + j];
 }
 
 }  // namespace lenet_ext::cpu::simd

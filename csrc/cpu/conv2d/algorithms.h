@@ -20,7 +20,7 @@ using cpu::name;
 using cpu::Pass;
 using cpu::pass_named;
 
-enum class Algorithm { kReference, kIm2col, kDirect, kRows, kLanes, kImplicit };
+enum class Algorithm { kReference, kIm2col, kDirect, kRows, kLanes, kImplicit, kWinograd };
 
 const char* name(Algorithm algorithm);
 std::optional<Algorithm> algorithm_named(std::string_view name);
@@ -82,6 +82,15 @@ void implicit_forward(const scalar_t* input, const scalar_t* weight, const scala
 template <typename scalar_t>
 void implicit_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
                          int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void winograd_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
+                      scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void winograd_grad_input(const scalar_t* grad_output, const scalar_t* weight, scalar_t* grad_input,
+                         int64_t batch, int64_t groups, const ConvShape& s);
+template <typename scalar_t>
+void winograd_grad_weight(const scalar_t* grad_output, const scalar_t* input, scalar_t* grad_weight,
+                          int64_t batch, int64_t groups, const ConvShape& s);
 template <typename scalar_t>
 void direct_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s);

@@ -31,6 +31,7 @@ void forward(Algorithm algorithm, const scalar_t* input, const scalar_t* weight,
     case Algorithm::kReference: return reference_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kIm2col: return im2col_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kImplicit: return implicit_forward(input, weight, bias, output, batch, groups, s);
+    case Algorithm::kWinograd: return winograd_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kDirect: return direct_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kRows: return rows_forward(input, weight, bias, output, batch, groups, s);
     case Algorithm::kLanes: {
@@ -50,6 +51,7 @@ void grad_input(Algorithm algorithm, const scalar_t* grad_output, const scalar_t
     case Algorithm::kReference: return reference_grad_input(grad_output, weight, grad_input, batch, groups, s);
     case Algorithm::kDirect: return direct_grad_input(grad_output, weight, grad_input, batch, groups, s);
     case Algorithm::kImplicit: return implicit_grad_input(grad_output, weight, grad_input, batch, groups, s);
+    case Algorithm::kWinograd: return winograd_grad_input(grad_output, weight, grad_input, batch, groups, s);
     default: return im2col_grad_input(grad_output, weight, grad_input, batch, groups, s);
   }
 }
@@ -61,6 +63,7 @@ void grad_weight(Algorithm algorithm, const scalar_t* grad_output, const scalar_
     case Algorithm::kReference: return reference_grad_weight(grad_output, input, grad_weight, batch, groups, s);
     case Algorithm::kDirect: return direct_grad_weight(grad_output, input, grad_weight, batch, groups, s);
     case Algorithm::kRows: return rows_grad_weight(grad_output, input, grad_weight, batch, groups, s);
+    case Algorithm::kWinograd: return winograd_grad_weight(grad_output, input, grad_weight, batch, groups, s);
     default: return im2col_grad_weight(grad_output, input, grad_weight, batch, groups, s);
   }
 }
@@ -190,7 +193,7 @@ conv2d::Algorithm forced(const char* op, std::string_view algorithm, conv2d::Pas
                          const ConvShape& s, int64_t batch, int64_t groups, const scalar_t* weight) {
   const auto chosen = conv2d::algorithm_named(algorithm);
   TORCH_CHECK(chosen.has_value(), "lenet_ext.", op, ": expected algorithm to be one of reference, "
-              "im2col, direct, rows, lanes, but got '", algorithm, "'");
+              "im2col, direct, rows, lanes, implicit, winograd, but got '", algorithm, "'");
   TORCH_CHECK(conv2d::claims<scalar_t>(*chosen, pass, s, batch,
                                        conv2d::finite_weight(weight, groups, s, batch)),
               "lenet_ext.", op, ": algorithm '", algorithm, "' does not claim the ", name(pass),
