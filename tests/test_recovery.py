@@ -46,15 +46,22 @@ def wait_for(path, child, timeout=120):
 
 
 def sleep_into_the_run(path, child):
-    """After the run's first two saves (epochs 1 and 2), sleeps a random time within the next
-    EPOCHS - 3 epochs, each timed as the second took: the run is still training then, however fast
-    the machine and the kernels (a fixed 0.6 s outlasted a whole run on a fast one)."""
+    """Waits for the run's save after a random epoch e - 1 (e in 3 .. EPOCHS - 1), then sleeps a
+    random part of half the time that epoch took: the run is inside epoch e then, with epochs to
+    go, however fast the machine and however its speed changes between epochs (a sleep scaled by
+    one early epoch outlasted the whole run when later epochs ran faster)."""
     wait_for(path, child)
-    first, started = path.stat().st_mtime_ns, time.monotonic()
-    while path.stat().st_mtime_ns == first:
+    target = random.randint(3, EPOCHS - 1)
+    saves, last, started = 1, path.stat().st_mtime_ns, time.monotonic()
+    took = None
+    while saves < target - 1:
         assert child.poll() is None, finish(child)
         time.sleep(0.002)
-    time.sleep(random.uniform(0, (time.monotonic() - started) * (EPOCHS - 3)))
+        mtime = path.stat().st_mtime_ns
+        if mtime != last:
+            saves, last, now = saves + 1, mtime, time.monotonic()
+            took, started = now - started, now
+    time.sleep(random.uniform(0, took / 2))
 
 
 def assert_same_state(got, want):
