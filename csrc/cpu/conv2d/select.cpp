@@ -93,9 +93,13 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       if (fits(A::kLanes)) return A::kLanes;
       if (fits(A::kDirect)) return A::kDirect;
       // many input channels on a small plane: the products are wide enough, and there is no
-      // col2im (1.2-1.9x im2col for 32-64 channels on 8x8-16x16); on larger planes and fewer
-      // channels im2col's products were 4-60% faster
-      if (fits(A::kImplicit) && s.channels >= 16 && s.in_h * s.in_w <= 256) return A::kImplicit;
+      // col2im (1.2-1.9x im2col for 32-64 channels on 8x8-16x16 at batch 32); on larger planes
+      // and fewer channels im2col's products were 4-60% faster, and so they were below ~1K
+      // positions, where the flipped copy of the weight is not paid back (batch 1: 32->32 @16
+      // 1.2x, 64->64 @8 1.6x, 256->256 @14 1.6x, 512->512 @7 2.3x faster by im2col)
+      if (fits(A::kImplicit) && s.channels >= 16 && s.in_h * s.in_w <= 256 &&
+          batch * s.in_h * s.in_w >= 1024)
+        return A::kImplicit;
       break;
     case Pass::kGradWeight:
       // whole-vector loads only, where direct loads a broadcast for every FMA
