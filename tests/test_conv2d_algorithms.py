@@ -218,17 +218,20 @@ def test_winograd_non_finite_values_give_im2col_results(step, where, value):
                                rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("shape, batch, chosen", [
-    ((64, 64, 56), 1, "winograd"), ((128, 128, 28), 32, "winograd"), ((512, 512, 7), 32, "winograd"),
-    ((512, 512, 7), 1, None), ((16, 16, 32), 32, None), ((3, 16, 32), 32, None)])
-def test_winograd_takes_wide_3x3_layers(shape, batch, chosen):
-    """Every pass of a 3x3 layer of 32 channels or more from 128 tiles; not a few tiles (the
-    weight's transform would cost more than the products) or few channels."""
+@pytest.mark.parametrize("shape, batch, winograd", [
+    ((64, 64, 56), 1, (True, True, True)), ((128, 128, 28), 32, (True, True, True)),
+    ((512, 512, 7), 32, (True, True, True)), ((32, 64, 26), 32, (True, False, True)),
+    ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, False, True)),
+    ((512, 512, 7), 1, (False, False, False)), ((3, 16, 32), 32, (False, False, False))])
+def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
+    """From 128 tiles: the forward from 64 output channels, grad_input from 64 input channels,
+    grad_weight from 16 of each; not a few tiles (the weight's transform would cost more than the
+    products)."""
     channels, out_channels, size = shape
     x, w = torch.randn(batch, channels, size, size), torch.randn(out_channels, channels, 3, 3)
-    for step in STEPS:
-        algorithm = op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step)
-        assert (algorithm == "winograd") == (chosen == "winograd"), (shape, batch, step, algorithm)
+    chosen = tuple(op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) == "winograd"
+                   for step in STEPS)
+    assert chosen == winograd, (shape, batch, chosen)
 
 
 def test_forcing_an_unknown_algorithm_raises():

@@ -65,15 +65,22 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   constexpr int64_t L = Lanes<scalar_t>::kLanes;
   const auto fits = [&](Algorithm a) { return claims<scalar_t>(a, pass, s, batch, finite_weight); };
   using A = Algorithm;
-  // 3x3 layers of 32 channels or more, every pass: 2.25x fewer multiply-adds than any direct
-  // algorithm (1.0-1.4x stock where implicit and im2col ran 0.45-0.8x: 32->32 @16 to 512->512 @7
-  // at batch 32, 64->64 @56 and 128->128 @28 at batch 1); from 128 tiles, since transforming the
-  // weight costs as much as the products of ~50 (256->256 @14 and 512->512 @7 at batch 1 ran
-  // 0.2-0.7x), and not for fewer channels, whose transforms cost as much as their products
-  // (16->16 @32: 0.3-0.8x)
+  // Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than any direct algorithm, from 128 tiles
+  // (transforming the weight costs as much as ~50 tiles' products: 256->256 @14 and 512->512 @7
+  // at batch 1 ran 0.2-0.7x stock). Its products have the output channels as rows (forward) or
+  // the input channels (grad_input), which want 64 or more; grad_weight's have both as a tile
+  // and the tiles as depth. Forced against implicit/im2col, batch 32 unless said, stock / ours:
+  // forward 128->128 @28 1.0 against 0.65, 256->256 @14 1.14 / 0.72, 64->64 @56 batch 1
+  // 0.88 / 0.77, but 32->32 @16 0.64 / 0.75 (implicit); grad_input 256->256 @14 1.15 / 0.73,
+  // but 32->64 @26 0.72 / 0.85 (im2col); grad_weight 1.2-1.3 / 0.7 from 128 channels, 16->16
+  // @32 0.56 / 0.41, 32->32 @16 0.85 / 0.45.
   const int64_t tiles = batch * ((s.out_h + 1) / 2) * ((s.out_w + 1) / 2);
-  if (fits(A::kWinograd) && s.channels >= 32 && s.out_channels >= 32 && tiles >= 128)
-    return A::kWinograd;
+  if (fits(A::kWinograd) && tiles >= 128) {
+    const bool wide = pass == Pass::kForward    ? s.out_channels >= 64 && s.channels >= 32
+                      : pass == Pass::kGradInput ? s.channels >= 64 && s.out_channels >= 32
+                                                 : s.channels >= 16 && s.out_channels >= 16;
+    if (wide) return A::kWinograd;
+  }
   switch (pass) {
     case Pass::kForward:
       // over half a vector of output channels (conv2's 16): direct runs at ~75% of the FMA peak,

@@ -136,6 +136,69 @@ void transform_tiles(const Planes<scalar_t>& src, int64_t offset_h, int64_t offs
   }
 }
 
+// The input transform for tile rows [r0, r1): out[xi * point_stride + c * ldv + (r - first) *
+// tiles_w + tw] = (B^T d B)[xi] of channel c's tile (r, tw), d the 4x4 block of image n at
+// (2 * th - pad_h, 2 * tw - pad_w), zero outside the plane. The vectors hold kLanes tiles of a
+// row: their four columns are the even and odd elements of the input row from 2 * tw and from
+// 2 * tw + 2, taken from zero-padded copies of the rows. V comes out [c][tile], which the GEMM reads in place (a [tile][c] V had to be
+// transposed into its panels, which took as long as the products for 32 output channels).
+template <typename scalar_t>
+void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, int64_t tiles_h,
+                     int64_t tiles_w, int64_t first, int64_t r0, int64_t r1, int64_t point_stride,
+                     int64_t ldv, scalar_t* out) {
+  using V = Lanes<scalar_t>;
+  using Vector = typename V::type;
+  constexpr int L = V::kLanes;
+  // the rows an image's tile rows of this task read, padded: the plane's columns at [pad_w,
+  // pad_w + src.width), zeros around them, and slack for the last vector's loads. All are copied
+  // before any is read: a row read right after its copy waited on store forwarding (60% of the
+  // transform's time, when the rows went through a ring of 4)
+  const int64_t width = round_up(2 * tiles_w + 2, L) + 2 * L;
+  scalar_t* rows = scratch<scalar_t>(Scratch::kColumns, (2 * tiles_h + 2) * width);
+  std::fill_n(rows, (2 * tiles_h + 2) * width, scalar_t(0));
+  typename V::index_type even, odd;
+  for (int lane = 0; lane < L; ++lane) even[lane] = 2 * lane, odd[lane] = 2 * lane + 1;
+  for (int64_t c = 0; c < src.channels; ++c)
+    for (int64_t r_image = r0; r_image < r1;) {
+      const int64_t n = r_image / tiles_h, r_end = std::min(r1, (n + 1) * tiles_h);
+      const int64_t y_first = r_image % tiles_h * 2 - pad_h;
+      const scalar_t* plane = src.data + n * src.image + c * src.channel;
+      for (int64_t j = 0; j < 2 * (r_end - r_image) + 2; ++j) {
+        const int64_t y = y_first + j;
+        if (y >= 0 && y < src.height) copy_row(plane + y * src.width, src.width, rows + j * width + pad_w);
+        else std::fill_n(rows + j * width + pad_w, src.width, scalar_t(0));
+      }
+      for (int64_t r = r_image; r < r_end; ++r) {
+        const scalar_t* rows_of_tile[4];
+        for (int i = 0; i < 4; ++i) rows_of_tile[i] = rows + (2 * (r - r_image) + i) * width;
+        scalar_t* to = out + c * ldv + (r - first) * tiles_w;
+        for (int64_t tw = 0; tw < tiles_w; tw += L) {
+          Vector d[4][4], v[4][4];
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            const scalar_t* from = rows_of_tile[i] + 2 * tw;
+            const Vector a = V::load(from), b = V::load(from + L);
+            const Vector shifted_a = V::load(from + 2), shifted_b = V::load(from + 2 + L);
+            d[i][0] = __builtin_shuffle(a, b, even), d[i][1] = __builtin_shuffle(a, b, odd);
+            d[i][2] = __builtin_shuffle(shifted_a, shifted_b, even);
+            d[i][3] = __builtin_shuffle(shifted_a, shifted_b, odd);
+          }
+          sandwich<scalar_t, 4, 4, kBT>(d, v);
+          const int valid = int(std::min<int64_t>(L, tiles_w - tw));
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+              scalar_t* at = to + (i * 4 + j) * point_stride + tw;
+              if (valid == L) V::store(at, v[i][j]);
+              else simd::store_first(at, v[i][j], valid);
+            }
+        }
+      }
+      r_image = r_end;
+    }
+}
+
 // The inverse for tile rows [r0, r1): Y = A^T M A (+ bias) of m[xi * point_stride + k * ldm +
 // (r - first) * tiles_w + tw] for `count` output channels k, written to dst (element (n, k, y, x) at
 // dst + n * image + k * channel + y * width + x), rows and columns past the plane dropped. The
@@ -225,8 +288,8 @@ struct ChunkBuffers {
   scalar_t *tiles, *products;
   int64_t ldm;
   explicit ChunkBuffers(const Plan& plan)
-      : tiles(scratch<scalar_t>(Scratch::kWinogradTiles, kPoints * plan.per_chunk * plan.tiles_w * plan.cp)),
-        ldm(round_up(plan.per_chunk * plan.tiles_w, Lanes<scalar_t>::kLanes) + Lanes<scalar_t>::kLanes) {
+      : ldm(round_up(plan.per_chunk * plan.tiles_w, Lanes<scalar_t>::kLanes) + Lanes<scalar_t>::kLanes) {
+    tiles = scratch<scalar_t>(Scratch::kWinogradTiles, kPoints * plan.cp * ldm);
     products = scratch<scalar_t>(Scratch::kWinogradProducts, kPoints * plan.bp * ldm);
   }
 };
@@ -297,13 +360,13 @@ bool convolve(const scalar_t* input, const scalar_t* weight, bool flipped, const
         scalar_t *const v = chunk_buffers.tiles, *const m = chunk_buffers.products;
         const int64_t ldm = chunk_buffers.ldm;
         over_rows(first, last, plan.tiles_w * cp * kPoints, [&](int64_t r0, int64_t r1) {
-          transform_tiles<scalar_t, 4, kBT>(in, -s.pad_h, -s.pad_w, plan.tiles_h, plan.tiles_w,
-                                            first, r0, r1, cp, tiles * cp, v);
+          transform_input(in, s.pad_h, s.pad_w, plan.tiles_h, plan.tiles_w, first, r0, r1,
+                          s.channels * ldm, ldm, v);
         });
-        // M[xi] (count x tiles) = U[xi] V[xi]^T: V's panels transposed as the GEMM packs them
+        // M[xi] (count x tiles) = U[xi] (count x channels) V[xi] (channels x tiles)
         over_points([&](int64_t xi) {
           gemm::gemm(count, tiles, s.channels, gemm::Strided<scalar_t>{u + xi * plan.bp * cp, cp, 1},
-                     gemm::Strided<scalar_t>{v + xi * tiles * cp, 1, cp}, m + xi * plan.bp * ldm, ldm);
+                     gemm::Strided<scalar_t>{v + xi * s.channels * ldm, ldm, 1}, m + xi * plan.bp * ldm, ldm);
         });
         over_rows(first, last, plan.tiles_w * count * kPoints, [&](int64_t r0, int64_t r1) {
           if (!inverse_tiles(m, plan.bp * ldm, ldm, bias ? bias + g * s.out_channels + k0 : nullptr,
@@ -367,15 +430,15 @@ void winograd_grad_weight(const scalar_t* grad_output, const scalar_t* input,
         const int64_t last = std::min(plan.rows, first + plan.per_chunk);
         const int64_t tiles = (last - first) * plan.tiles_w;
         over_rows(first, last, plan.tiles_w * (plan.cp + plan.bp) * kPoints, [&](int64_t r0, int64_t r1) {
-          transform_tiles<scalar_t, 4, kBT>(in, -s.pad_h, -s.pad_w, plan.tiles_h, plan.tiles_w,
-                                            first, r0, r1, plan.cp, tiles * plan.cp, v);
+          transform_input(in, s.pad_h, s.pad_w, plan.tiles_h, plan.tiles_w, first, r0, r1,
+                          s.channels * chunk_buffers.ldm, chunk_buffers.ldm, v);
           transform_tiles<scalar_t, 2, kA>(grad, 0, 0, plan.tiles_h, plan.tiles_w, first, r0, r1,
                                            plan.bp, tiles * plan.bp, dm);
         });
         // dU[xi] (channels x count) += V[xi]^T dM[xi], the tiles summed in order
         over_points([&](int64_t xi) {
           gemm::gemm(s.channels, count, tiles,
-                     gemm::Strided<scalar_t>{v + xi * tiles * plan.cp, 1, plan.cp},
+                     gemm::Strided<scalar_t>{v + xi * s.channels * chunk_buffers.ldm, chunk_buffers.ldm, 1},
                      gemm::Strided<scalar_t>{dm + xi * tiles * plan.bp, plan.bp, 1},
                      du + xi * s.channels * plan.bp, plan.bp, /*accumulate=*/true);
         });
