@@ -184,13 +184,17 @@ void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, 
             d[i][3] = __builtin_shuffle(shifted_a, shifted_b, odd);
           }
           sandwich<scalar_t, 4, 4, kBT>(d, v);
+          // lanes past the row land on the next rows' first tiles, which this thread writes
+          // next; only where they would pass the task's last row are they left out (masked
+          // stores, slow across cache lines)
           const int valid = int(std::min<int64_t>(L, tiles_w - tw));
+          const bool whole = (r1 - r) * tiles_w - tw >= L;
 #pragma GCC unroll 4
           for (int i = 0; i < 4; ++i)
 #pragma GCC unroll 4
             for (int j = 0; j < 4; ++j) {
               scalar_t* at = to + (i * 4 + j) * point_stride + tw;
-              if (valid == L) V::store(at, v[i][j]);
+              if (whole) V::store(at, v[i][j]);
               else simd::store_first(at, v[i][j], valid);
             }
         }
