@@ -77,11 +77,11 @@ void pack_across(const T* src, int64_t ld, int64_t valid, int64_t depth, T* out)
 // The panels of WIDTH along i of a matrix src(i, k) = data[i * i_step + k * k_step], items
 // [i0, i0 + count) x depth [k0, k0 + depth): out[(p * depth + k) * WIDTH + i] = src(i0 + p *
 // WIDTH + i, k0 + k), zero past the last item. A's panels run along its rows, B's along columns.
-// One row of a panel: `valid` elements of src, then zeros to WIDTH. A full row is a copy of constant
-// size, inlined: a library call a row costs more than the copy.
+// One row of a panel: `valid` elements of src, then zeros to WIDTH. A full row is a memcpy of
+// constant size, which GCC inlines (std::copy_n becomes a memmove call, a library call a row).
 template <typename T, int WIDTH>
-inline void copy_panel_row(const T* src, int64_t valid, T* dst) {
-  if (valid == WIDTH) return (void)std::copy_n(src, WIDTH, dst);
+inline void copy_panel_row(const T* __restrict src, int64_t valid, T* __restrict dst) {
+  if (valid == WIDTH) return (void)std::memcpy(dst, src, WIDTH * sizeof(T));
   std::copy_n(src, valid, dst);
   std::fill(dst + valid, dst + WIDTH, T(0));
 }
@@ -226,15 +226,21 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
                              ceil_div(n1 - n0, S::kCols) <= S::kFewUses;
   const bool b_direct = b_table_direct || (b_in_place && b_in_place->col == 1 && few_row_tiles &&
                                            b_in_place->row * int64_t(sizeof(T)) < 4096);
+  // Under a single row block B's panels are used once each: packed a few at a time just before
+  // their tiles, they stay in L2, where a whole block (up to 4 MB) would go out to L3 and back.
+  // Eight panels a group keep the pack's reads 8 panels long along B's rows.
+  const bool b_by_group = !b_direct && m1 - m0 <= S::kRowBlock;
+  constexpr int64_t kGroupCols = 8 * S::kCols;
   const T* b_table[S::kDepth];
   T* a_buffer = a_rows_direct ? nullptr : scratch<T>(Scratch::kPackedA, a_rows * depth_max);
-  T* b_buffer = scratch<T>(Scratch::kPackedB, (b_direct ? S::kCols : b_cols) * depth_max);
+  T* b_buffer = scratch<T>(Scratch::kPackedB,
+                           (b_direct ? S::kCols : b_by_group ? kGroupCols : b_cols) * depth_max);
   for (int64_t jc = n0; jc < n1; jc += S::kColBlock) {
     const int64_t cols = std::min(S::kColBlock, n1 - jc);
     for (int64_t pc = 0; pc < k_size; pc += S::kDepth) {
       const int64_t depth = std::min(S::kDepth, k_size - pc);
       const bool add = accumulate || pc > 0;
-      if (!b_direct) pack_b(pc, depth, jc, cols, b_buffer);
+      if (!b_direct && !b_by_group) pack_b(pc, depth, jc, cols, b_buffer);
       if constexpr (kKnowsRows)
         if (b_table_direct)
           for (int64_t k = 0; k < depth; ++k) b_table[k] = pack_b.row(pc + k);
@@ -243,7 +249,8 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
         if (!a_rows_direct) pack_a(ic, rows, pc, depth, a_buffer);
         for (int64_t jr = 0; jr < cols; jr += S::kCols) {
           const int64_t panel_cols = std::min<int64_t>(S::kCols, cols - jr);
-          // B's panel: in place, or packed while the first row block runs over it (from L1)
+          // B's panel: in place, packed while the first row block runs over it (from L1), packed
+          // with its group, or taken from the block packed above
           const T* b = nullptr;
           int64_t ldb = S::kCols;
           const bool from_table = b_table_direct && panel_cols == S::kCols;
@@ -255,6 +262,10 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
           } else if (b_direct) {
             if (ic == m0) pack_b(pc, depth, jc + jr, panel_cols, b_buffer);
             b = b_buffer;
+          } else if (b_by_group) {
+            const int64_t in_group = jr % kGroupCols;
+            if (in_group == 0) pack_b(pc, depth, jc + jr, std::min(kGroupCols, cols - jr), b_buffer);
+            b = b_buffer + in_group * depth;
           } else {
             b = b_buffer + jr * depth;
           }
