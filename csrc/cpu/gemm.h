@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "parallel.h"
 #include "simd.h"
@@ -43,6 +44,11 @@ struct Tile {
   // A pack used by at most this many tiles costs more than reading the operand in place.
   static constexpr int64_t kFewUses = 8;
 };
+
+// Bytes of C above which a C stored once goes around the caches (more than two L2s hold), and up
+// to which it gains: a larger C is a fresh mmap each call (past glibc's largest heap threshold,
+// 32 MB), and there streaming lost.
+constexpr int64_t kStreamedC = int64_t(4) << 20, kStreamedCMost = int64_t(32) << 20;
 
 // A matrix read in place: element (i, j) at data[i * row + j * col].
 template <typename T>
@@ -77,11 +83,11 @@ void pack_across(const T* src, int64_t ld, int64_t valid, int64_t depth, T* out)
 // The panels of WIDTH along i of a matrix src(i, k) = data[i * i_step + k * k_step], items
 // [i0, i0 + count) x depth [k0, k0 + depth): out[(p * depth + k) * WIDTH + i] = src(i0 + p *
 // WIDTH + i, k0 + k), zero past the last item. A's panels run along its rows, B's along columns.
-// One row of a panel: `valid` elements of src, then zeros to WIDTH. A full row is a copy of constant
-// size, inlined: a library call a row costs more than the copy.
+// One row of a panel: `valid` elements of src, then zeros to WIDTH. A full row is a memcpy of
+// constant size, which GCC inlines (std::copy_n becomes a memmove call, a library call a row).
 template <typename T, int WIDTH>
-inline void copy_panel_row(const T* src, int64_t valid, T* dst) {
-  if (valid == WIDTH) return (void)std::copy_n(src, WIDTH, dst);
+inline void copy_panel_row(const T* __restrict src, int64_t valid, T* __restrict dst) {
+  if (valid == WIDTH) return (void)std::memcpy(dst, src, WIDTH * sizeof(T));
   std::copy_n(src, valid, dst);
   std::fill(dst + valid, dst + WIDTH, T(0));
 }
@@ -140,6 +146,19 @@ struct PackB {
 
 namespace detail {
 
+// How a tile stores C: written, added to, or written around the caches (a C stored once and too
+// big to stay in them: no read for ownership of each line first, and no eviction of the operands).
+enum class Store { kWrite, kAdd, kStream };
+
+template <typename T, typename V>
+inline void store_streaming(T* p, const V& v) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64 && std::is_same_v<T, float>) return __builtin_ia32_movntps512(p, v);
+  if constexpr (sizeof(V) == 64 && std::is_same_v<T, double>) return __builtin_ia32_movntpd512(p, v);
+#endif
+  std::memcpy(p, &v, sizeof(v));
+}
+
 // Operands a packer may leave in place: A's rows when its k runs along memory (the tile broadcasts
 // from them), B's rows when its n does (the tile loads them); nullptr where it cannot.
 template <typename Packer>
@@ -154,7 +173,7 @@ const Strided<typename Packer::value_type>* in_place(const Packer& packer) {
 // array that GCC keeps in registers; `pin` stops it from folding B's loads into every FMA.
 template <typename T, int ROWS, int VECS, bool A_ROWS, bool B_TABLE>
 inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __restrict b,
-                 const T* const* b_table, int64_t ldb, T* c, int64_t ldc, int64_t cols, bool add) {
+                 const T* const* b_table, int64_t ldb, T* c, int64_t ldc, int64_t cols, Store store) {
   using V = typename Tile<T>::V;
   constexpr int L = V::kLanes, R = Tile<T>::kRows;
   typename V::type acc[ROWS][VECS] = {};
@@ -173,7 +192,8 @@ inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __r
     for (int r = 0; r < ROWS; ++r)
       for (int v = 0; v < VECS; ++v) {
         T* out = c + r * ldc + v * L;
-        V::store(out, add ? V::load(out) + acc[r][v] : acc[r][v]);
+        if (store == Store::kStream) store_streaming(out, acc[r][v]);
+        else V::store(out, store == Store::kAdd ? V::load(out) + acc[r][v] : acc[r][v]);
       }
   } else {
 #pragma GCC unroll 16
@@ -181,7 +201,7 @@ inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __r
       T values[VECS * L];
       for (int v = 0; v < VECS; ++v) V::store(values + v * L, acc[r][v]);
       T* row = c + r * ldc;
-      for (int64_t j = 0; j < cols; ++j) row[j] = add ? row[j] + values[j] : values[j];
+      for (int64_t j = 0; j < cols; ++j) row[j] = store == Store::kAdd ? row[j] + values[j] : values[j];
     }
   }
 }
@@ -189,23 +209,24 @@ inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __r
 template <typename T, bool A_ROWS, bool B_TABLE, int ROWS = Tile<T>::kRows>
 inline void tile_rows(int rows, int64_t depth, const T* a, int64_t lda, const T* b,
                       const T* const* b_table, int64_t ldb, T* c, int64_t ldc, int64_t cols,
-                      bool add) {
+                      Store store) {
   if constexpr (ROWS > 1) {
     if (rows < ROWS)
       return tile_rows<T, A_ROWS, B_TABLE, ROWS - 1>(rows, depth, a, lda, b, b_table, ldb, c, ldc,
-                                                     cols, add);
+                                                     cols, store);
   }
   if (cols <= Tile<T>::kLanes)
-    return tile<T, ROWS, 1, A_ROWS, B_TABLE>(depth, a, lda, b, b_table, ldb, c, ldc, cols, add);
-  tile<T, ROWS, 2, A_ROWS, B_TABLE>(depth, a, lda, b, b_table, ldb, c, ldc, cols, add);
+    return tile<T, ROWS, 1, A_ROWS, B_TABLE>(depth, a, lda, b, b_table, ldb, c, ldc, cols, store);
+  tile<T, ROWS, 2, A_ROWS, B_TABLE>(depth, a, lda, b, b_table, ldb, c, ldc, cols, store);
 }
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// C rows [m0, m1) x columns [n0, n1) on the calling thread.
+// C rows [m0, m1) x columns [n0, n1) on the calling thread; `stream`: C is written once, around
+// the caches (needs k_size <= kDepth, no accumulate, and C's rows and tiles 64-byte aligned).
 template <typename T, typename PackedA, typename PackedB>
 void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, const PackedA& pack_a,
-             const PackedB& pack_b, T* c, int64_t ldc, bool accumulate) {
+             const PackedB& pack_b, T* c, int64_t ldc, bool accumulate, bool stream) {
   using S = Tile<T>;
   const int64_t depth_max = std::min(S::kDepth, k_size);
   const int64_t a_rows = std::min(S::kRowBlock, ceil_div(m1 - m0, S::kRows) * S::kRows);
@@ -226,15 +247,23 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
                              ceil_div(n1 - n0, S::kCols) <= S::kFewUses;
   const bool b_direct = b_table_direct || (b_in_place && b_in_place->col == 1 && few_row_tiles &&
                                            b_in_place->row * int64_t(sizeof(T)) < 4096);
+  // Under a single row block B's panels are used once each: packed a few at a time just before
+  // their tiles, they stay in L2, where a whole block (up to 4 MB) would go out to L3 and back.
+  // Eight panels a group keep the pack's reads 8 panels long along B's rows.
+  const bool b_by_group = !b_direct && m1 - m0 <= S::kRowBlock;
+  constexpr int64_t kGroupCols = 8 * S::kCols;
   const T* b_table[S::kDepth];
   T* a_buffer = a_rows_direct ? nullptr : scratch<T>(Scratch::kPackedA, a_rows * depth_max);
-  T* b_buffer = scratch<T>(Scratch::kPackedB, (b_direct ? S::kCols : b_cols) * depth_max);
+  T* b_buffer = scratch<T>(Scratch::kPackedB,
+                           (b_direct ? S::kCols : b_by_group ? kGroupCols : b_cols) * depth_max);
   for (int64_t jc = n0; jc < n1; jc += S::kColBlock) {
     const int64_t cols = std::min(S::kColBlock, n1 - jc);
     for (int64_t pc = 0; pc < k_size; pc += S::kDepth) {
       const int64_t depth = std::min(S::kDepth, k_size - pc);
-      const bool add = accumulate || pc > 0;
-      if (!b_direct) pack_b(pc, depth, jc, cols, b_buffer);
+      const Store store = accumulate || pc > 0 ? Store::kAdd
+                          : stream                ? Store::kStream
+                                                  : Store::kWrite;
+      if (!b_direct && !b_by_group) pack_b(pc, depth, jc, cols, b_buffer);
       if constexpr (kKnowsRows)
         if (b_table_direct)
           for (int64_t k = 0; k < depth; ++k) b_table[k] = pack_b.row(pc + k);
@@ -243,7 +272,8 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
         if (!a_rows_direct) pack_a(ic, rows, pc, depth, a_buffer);
         for (int64_t jr = 0; jr < cols; jr += S::kCols) {
           const int64_t panel_cols = std::min<int64_t>(S::kCols, cols - jr);
-          // B's panel: in place, or packed while the first row block runs over it (from L1)
+          // B's panel: in place, packed while the first row block runs over it (from L1), packed
+          // with its group, or taken from the block packed above
           const T* b = nullptr;
           int64_t ldb = S::kCols;
           const bool from_table = b_table_direct && panel_cols == S::kCols;
@@ -255,6 +285,10 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
           } else if (b_direct) {
             if (ic == m0) pack_b(pc, depth, jc + jr, panel_cols, b_buffer);
             b = b_buffer;
+          } else if (b_by_group) {
+            const int64_t in_group = jr % kGroupCols;
+            if (in_group == 0) pack_b(pc, depth, jc + jr, std::min(kGroupCols, cols - jr), b_buffer);
+            b = b_buffer + in_group * depth;
           } else {
             b = b_buffer + jr * depth;
           }
@@ -265,18 +299,21 @@ void blocked(int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t k_size, con
               tile_rows<T, true, false>(tile_rows_count, depth,
                                         a_in_place->data + (ic + ir) * a_in_place->row + pc,
                                         a_in_place->row, b, nullptr, ldb, c_tile, ldc, panel_cols,
-                                        add);
+                                        store);
             else if (from_table)
               tile_rows<T, false, true>(tile_rows_count, depth, a_buffer + ir * depth, 0, nullptr,
-                                        b_table, ldb, c_tile, ldc, panel_cols, add);
+                                        b_table, ldb, c_tile, ldc, panel_cols, store);
             else
               tile_rows<T, false, false>(tile_rows_count, depth, a_buffer + ir * depth, 0, b,
-                                         nullptr, ldb, c_tile, ldc, panel_cols, add);
+                                         nullptr, ldb, c_tile, ldc, panel_cols, store);
           }
         }
       }
     }
   }
+#if defined(__AVX512F__)
+  if (stream) __builtin_ia32_sfence();  // streamed stores are weakly ordered: done before the join
+#endif
 }
 
 }  // namespace detail
@@ -313,11 +350,18 @@ void gemm(int64_t m_size, int64_t n_size, int64_t k_size, const PackedA& pack_a,
   // block boundaries on whole tiles
   const int64_t rows_each = ceil_div(ceil_div(m_size, grid_rows), S::kRows) * S::kRows;
   const int64_t cols_each = ceil_div(ceil_div(n_size, grid_cols), S::kCols) * S::kCols;
+  // C stored around the caches where it is written once and outgrows them (grad_weight's product,
+  // K the batch; 1 thread: MNIST-net fc1's at batch 8 308 -> 192 us, VGG fc8's 1073 -> 655 us).
+  // Not above kStreamedCMost: VGG fc7's (64 MB) ran 25 -> 30 ms streamed.
+  const int64_t c_bytes = m_size * n_size * int64_t(sizeof(T));
+  const bool stream = !accumulate && k_size <= S::kDepth && c_bytes > kStreamedC &&
+                      c_bytes <= kStreamedCMost && reinterpret_cast<uintptr_t>(c) % 64 == 0 &&
+                      ldc * sizeof(T) % 64 == 0;
   const auto run = [&](int64_t block) {
     const int64_t m0 = block / grid_cols * rows_each, n0 = block % grid_cols * cols_each;
     if (m0 < m_size && n0 < n_size)
       detail::blocked(m0, std::min(m_size, m0 + rows_each), n0, std::min(n_size, n0 + cols_each),
-                      k_size, pack_a, pack_b, c, ldc, accumulate);
+                      k_size, pack_a, pack_b, c, ldc, accumulate, stream);
   };
   if (grid_rows * grid_cols == 1) return run(0);
   at::parallel_for(0, grid_rows * grid_cols, 1, [&](int64_t begin, int64_t end) {

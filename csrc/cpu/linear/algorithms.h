@@ -17,6 +17,11 @@ using cpu::pass_named;
 
 enum class Algorithm { kReference, kDot, kAxpy, kGemm };
 
+// Multiply-adds a task of a batch-1 pass holds (a GEMV, or the axpys of a gradient): each streams
+// its share of a weight-sized operand from memory once, so a second thread, which brings its own
+// core's bandwidth, pays for its fork from a much smaller task than a cached product does.
+constexpr int64_t kStreamedTask = int64_t(1) << 15;
+
 // The sizes of one call.
 struct LinearShape {
   int64_t rows, in_features, out_features;

@@ -3,7 +3,8 @@
 // accumulates kLanes-wide partial sums along k, and one butterfly folds the kLanes accumulators
 // into one vector of kLanes results; ROWS = 1 is the GEMV of batch 1. Memory: each tile reads
 // ROWS input rows and COLS weight rows once; weight is re-read once per block of 4 rows, from
-// cache at LeNet's sizes. Each output is summed by one thread in a fixed order.
+// L2: the row blocks of a column tile run one after another. Each output is summed by one thread
+// in a fixed order.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -71,18 +72,22 @@ void gemm_nt(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_
   // full blocks of kRows rows use kRows x kCols tiles; the rows left over (all of them at batch
   // 1) are GEMVs, 1 x kLanes tiles, so no lanes are wasted on rows that do not exist
   constexpr int kRows = 4, kCols = L / kRows;
-  const int64_t full_rows = m_size / kRows * kRows;
+  const int64_t full_rows = m_size / kRows * kRows, tiles_m = full_rows / kRows;
   const int64_t tiles_n = (n_size + kCols - 1) / kCols, gemv_n = (n_size + L - 1) / L;
-  const int64_t tasks = full_rows / kRows * tiles_n + (m_size - full_rows) * gemv_n;
-  at::parallel_for(0, tasks, grain(L * k_size, kDotTask), [&](int64_t begin, int64_t end) {
+  const int64_t tasks = tiles_m * tiles_n + (m_size - full_rows) * gemv_n;
+  // GEMV tasks stream weight rows once: worth a thread from far less work than cached tiles
+  const int64_t task_work = full_rows ? kDotTask : kStreamedTask;
+  at::parallel_for(0, tasks, grain(L * k_size, task_work), [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      if (task < full_rows / kRows * tiles_n) {
-        const int64_t m0 = task / tiles_n * kRows, n0 = task % tiles_n * kCols;
+      if (task < tiles_m * tiles_n) {
+        // the row blocks of one column tile run back to back, so its weight rows are read from
+        // memory once and from L2 after
+        const int64_t m0 = task % tiles_m * kRows, n0 = task / tiles_m * kCols;
         dot_tile<scalar_t, kRows, kCols>(a + m0 * k_size, b + n0 * k_size,
                                          bias ? bias + n0 : nullptr, c + m0 * n_size + n0, n_size,
                                          kRows, n_size - n0, k_size);
       } else {
-        const int64_t rest = task - full_rows / kRows * tiles_n;
+        const int64_t rest = task - tiles_m * tiles_n;
         const int64_t m = full_rows + rest / gemv_n, n0 = rest % gemv_n * L;
         dot_tile<scalar_t, 1, L>(a + m * k_size, b + n0 * k_size, bias ? bias + n0 : nullptr,
                                  c + m * n_size + n0, n_size, 1, n_size - n0, k_size);

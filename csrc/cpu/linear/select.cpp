@@ -12,15 +12,17 @@ constexpr const char* kAlgorithmNames[] = {"reference", "dot", "axpy", "gemm"};
 
 constexpr int64_t kFewRows = 2;  // backward rows (batch 1) below which gemm's tile setup dominates
 
-// Estimated cycles per row of input (one FMA vector a cycle): the dot algorithm's 4 x 4 tiles take
-// ceil(in / kLanes) steps of 16 FMAs plus ~100 cycles to fold and store; gemm's tiles take one FMA
-// per vector of output columns per in_feature (a narrow last panel runs one-vector tiles, and the
-// input is read in place), but pack weight^T first (~half a cycle an element).
+// Estimated cost per row of input, in FMA vectors: the dot algorithm's 4 x 4 tiles take
+// ceil(in / kLanes) steps of 16 FMAs, which run at 4/7 of gemm's rate (each step loads four input
+// vectors, from L2), plus ~100 to fold and store; gemm's tiles take one FMA per vector of output
+// columns per in_feature (a narrow last panel runs one-vector tiles, and the input is read in
+// place), but pack weight^T first (~one an element). Fitted on Xeon 6/207, 1 thread: dot and gemm
+// cross at batch ~21 for 9216->128, ~15 for 512->1000, ~20 for 2048->1000, ~7 for 120->84.
 bool forward_transposes(int64_t rows, int64_t in_features, int64_t out_features, int64_t lanes) {
   const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
-  const int64_t dot_row = ceil_div(out_features, 4) * (4 * ceil_div(in_features, lanes) + 25);
+  const int64_t dot_row = ceil_div(out_features, 4) * (7 * ceil_div(in_features, lanes) + 25);
   const int64_t gemm_row = ceil_div(out_features, lanes) * in_features;
-  return out_features * in_features / 2 + rows * gemm_row < rows * dot_row;
+  return out_features * in_features + rows * gemm_row < rows * dot_row;
 }
 }  // namespace
 
