@@ -48,6 +48,10 @@ CASES.update({
     "chunked": lambda L: (1, 40, 36, (30, 30), (3, 3), 1, 1),
     "chunked_odd_batch": lambda L: (3, 40, 20, (31, 29), (3, 3), 1, 1),
     "stem": lambda L: (2, 3, 8, (90, 90), (7, 7), 1, 3, 2, 1),
+    # grad_weight as grad_output x columns^T (from 257 output channels; fewer take the
+    # transpose); stride 2's rows of 8 and 16 copied as vectors, up to the end of the input
+    "many_channels": lambda L: (2, 3, 260, (6, 5), (3, 3), 1, 1),
+    "strided_even_copies": lambda L: (3, 2, 5, (17, 33), (3, 3), 1, 0, 2, 1),
     # implicit GEMM: several images a chunk (8 chunks of a batch of 17, the last one short),
     # bands of rows of a large plane (the last band short), a padding of kernel - 1 (grad_input's
     # padding of 0), uneven padding, groups
@@ -139,6 +143,7 @@ def test_every_algorithm_claims_shapes_of_the_grid():
 @pytest.mark.parametrize("algorithm, case", [
     ("im2col", "pointwise"), ("im2col", "chunked"), ("im2col", "chunked_odd_batch"),
     ("im2col", "stem"), ("implicit", "implicit_images"), ("implicit", "implicit_bands"),
+    ("im2col", "strided_images"), ("im2col", "many_channels"),
     ("implicit", "chunked"), ("implicit", "stem"), ("implicit", "strided_images"),
     ("implicit", "strided_bands")])
 def test_gemm_algorithms_are_bitwise_the_same_for_one_and_two_threads(algorithm, case):
