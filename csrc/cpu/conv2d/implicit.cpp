@@ -1,14 +1,15 @@
 // conv2d by implicit GEMM, for no dilation: no unrolled columns. The input of a chunk is copied
 // once into a zero-padded buffer, de-interleaved by the stride into phases (padded row
 // R * stride_h + a, column J * stride_w + b at phase (a, b), row R, column J) and laid out
-// [channel][phase][image][row][phase width pw]. With positions counted along pw ("wide" positions
-// n = row * pw + column), tap (c, kh, kw) reads phase (kh % stride_h, kw % stride_w) at the fixed
-// offset (kh / stride_h) * pw + kw / stride_w, so each of the GEMM's B panel rows is one
-// contiguous run of the buffer (stride 1 has one phase, the padded image itself). The product
-// [out_channels, wide positions] goes to a per-thread block, whose columns past out_w (and the
-// rows between images) are dropped on the way out. Memory: the padded copy (the chunk's input,
-// not taps times it as im2col's columns) and the block; the waste is the dropped columns,
-// (kernel_w - 1) / stride_w of every pw, and (kernel_h - 1) / stride_h rows an image. grad_input
+// [channel][phase][row][image][phase width pw], a chunk's images side by side in a line. With
+// positions counted along the lines ("wide" positions n = row * line + image * pw + column), tap
+// (c, kh, kw) reads phase (kh % stride_h, kw % stride_w) at the fixed offset
+// (kh / stride_h) * line + kw / stride_w, so each of the GEMM's B panel rows is one contiguous run
+// of the buffer (stride 1 has one phase, the padded image itself). The product
+// [out_channels, wide positions] goes to a per-thread block, whose columns past out_w are dropped
+// on the way out. Memory: the padded copy (the chunk's input, not taps times it as im2col's
+// columns) and the block; the waste is the dropped columns, (kernel_w - 1) / stride_w of every
+// pw (images stacked in rows instead dropped (kernel_h - 1) / stride_h rows an image too). grad_input
 // (stride 1) is the same kernel: the forward convolution of grad_output, padded by
 // kernel - 1 - pad, with the weight flipped and its channels swapped (its zero padding meets every
 // weight, hence only where 0 * weight is 0). Chunks (whole planes, several images a chunk; or
@@ -65,13 +66,13 @@ struct Chunks {
 };
 
 // B's packer over the padded buffer: tap k = (c, kh, kw) starts at c * channel_stride + its
-// phase's start + (kh / stride_h) * pw + kw / stride_w; a panel row past the buffer's end (wide
+// phase's start + (kh / stride_h) * line + kw / stride_w; a panel row past the buffer's end (wide
 // columns that are dropped) is zero.
 template <typename scalar_t>
 struct PackTaps {
   using value_type = scalar_t;
   const scalar_t* buffer;
-  int64_t end, channel_stride, phase_stride, pw;
+  int64_t end, channel_stride, phase_stride, line;
   const ConvShape& s;
   const Phases& phases;
 
@@ -81,7 +82,7 @@ struct PackTaps {
     const int64_t kernel = s.kernel_h * s.kernel_w;
     const int64_t kh = k % kernel / s.kernel_w, kw = k % s.kernel_w;
     const int64_t phase = kh % s.stride_h * phases.along_w + kw % s.stride_w;
-    return buffer + k / kernel * channel_stride + phase * phase_stride + kh / s.stride_h * pw +
+    return buffer + k / kernel * channel_stride + phase * phase_stride + kh / s.stride_h * line +
            kw / s.stride_w;
   }
 
@@ -127,8 +128,8 @@ void convolve(const scalar_t* input, const scalar_t* weight, const scalar_t* bia
     const int64_t images = std::min(chunks.images, batch - image0);
     const int64_t oh0 = chunk % chunks.bands * chunks.rows;
     const int64_t rows = std::min(chunks.rows, s.out_h - oh0);
-    // the padded copy: [channel][phase][image][band][pw], plus kernel_w of zeros at the end
-    const int64_t plane = band * pw, phase_stride = images * plane;
+    // the padded copy: [channel][phase][band][image][pw], plus kernel_w of zeros at the end
+    const int64_t line = images * pw, phase_stride = band * line;
     const int64_t channel_stride = phases.count() * phase_stride;
     const int64_t size = s.channels * channel_stride + s.kernel_w;
     scalar_t* buffer = scratch<scalar_t>(Scratch::kColumns, size);
@@ -139,27 +140,27 @@ void convolve(const scalar_t* input, const scalar_t* weight, const scalar_t* bia
           for (int64_t j = 0; j < images; ++j) {
             const scalar_t* src = input + (((image0 + j) * groups + group) * s.channels + c) * s.in_h * s.in_w;
             scalar_t* dst = buffer + c * channel_stride + (a * phases.along_w + b) * phase_stride +
-                            j * plane;
+                            j * pw;
             for (int64_t r = 0; r < band; ++r) {
               const int64_t ih = (oh0 + r) * s.stride_h + a - s.pad_h;
-              if (ih >= 0 && ih < s.in_h) copy_phase_row(src + ih * s.in_w, s, b, pw, dst + r * pw);
+              if (ih >= 0 && ih < s.in_h) copy_phase_row(src + ih * s.in_w, s, b, pw, dst + r * line);
             }
           }
     // [out_channels, wide] = weight [out_channels, taps] x B [taps, wide]
-    const int64_t wide = (images - 1) * plane + rows * pw;
+    const int64_t wide = (rows - 1) * line + images * pw;
     scalar_t* product = scratch<scalar_t>(Scratch::kBlock, s.out_channels * wide);
     gemm::gemm(s.out_channels, wide, s.taps(),
                gemm::PackA<scalar_t>{{weight + group * s.weight_block(), s.taps(), 1}},
-               PackTaps<scalar_t>{buffer, size, channel_stride, phase_stride, pw, s, phases},
+               PackTaps<scalar_t>{buffer, size, channel_stride, phase_stride, line, s, phases},
                product, wide);
     for (int64_t j = 0; j < images; ++j)
       for (int64_t oc = 0; oc < s.out_channels; ++oc) {
         const scalar_t b = bias ? bias[group * s.out_channels + oc] : scalar_t(0);
         scalar_t* out = output + ((image0 + j) * groups + group) * s.output_block() +
                         oc * positions + oh0 * s.out_w;
-        const scalar_t* from = product + oc * wide + j * plane;
+        const scalar_t* from = product + oc * wide + j * pw;
         for (int64_t r = 0; r < rows; ++r)
-          for (int64_t ow = 0; ow < s.out_w; ++ow) out[r * s.out_w + ow] = from[r * pw + ow] + b;
+          for (int64_t ow = 0; ow < s.out_w; ++ow) out[r * s.out_w + ow] = from[r * line + ow] + b;
       }
   });
 }
