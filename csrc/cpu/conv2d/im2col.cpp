@@ -82,32 +82,6 @@ void for_each_inside_segment(const ConvShape& s, int64_t tap0, int64_t tap1, int
   }
 }
 
-// dst[i] = src[2 * i] for i in [i, vectors) by whole N-lane vectors, each one two-register
-// shuffle; returns the first i left.
-template <typename scalar_t, int N>
-inline int64_t copy_even_vectors(const scalar_t* __restrict src, int64_t i, int64_t vectors,
-                                 scalar_t* __restrict dst) {
-  using V = simd::Vec<scalar_t, N>;
-  typename V::index_type even;
-  for (int lane = 0; lane < N; ++lane) even[lane] = 2 * lane;
-  for (; i + N <= vectors; i += N)
-    V::store(dst + i, __builtin_shuffle(V::load(src + 2 * i), V::load(src + 2 * i + N), even));
-  return i;
-}
-
-// dst[i] = src[2 * i] for i < count: vectors, then half vectors (8x8 outputs' rows), then
-// scalars (a scalar loop was 44% of a 16->32 3x3/2 grad_weight, twice its multiply-adds). A
-// vector's second load reaches one element past its last even one, so the last vector only where
-// that element is readable (`one_past`).
-template <typename scalar_t>
-inline void copy_even(const scalar_t* src, int64_t count, bool one_past, scalar_t* dst) {
-  constexpr int L = Lanes<scalar_t>::kLanes;
-  const int64_t vectors = one_past ? count : count - 1;
-  int64_t i = copy_even_vectors<scalar_t, L>(src, 0, vectors, dst);
-  if constexpr (L >= 8) i = copy_even_vectors<scalar_t, L / 2>(src, i, vectors, dst);
-  for (; i < count; ++i) dst[i] = src[2 * i];
-}
-
 // columns[(tap - tap0) * ld + position - p0] = image[c][ih][iw], or 0 where padding.
 template <typename scalar_t>
 void im2col(const scalar_t* image, scalar_t* columns, int64_t ld, const ConvShape& s,
@@ -120,7 +94,8 @@ void im2col(const scalar_t* image, scalar_t* columns, int64_t ld, const ConvShap
     scalar_t* __restrict dst = columns + (tap - tap0) * ld + column;
     const scalar_t* __restrict src = image + row * s.in_w + col;
     if (s.stride_w == 1) std::copy_n(src, count, dst);
-    else if (s.stride_w == 2) copy_even(src, count, src + 2 * count <= image + s.input_block(), dst);
+    else if (s.stride_w == 2)
+      copy_even(src, count, src + 2 * count <= image + s.input_block(), dst);
     else for (int64_t i = 0; i < count; ++i) dst[i] = src[i * s.stride_w];
   });
 }
