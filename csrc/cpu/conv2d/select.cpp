@@ -2,6 +2,7 @@
 // table, the choice among those that claim a shape, each rule with its reason. The timings behind
 // the reasons are in docs/performance.md (conv2d).
 #include "algorithms.h"
+#include "../gemm.h"
 #include "../names.h"
 
 namespace lenet_ext::cpu::conv2d {
@@ -46,12 +47,13 @@ bool claims(Algorithm algorithm, Pass pass, const ConvShape& s, int64_t batch,
     case Algorithm::kLanes:  // a block of kLanes images; grad_input holds a whole row in registers
       return small && five_wide && batch >= L &&
              (pass != Pass::kGradInput || s.in_w <= kLanesMaxRow);
-    case Algorithm::kImplicit:  // shifted views need stride 1 and no dilation; grad_input pads
-      // grad_output by kernel - 1 - pad (so pad < kernel), whose zeros meet every weight
-      return s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
+    case Algorithm::kImplicit:  // shifted views of stride phases need no dilation; grad_input
+      // (stride 1) pads grad_output by kernel - 1 - pad (so pad < kernel), whose zeros meet every
+      // weight
+      return s.dilation_h == 1 && s.dilation_w == 1 &&
              (pass == Pass::kForward ||
-              (pass == Pass::kGradInput && s.pad_h < s.kernel_h && s.pad_w < s.kernel_w &&
-               finite_weight));
+              (pass == Pass::kGradInput && s.stride_h == 1 && s.stride_w == 1 &&
+               s.pad_h < s.kernel_h && s.pad_w < s.kernel_w && finite_weight));
     case Algorithm::kWinograd:  // 3x3, stride 1; grad_input pads grad_output by 2 - pad
       return s.kernel_h == 3 && s.kernel_w == 3 && s.stride_h == 1 && s.stride_w == 1 &&
              s.dilation_h == 1 && s.dilation_w == 1 &&
@@ -92,8 +94,13 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       if (fits(A::kRows)) return A::kRows;
       // stride 1 but for 1x1 (whose columns are the input itself): panels packed from the image,
       // or read from it in place, instead of unrolled columns (1.1-2x im2col, 3x3 layers of 1-256
-      // channels, planes 8x8 to 512x512)
-      if (fits(A::kImplicit) && !pointwise(s)) return A::kImplicit;
+      // channels, planes 8x8 to 512x512); strided, only while the GEMM reads B in place (1 thread:
+      // 16->32 3x3/2 @32 b32 1.7x im2col, stem 7x7/2 @224 1.4-1.7x; packed, from 128 channels,
+      // the dropped columns cost more than im2col's copies: 256->512 3x3/2 @14 b32 0.92x)
+      if (fits(A::kImplicit) && !pointwise(s) &&
+          (s.stride_h * s.stride_w == 1 || s.out_channels <= gemm::Tile<scalar_t>::kFewUses *
+                                                                gemm::Tile<scalar_t>::kRows))
+        return A::kImplicit;
       break;
     case Pass::kGradInput:
       // every lane a real product; direct would multiply 20 of 70 (position, kw) pairs by padding
