@@ -238,11 +238,12 @@ def test_winograd_non_finite_values_give_im2col_results(step, where, value):
 @pytest.mark.parametrize("shape, batch, winograd", [
     ((64, 64, 56), 1, (True, True, True)), ((128, 128, 28), 32, (True, True, True)),
     ((512, 512, 7), 32, (True, True, True)), ((32, 64, 26), 32, (True, False, True)),
-    ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, False, True)),
+    ((32, 32, 16), 32, (False, True, True)), ((16, 16, 32), 32, (False, True, True)),
+    ((16, 32, 32), 32, (False, False, True)),
     ((512, 512, 7), 1, (False, False, False)), ((3, 16, 32), 32, (False, False, False))])
 def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
-    """From 128 tiles: the forward from 64 output channels, grad_input from 64 input channels,
-    grad_weight from 16 of each; not a few tiles (the weight's transform would cost more than the
+    """From 128 tiles: the forward from 64 output channels, grad_input from 16 input channels and
+    no more output channels, grad_weight from 16 of each; not a few tiles (the weight's transform would cost more than the
     products)."""
     channels, out_channels, size = shape
     x, w = torch.randn(batch, channels, size, size), torch.randn(out_channels, channels, 3, 3)

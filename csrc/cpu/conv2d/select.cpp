@@ -69,17 +69,18 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   using A = Algorithm;
   // Winograd F(2x2, 3x3): 2.25x fewer multiply-adds than any direct algorithm, from 128 tiles
   // (transforming the weight costs as much as ~50 tiles' products: 256->256 @14 and 512->512 @7
-  // at batch 1 ran 0.2-0.7x stock). Its products have the output channels as rows (forward) or
-  // the input channels (grad_input), which want 64 or more; grad_weight's have both as a tile
-  // and the tiles as depth. Forced against implicit/im2col, batch 32 unless said, stock / ours:
-  // forward 128->128 @28 1.0 against 0.65, 256->256 @14 1.14 / 0.72, 64->64 @56 batch 1
-  // 0.88 / 0.77, but 32->32 @16 0.64 / 0.75 (implicit); grad_input 256->256 @14 1.15 / 0.73,
-  // but 32->64 @26 0.72 / 0.85 (im2col); grad_weight 1.2-1.3 / 0.7 from 128 channels, 16->16
-  // @32 0.56 / 0.41, 32->32 @16 0.85 / 0.45.
+  // at batch 1 ran 0.2-0.7x stock). Its products have the output channels as rows (forward),
+  // which want 64 or more, or the input channels (grad_input), which want at least as many as
+  // the output channels it sums over; grad_weight's have both as a tile and the tiles as depth.
+  // Forced against implicit/im2col, batch 32 unless said, stock / ours: forward 128->128 @28 1.0
+  // against 0.65, 256->256 @14 1.14 / 0.72, 64->64 @56 batch 1 0.88 / 0.77, but 32->32 @16
+  // 0.64 / 0.75 (implicit); grad_input 256->256 @14 1.15 / 0.73, 16->16 @32 0.82 / 0.71, 32->32
+  // @32 batch 8 0.91 / 0.83, but 32->64 @26 0.70 / 0.86 and 16->32 @32 0.56 / 0.73 (im2col);
+  // grad_weight 1.2-1.3 / 0.7 from 128 channels, 16->16 @32 0.56 / 0.41, 32->32 @16 0.85 / 0.45.
   const int64_t tiles = batch * ((s.out_h + 1) / 2) * ((s.out_w + 1) / 2);
   if (fits(A::kWinograd) && tiles >= 128) {
     const bool wide = pass == Pass::kForward    ? s.out_channels >= 64 && s.channels >= 32
-                      : pass == Pass::kGradInput ? s.channels >= 64 && s.out_channels >= 32
+                      : pass == Pass::kGradInput ? s.channels >= 16 && s.channels >= s.out_channels
                                                  : s.channels >= 16 && s.out_channels >= 16;
     if (wide) return A::kWinograd;
   }
