@@ -2,15 +2,16 @@
 // stride 1 and no dilation. Each 2x2 block of outputs ("tile") comes from a 4x4 block of input d:
 // Y = A^T [(G g G^T) . (B^T d B)] A, so the 16 products of a tile's 16 transformed points xi
 // replace direct convolution's 36: summed over the channels, each point is one GEMM,
-// M[xi][k][tile] = U[xi][k][c] V[xi][tile][c] (gemm.h), 2.25x fewer multiply-adds. grad_input is
+// M[xi][k][tile] = U[xi][k][c] V[xi][c][tile] (gemm.h), 2.25x fewer multiply-adds. grad_input is
 // the forward of grad_output with the weight flipped and its channels swapped (as implicit.cpp);
 // grad_weight is the transpose: dU[xi] = V[xi]^T dM[xi] summed over tiles, dM = A dY A^T, and
 // dg = G^T dU G. F(2x2) rather than F(4x4): its float32 error stays below direct summation's,
 // where F(4x4)'s was 2-8x above it (docs/performance.md).
-// Layout: the input transform runs on vectors of 16 channels: input rows are turned [channel][x]
-// -> [x][channel] by register transposes into a ring of 4 rows (each row is read by two tile
-// rows). The inverse runs on vectors of 16 tiles of a row, whose two output columns interleave
-// into whole output rows. Memory traffic: the input and output once each (per block of output
+// Layout: the input transform and the inverse run on vectors of 16 tiles of a row: a tile's four
+// input columns are the even and odd elements of zero-padded row copies, and its two output
+// columns interleave back into whole output rows, so V and M are read by the GEMM in place.
+// grad_weight's dM alone runs on vectors of 16 output channels (grad_output's rows turned
+// [x][channel] by register transposes). Memory traffic: the input and output once each (per block of output
 // channels), V and M in a thread's L2-sized chunk; U (16/9 of the weight, in blocks of at most
 // kTransformedBytes) read once a chunk. The chunks are fixed by the shape and each point's GEMM
 // is one thread's, so results are the same for any thread count. A transform's sums mix a tile's
