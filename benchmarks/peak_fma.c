@@ -6,10 +6,11 @@
 // float lanes an instruction), on its own lines: whether bfloat16 products would outrun float32
 // FMAs here, or only halve the bytes.
 //
-//   gcc -O2 -march=native -fopenmp benchmarks/peak_fma.c -o /tmp/peak_fma && /tmp/peak_fma
+//   gcc -O2 -march=native -fopenmp benchmarks/peak_fma.c -o /tmp/peak_fma && /tmp/peak_fma [THREADS]
 #include <immintrin.h>
 #include <omp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 enum { kChains = 24 };
@@ -58,7 +59,16 @@ static inline __attribute__((always_inline)) double best_gflops(int threads, int
   return best;
 }
 
-int main(void) {
+int main(int argc, char** argv) {
+  // `peak_fma THREADS`: that thread count's fp32 line alone (~0.2 s), a probe a benchmark runs
+  // just before and after one timing, since a shared VM's speed moves from minute to minute
+  if (argc > 1) {
+    const int threads = atoi(argv[1]);
+    if (threads < 1) return fprintf(stderr, "peak_fma: THREADS must be a positive integer, got '%s'\n", argv[1]), 2;
+    printf("%d thread%s: %.1f GFLOP/s fp32 (best of 5)\n", threads, threads > 1 ? "s" : "",
+           best_gflops(threads, 0));
+    return 0;
+  }
   for (int threads = 1; threads <= 2; ++threads)
     printf("%d thread%s: %.1f GFLOP/s fp32 (best of 5)\n", threads, threads > 1 ? "s" : "",
            best_gflops(threads, 0));

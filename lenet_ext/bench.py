@@ -718,27 +718,36 @@ _FMA_PEAK_LINE = r"^(\d+) threads?: ([0-9.]+) GFLOP/s"
 _BF16_DOT_LINE = r"^bf16 dot \(vdpbf16ps\), (\d+) threads?: ([0-9.]+) GFLOP/s"
 
 
+def _compile_peak(source: Path, folder: str, timeout: float) -> tuple:
+    """(binary, compile command) of benchmarks/peak_fma.c built in `folder` as its header says
+    ($CC or cc, -O2 -march=native -fopenmp); raises OSError or subprocess.SubprocessError."""
+    command = [os.environ.get("CC", "cc"), "-O2", "-march=native", "-fopenmp", str(source)]
+    binary = str(Path(folder) / "peak_fma")
+    subprocess.run(command + ["-o", binary], check=True, capture_output=True, text=True, timeout=timeout)
+    return binary, command
+
+
+def _error_line(error: Exception) -> str:
+    detail = (getattr(error, "stderr", None) or str(error)).strip().splitlines()
+    return f"{type(error).__name__}: {detail[-1] if detail else error}"
+
+
 def fma_peak(source: Path, timeout: float = 120.0) -> dict:
-    """The machine's fp32 FMA peak from benchmarks/peak_fma.c, compiled as its header says
-    ($CC or cc, -O2 -march=native -fopenmp) into a temporary folder and run once:
-    {"gflops": {threads: GFLOP/s}, "command": the compile command, "output": its output,
+    """The machine's fp32 FMA peak from benchmarks/peak_fma.c, compiled into a temporary folder and
+    run once: {"gflops": {threads: GFLOP/s}, "command": the compile command, "output": its output,
     "error": None, or why there is no number (no compiler, no AVX-512, ...); with AVX-512 BF16 also
     "bf16_dot": {threads: GFLOP/s} of vdpbf16ps}. peak_fma.c measures 1 and 2 threads."""
     import re
     import tempfile
 
-    command = [os.environ.get("CC", "cc"), "-O2", "-march=native", "-fopenmp", str(source)]
-    result = {"gflops": {}, "bf16_dot": {}, "command": shlex.join(command + ["-o", "peak_fma"]),
-              "output": "", "error": None}
+    result = {"gflops": {}, "bf16_dot": {}, "command": "", "output": "", "error": None}
     with tempfile.TemporaryDirectory() as folder:
-        binary = str(Path(folder) / "peak_fma")
         try:
-            subprocess.run(command + ["-o", binary], check=True, capture_output=True, text=True,
-                           timeout=timeout)
+            binary, command = _compile_peak(source, folder, timeout)
+            result["command"] = shlex.join(command + ["-o", "peak_fma"])
             run = subprocess.run([binary], check=True, capture_output=True, text=True, timeout=timeout)
         except (OSError, subprocess.SubprocessError) as error:
-            detail = (getattr(error, "stderr", None) or str(error)).strip().splitlines()
-            result["error"] = f"{type(error).__name__}: {detail[-1] if detail else error}"
+            result["error"] = _error_line(error)
             return result
     result["output"] = run.stdout.strip()
     for line in run.stdout.splitlines():
@@ -749,6 +758,35 @@ def fma_peak(source: Path, timeout: float = 120.0) -> dict:
     if not result["gflops"]:
         result["error"] = f"no GFLOP/s line in its output: {run.stdout.strip()!r}"
     return result
+
+
+def fma_probe(source: Path, timeout: float = 120.0):
+    """benchmarks/peak_fma.c compiled once (as fma_peak does): a callable threads -> the fp32 FMA
+    peak in GFLOP/s measured now for that thread count alone (best of 5, ~0.2 s). A benchmark runs
+    it just before and after each timing: a shared VM's speed moves by 20% from minute to minute,
+    so a peak taken once at the start misstates every later row's % of peak. Raises RuntimeError
+    where the probe cannot be compiled or run (no compiler, no AVX-512)."""
+    import atexit
+    import re
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="peak_fma")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    try:
+        binary, _ = _compile_peak(source, folder, timeout)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise RuntimeError(f"peak_fma.c did not compile: {_error_line(error)}") from error
+
+    def measure(threads: int) -> float:
+        run = subprocess.run([binary, str(int(threads))], check=True, capture_output=True, text=True,
+                             timeout=timeout)
+        match = re.match(_FMA_PEAK_LINE, run.stdout.strip())
+        if not match:
+            raise RuntimeError(f"peak_fma {threads}: no GFLOP/s line in {run.stdout.strip()!r}")
+        return float(match[2])
+
+    return measure
 
 
 def peak_for_threads(gflops: dict, threads: int) -> tuple:

@@ -241,6 +241,30 @@ def test_a_benchmark_script_runs_in_bfloat16(script, stem, tmp_path):
     assert ("avx512_bf16" in env["cpu_flags"]) <= bool(env["fma_peak"]["error"] or env["fma_peak"]["bf16_dot"])
 
 
+def test_the_fma_probe_measures_one_thread_count_now():
+    try:
+        probe = bench.fma_probe(REPO / "benchmarks" / "peak_fma.c")
+    except RuntimeError as error:  # a machine without a C compiler or AVX-512
+        assert "peak_fma.c did not compile" in str(error)
+        return
+    one, two = probe(1), probe(2)
+    assert 1 < one < 10_000 and 1 < two < 10_000 and two > 0.6 * one
+
+
+def test_the_gemm_benchmark_brackets_each_row_by_the_peak(tmp_path):
+    result = _run("benchmarks/bench_gemm.py", "--sizes", "48", "--threads", "1", "--no-layers",
+                  "--min-run-time", "0.002", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "gemm.json").read_text())["rows"]
+    assert [r["product"] for r in rows] == ["x W^T", "g W", "g^T x"]
+    for r in rows:
+        before, after = r["peak_before_after"]
+        if r["peak_gflops"] is not None:
+            assert before > 0 and after > 0 and r["peak_gflops"] == pytest.approx((before + after) / 2)
+        assert r["ratio"] == pytest.approx(r["ours_gflops"] / r["stock_gflops"])
+    assert "| 1 | 48^3 | g W |" in (tmp_path / "gemm.md").read_text()
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_every_low_precision_pair_meets_its_bound(dtype):
     pairs = [bench.op_pair(name, 4, "cpu", mode, all_grads=True, dtype=dtype)
