@@ -219,6 +219,23 @@ def test_direct_grad_input_needs_finite_weights():
                                    [True, False, False], "direct")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("index", [None, 0, 4095, 4096, 64 * 32 * 9 - 1])
+def test_implicit_grad_input_needs_finite_weights(index, dtype):
+    """Its padding of grad_output meets every weight: a non-finite one anywhere in the weight (the
+    scan runs in blocks of 4096 values) sends grad_input to im2col, whose result is stock's."""
+    x, w = torch.randn(4, 32, 16, 16, dtype=dtype), torch.randn(64, 32, 3, 3, dtype=dtype)
+    if index is not None:
+        w.view(-1)[index] = float("inf") if index % 2 else float("nan")
+    args = ([1, 1], [1, 1], [1, 1], 1)
+    chosen = op._conv2d_algorithm(x, w, *args, "grad_input")
+    assert chosen == ("implicit" if index is None else "im2col")
+    grad_output = torch.randn(4, 64, 16, 16, dtype=dtype)
+    ours = op.conv2d_backward(grad_output, x, w, *args, [True, False, False])[0]
+    torch.testing.assert_close(ours, _run(chosen, "grad_input", x, w, None, grad_output, *args),
+                               equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 @pytest.mark.parametrize("step, where", [("forward", "input"), ("forward", "weight"),
                                          ("grad_input", "weight"), ("grad_weight", "input")])

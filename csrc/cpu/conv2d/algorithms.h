@@ -4,6 +4,8 @@
 // NCHW; grad_input and grad_weight are written, not added to. Defined for float and double.
 #pragma once
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <optional>
 #include <string_view>
 
@@ -170,6 +172,26 @@ inline int64_t copy_even_vectors(const scalar_t* __restrict src, int64_t i, int6
   for (; i + N <= vectors; i += N)
     V::store(dst + i, __builtin_shuffle(V::load(src + 2 * i), V::load(src + 2 * i + N), even));
   return i;
+}
+
+// Whether every value is finite: no value's exponent all ones. Unsigned max over the exponent
+// bits vectorises (std::isfinite in std::all_of runs a value a cycle, which took ~1 ms of a
+// 512->512 3x3 layer's backward at batch 1); blocks of 4K values keep an early exit.
+template <typename scalar_t>
+inline bool all_finite(const scalar_t* data, int64_t count) {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
+  constexpr bits_t kExponent = sizeof(scalar_t) == 4 ? bits_t(0x7f800000u) : bits_t(0x7ff0000000000000ull);
+  for (int64_t i0 = 0; i0 < count; i0 += 4096) {
+    const int64_t end = std::min(count, i0 + 4096);
+    bits_t most = 0;
+    for (int64_t i = i0; i < end; ++i) {
+      bits_t bits;
+      std::memcpy(&bits, data + i, sizeof(bits));
+      most = std::max<bits_t>(most, bits & kExponent);
+    }
+    if (most == kExponent) return false;
+  }
+  return true;
 }
 
 // dst[i] = src[2 * i] for i < count: vectors, then half vectors (8x8 outputs' rows), then

@@ -313,11 +313,6 @@ void over_points(const Task& task) {
   });
 }
 
-template <typename scalar_t>
-bool all_finite(const scalar_t* data, int64_t count) {
-  return std::all_of(data, data + count, [](scalar_t v) { return std::isfinite(v); });
-}
-
 // The forward convolution (3x3, stride 1) of every group; whether every output is finite. With
 // `flipped`, the weight of a group is [channels][out_channels][3][3] with its taps reversed (the
 // forward's weight, for grad_input).
