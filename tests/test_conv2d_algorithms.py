@@ -254,19 +254,29 @@ def test_winograd_non_finite_values_give_im2col_results(step, where, value):
 
 @pytest.mark.parametrize("shape, batch, winograd", [
     ((64, 64, 56), 1, (True, True, True)), ((128, 128, 28), 32, (True, True, True)),
-    ((512, 512, 7), 32, (True, True, True)), ((32, 64, 26), 32, (True, False, True)),
-    ((32, 32, 16), 32, (False, True, True)), ((16, 16, 32), 32, (False, True, True)),
+    ((256, 256, 14), 32, (True, True, True)), ((512, 512, 7), 32, (False, False, True)),
+    ((64, 64, 8), 32, (False, False, True)), ((32, 64, 26), 32, (True, False, True)),
+    ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, True, True)),
     ((16, 32, 32), 32, (False, False, True)),
     ((512, 512, 7), 1, (False, False, False)), ((3, 16, 32), 32, (False, False, False))])
 def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
     """From 128 tiles: the forward from 64 output channels, grad_input from 16 input channels and
-    no more output channels, grad_weight from 16 of each; not a few tiles (the weight's transform would cost more than the
-    products)."""
+    no more output channels, grad_weight from 16 of each; not a few tiles (the weight's transform
+    would cost more than the products); the forward and grad_input not on 4 tiles a row (8x8,
+    7x7), and grad_input on 8 a row only from 64 channels."""
     channels, out_channels, size = shape
     x, w = torch.randn(batch, channels, size, size), torch.randn(out_channels, channels, 3, 3)
     chosen = tuple(op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) == "winograd"
                    for step in STEPS)
     assert chosen == winograd, (shape, batch, chosen)
+
+
+def test_small_planes_go_to_implicit_and_im2col():
+    x, w = torch.randn(32, 64, 8, 8), torch.randn(64, 64, 3, 3)
+    assert [op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) for step in STEPS] == [
+        "implicit", "implicit", "winograd"]
+    x, w = torch.randn(32, 512, 7, 7), torch.randn(512, 512, 3, 3)
+    assert op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, "grad_input") == "im2col"
 
 
 def test_forcing_an_unknown_algorithm_raises():

@@ -77,11 +77,18 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // 0.64 / 0.75 (implicit); grad_input 256->256 @14 1.15 / 0.73, 16->16 @32 0.82 / 0.71, 32->32
   // @32 batch 8 0.91 / 0.83, but 32->64 @26 0.70 / 0.86 and 16->32 @32 0.56 / 0.73 (im2col);
   // grad_weight 1.2-1.3 / 0.7 from 128 channels, 16->16 @32 0.56 / 0.41, 32->32 @16 0.85 / 0.45.
-  const int64_t tiles = batch * ((s.out_h + 1) / 2) * ((s.out_w + 1) / 2);
+  // Its transforms run on vectors of 16 tiles of a row, so a plane of 4 tiles a row (8x8, 7x7)
+  // leaves 3 of 4 lanes idle: there implicit (forward, grad_input: 64->64 @8 batch 32 0.77 / 0.54
+  // and 0.74 / 0.55) and im2col (grad_input 512->512 @7 batch 32 0.67 / 0.58) won; its
+  // grad_weight, whose transforms are a smaller share, still won (0.68 against im2col's 0.62).
+  // On 8 tiles a row (16x16) grad_input wants 64 channels: 32->32 @16 implicit 0.81 / 0.64.
+  const int64_t tiles_w = (s.out_w + 1) / 2, tiles = batch * ((s.out_h + 1) / 2) * tiles_w;
   if (fits(A::kWinograd) && tiles >= 128) {
-    const bool wide = pass == Pass::kForward    ? s.out_channels >= 64 && s.channels >= 32
-                      : pass == Pass::kGradInput ? s.channels >= 16 && s.channels >= s.out_channels
-                                                 : s.channels >= 16 && s.out_channels >= 16;
+    const bool wide =
+        pass == Pass::kForward    ? tiles_w >= 7 && s.out_channels >= 64 && s.channels >= 32
+        : pass == Pass::kGradInput ? tiles_w >= 7 && s.channels >= 16 && s.channels >= s.out_channels &&
+                                         (tiles_w >= 16 || s.channels >= 64)
+                                   : s.channels >= 16 && s.out_channels >= 16;
     if (wide) return A::kWinograd;
   }
   switch (pass) {
@@ -111,8 +118,10 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       // col2im (1.2-1.9x im2col for 32-64 channels on 8x8-16x16 at batch 32); on larger planes
       // and fewer channels im2col's products were 4-60% faster, and so they were below ~1K
       // positions, where the flipped copy of the weight is not paid back (batch 1: 32->32 @16
-      // 1.2x, 64->64 @8 1.6x, 256->256 @14 1.6x, 512->512 @7 2.3x faster by im2col)
-      if (fits(A::kImplicit) && s.channels >= 16 && s.in_h * s.in_w <= 256 &&
+      // 1.2x, 64->64 @8 1.6x, 256->256 @14 1.6x, 512->512 @7 2.3x faster by im2col); up to 256
+      // channels, past which the GEMM packs its B panels (512->512 @7 batch 32: im2col 0.67,
+      // implicit 0.59 of stock's speed)
+      if (fits(A::kImplicit) && s.channels >= 16 && s.channels <= 256 && s.in_h * s.in_w <= 256 &&
           batch * s.in_h * s.in_w >= 1024)
         return A::kImplicit;
       break;
