@@ -43,6 +43,7 @@ CASES.update({
     # im2col's GEMM paths: 1x1 as a product on the input itself, strided 1x1, columns in several
     # chunks (1 MB of them) split over threads by chunk, input channel or tap range
     "pointwise": lambda L: (3, 24, 40, (9, 11), (1, 1), 1, 0),
+    "pointwise_chunked": lambda L: (2, 64, 20, (64, 70), (1, 1), 1, 0),  # a plane of 2-3 chunks
     "pointwise_groups": lambda L: (2, 8, 6, (5, 7), (1, 1), 2, 0),
     "pointwise_strided": lambda L: (2, 16, 32, (14, 13), (1, 1), 1, 0, 2, 1),
     "chunked": lambda L: (1, 40, 36, (30, 30), (3, 3), 1, 1),

@@ -196,9 +196,9 @@ void im2col_forward(const scalar_t* input, const scalar_t* weight, const scalar_
           std::fill(out(0) + oc * positions + chunk.p0, out(0) + oc * positions + chunk.p1,
                     bias[group * s.out_channels + oc]);
       if (pointwise(s))
-        return gemm::gemm(s.out_channels, positions, s.taps(), w,
-                          Strided<scalar_t>{image, positions, 1}, out(0), positions,
-                          bias != nullptr);
+        return gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
+                          Strided<scalar_t>{image + chunk.p0, positions, 1}, out(0) + chunk.p0,
+                          positions, bias != nullptr);
       scalar_t* columns = scratch<scalar_t>(Scratch::kColumns, s.taps() * chunk.columns());
       chunk_columns(input, groups, group, s, chunk, 0, s.taps(), columns);
       return gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
