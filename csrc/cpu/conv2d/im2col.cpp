@@ -181,10 +181,10 @@ void im2col_forward(const scalar_t* input, const scalar_t* weight, const scalar_
                     scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
   const int64_t positions = s.positions();
   const Chunks chunks = Chunks::of<scalar_t>(s, batch);
+  const WeightAsA<scalar_t> weights(weight, groups, s, chunks.count);
   run_conv_tasks(groups * chunks.count, s.multiply_adds() * chunks.width / positions, [&](int64_t task) {
     const int64_t group = task / chunks.count;
     const Chunks::Chunk chunk = chunks[task % chunks.count];
-    const Strided<scalar_t> w{weight + group * s.weight_block(), s.taps(), 1};
     const auto out = [&](int64_t j) {
       return output + ((chunk.image + j) * groups + group) * s.output_block();
     };
@@ -195,22 +195,27 @@ void im2col_forward(const scalar_t* input, const scalar_t* weight, const scalar_
         for (int64_t oc = 0; oc < s.out_channels; ++oc)
           std::fill(out(0) + oc * positions + chunk.p0, out(0) + oc * positions + chunk.p1,
                     bias[group * s.out_channels + oc]);
-      if (pointwise(s))
-        return gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
-                          Strided<scalar_t>{image + chunk.p0, positions, 1}, out(0) + chunk.p0,
-                          positions, bias != nullptr);
-      scalar_t* columns = scratch<scalar_t>(Scratch::kColumns, s.taps() * chunk.columns());
-      chunk_columns(input, groups, group, s, chunk, 0, s.taps(), columns);
-      return gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
-                        Strided<scalar_t>{columns, chunk.columns(), 1}, out(0) + chunk.p0,
-                        positions, bias != nullptr);
+      const scalar_t* columns = image + chunk.p0;  // a 1x1's columns: the input itself
+      int64_t ld = positions;
+      if (!pointwise(s)) {
+        scalar_t* unrolled = scratch<scalar_t>(Scratch::kColumns, s.taps() * chunk.columns());
+        chunk_columns(input, groups, group, s, chunk, 0, s.taps(), unrolled);
+        columns = unrolled, ld = chunk.columns();
+      }
+      return weights.product(group, [&](const auto& w) {
+        gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
+                   gemm::PackB<scalar_t>{{columns, ld, 1}}, out(0) + chunk.p0, positions,
+                   bias != nullptr);
+      });
     }
     // whole planes of several images: one product into a buffer, then out image by image
     scalar_t* columns = scratch<scalar_t>(Scratch::kColumns, s.taps() * chunk.columns());
     scalar_t* product = scratch<scalar_t>(Scratch::kBlock, s.out_channels * chunk.columns());
     chunk_columns(input, groups, group, s, chunk, 0, s.taps(), columns);
-    gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
-               Strided<scalar_t>{columns, chunk.columns(), 1}, product, chunk.columns());
+    weights.product(group, [&](const auto& w) {
+      gemm::gemm(s.out_channels, chunk.columns(), s.taps(), w,
+                 gemm::PackB<scalar_t>{{columns, chunk.columns(), 1}}, product, chunk.columns());
+    });
     for (int64_t j = 0; j < chunk.count; ++j)
       for (int64_t oc = 0; oc < s.out_channels; ++oc) {
         const scalar_t* from = product + oc * chunk.columns() + j * positions;

@@ -130,6 +130,7 @@ void convolve(const scalar_t* input, const scalar_t* weight, const scalar_t* bia
   const Chunks chunks = Chunks::of<scalar_t>(s, batch, phases);
   const int64_t band = chunks.rows + phases.halo;  // rows of each phase a band reads
   const int64_t positions = s.positions();
+  const WeightAsA<scalar_t> weights(weight, groups, s, chunks.count);
   run_conv_tasks(groups * chunks.count, s.multiply_adds() * chunks.images * chunks.rows / s.out_h,
                  [&](int64_t task) {
     const int64_t group = task / chunks.count, chunk = task % chunks.count;
@@ -162,10 +163,11 @@ void convolve(const scalar_t* input, const scalar_t* weight, const scalar_t* bia
     // [out_channels, wide] = weight [out_channels, taps] x B [taps, wide]
     const int64_t wide = (rows - 1) * line + images * pw;
     scalar_t* product = scratch<scalar_t>(Scratch::kBlock, s.out_channels * wide);
-    gemm::gemm(s.out_channels, wide, s.taps(),
-               gemm::PackA<scalar_t>{{weight + group * s.weight_block(), s.taps(), 1}},
-               PackTaps<scalar_t>{buffer, size, channel_stride, phase_stride, line, s, phases},
-               product, wide);
+    weights.product(group, [&](const auto& w) {
+      gemm::gemm(s.out_channels, wide, s.taps(), w,
+                 PackTaps<scalar_t>{buffer, size, channel_stride, phase_stride, line, s, phases},
+                 product, wide);
+    });
     for (int64_t j = 0; j < images; ++j)
       for (int64_t oc = 0; oc < s.out_channels; ++oc) {
         const scalar_t b = bias ? bias[group * s.out_channels + oc] : scalar_t(0);
