@@ -215,15 +215,19 @@ inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __r
                  const T* const* b_table, int64_t ldb, T* c, int64_t ldc, int64_t cols, Store store) {
   using V = typename Tile<T>::V;
   constexpr int L = V::kLanes, R = Tile<T>::kRows;
-  typename V::type acc[ROWS][VECS] = {};
-  const auto step = [&](int64_t k) __attribute__((always_inline)) {
+  // A tile of fewer than 8 accumulators (the rows left under the last 14-row panel: 16 channels
+  // are 14 + 2) would wait on each FMA's latency (4 cycles, 2 FMAs a cycle): it keeps SETS sets,
+  // each run of SETS steps adding one to each, summed at the end (an order fixed by the shape).
+  constexpr int SETS = ROWS * VECS >= 8 ? 1 : ROWS * VECS >= 4 ? 2 : 4;
+  typename V::type acc[SETS][ROWS][VECS] = {};
+  const auto step = [&](int64_t k, int set) __attribute__((always_inline)) {
     const T* b_row = B_TABLE ? b_table[k] + ldb : b + k * ldb;
     typename V::type b_k[VECS];
     for (int v = 0; v < VECS; ++v) b_k[v] = simd::pin(V::load(b_row + v * L));
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {
       const T a_rk = A_ROWS ? a[r * lda + k] : a[k * R + r];
-      for (int v = 0; v < VECS; ++v) acc[r][v] += a_rk * b_k[v];
+      for (int v = 0; v < VECS; ++v) acc[set][r][v] += a_rk * b_k[v];
     }
   };
   // C's rows, which the tile adds to at its end, are brought into L2 one a step over the first
@@ -235,23 +239,34 @@ inline void tile(int64_t depth, const T* __restrict a, int64_t lda, const T* __r
     for (; k < std::min<int64_t>(ROWS, depth); ++k) {
       __builtin_prefetch(c + k * ldc, 0, 1);
       __builtin_prefetch(c + k * ldc + VECS * L - 1, 0, 1);
-      step(k);
+      step(k, 0);
     }
+  if constexpr (SETS == 1) {
 #pragma GCC unroll 4
-  for (; k < depth; ++k) step(k);
+    for (; k < depth; ++k) step(k, 0);
+  } else {
+    for (; k + SETS <= depth; k += SETS)
+#pragma GCC unroll 4
+      for (int set = 0; set < SETS; ++set) step(k + set, set);
+    for (; k < depth; ++k) step(k, 0);
+    for (int set = 1; set < SETS; ++set)
+      for (int r = 0; r < ROWS; ++r)
+        for (int v = 0; v < VECS; ++v) acc[0][r][v] += acc[set][r][v];
+  }
+  auto& sum = acc[0];
   if (cols == VECS * L) {
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r)
       for (int v = 0; v < VECS; ++v) {
         T* out = c + r * ldc + v * L;
-        if (store == Store::kStream) store_streaming(out, acc[r][v]);
-        else V::store(out, store == Store::kAdd ? V::load(out) + acc[r][v] : acc[r][v]);
+        if (store == Store::kStream) store_streaming(out, sum[r][v]);
+        else V::store(out, store == Store::kAdd ? V::load(out) + sum[r][v] : sum[r][v]);
       }
   } else {
 #pragma GCC unroll 16
     for (int r = 0; r < ROWS; ++r) {  // unrolled, so that acc stays in registers
       T values[VECS * L];
-      for (int v = 0; v < VECS; ++v) V::store(values + v * L, acc[r][v]);
+      for (int v = 0; v < VECS; ++v) V::store(values + v * L, sum[r][v]);
       T* row = c + r * ldc;
       for (int64_t j = 0; j < cols; ++j) row[j] = store == Store::kAdd ? row[j] + values[j] : values[j];
     }
