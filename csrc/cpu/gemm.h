@@ -5,7 +5,8 @@
 // (two vectors a row) runs down kDepth: per k two vector loads of B from L1 and kRows broadcasts of
 // A feed 2 * kRows FMAs, so the loop is bound by FMA throughput. Where a pack would serve only a
 // few tiles (small products), the tile reads A's rows or B's rows in place instead, and a last
-// panel of one vector or less runs a one-vector tile. The packers are parameters;
+// panel of one vector or less runs a one-vector tile; an A shared by many products may come packed
+// once (PrepackedA). The packers are parameters;
 // Strided's read any row/column strides (a transpose is read as stored, never materialised), and a
 // caller may pass its own to pack from another layout. Threads split C into a grid of blocks, each
 // packing its own operands; every C element is summed by one thread in an order fixed by the
@@ -145,9 +146,9 @@ struct PackB {
 };
 
 // A packed once for many products with the same A (a convolution's weight against chunk after
-// chunk of columns, each of which would pack all of it again: 512->512 3x3 at batch 32 spent a
-// third of its time there). Panels of kRows rows, depth block after depth block: the block of rows
-// from m0 (a multiple of kRows) and depth from k0 lies at data + k0 * rows_padded + m0 * depth.
+// chunk of columns, each of which would pack all of it again). Panels of kRows rows, depth block
+// after depth block: the block of rows from m0 (a multiple of kRows) and depth from k0 lies at
+// data + k0 * rows_padded + m0 * depth.
 template <typename T>
 struct PrepackedA {
   using value_type = T;
@@ -170,7 +171,9 @@ PrepackedA<T> prepack_a(int64_t m_size, int64_t k_size, const Packer& pack_a, T*
   using S = Tile<T>;
   const int64_t panels = (m_size + S::kRows - 1) / S::kRows, rows_padded = panels * S::kRows;
   const int64_t depths = (k_size + S::kDepth - 1) / S::kDepth;
-  at::parallel_for(0, depths * panels, grain(S::kRows * S::kDepth, kStreamTask), [&](int64_t begin, int64_t end) {
+  const int64_t items = depths * panels;
+  const int64_t per_task = grain(S::kRows * S::kDepth, kStreamTask);
+  at::parallel_for(0, items, per_task, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end;) {  // runs of panels within one depth block
       const int64_t block = item / panels, p0 = item % panels;
       const int64_t p1 = std::min(panels, p0 + (end - item));

@@ -135,8 +135,8 @@ inline bool pointwise(const ConvShape& s) {
 // The weight as the GEMMs' A, [out_channels, taps] a group with k along memory: read by PackA,
 // or, where a group's weight is the A of several products (one a chunk of positions), packed
 // once for the call. Each product would otherwise pack it again, or read it in place 8 times over
-// (a chunk of 256 columns or fewer): 512->512 3x3 @7 at batch 32 spent a third of its forward
-// there. product(group, f) calls f with the group's packer.
+// (a chunk of 256 columns or fewer): 512->512 3x3 @7 at batch 32, forward 0.61 -> 0.65 of stock's
+// speed. product(group, f) calls f with the group's packer.
 template <typename scalar_t>
 struct WeightAsA {
   const scalar_t* weight;
@@ -213,7 +213,8 @@ inline int64_t copy_even_vectors(const scalar_t* __restrict src, int64_t i, int6
 template <typename scalar_t>
 inline bool all_finite(const scalar_t* data, int64_t count) {
   using bits_t = std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>;
-  constexpr bits_t kExponent = sizeof(scalar_t) == 4 ? bits_t(0x7f800000u) : bits_t(0x7ff0000000000000ull);
+  constexpr bits_t kExponent =
+      sizeof(scalar_t) == 4 ? bits_t(0x7f800000u) : bits_t(0x7ff0000000000000ull);
   for (int64_t i0 = 0; i0 < count; i0 += 4096) {
     const int64_t end = std::min(count, i0 + 4096);
     bits_t most = 0;
