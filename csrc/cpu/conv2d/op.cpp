@@ -82,7 +82,7 @@ bool finite_weight(const scalar_t* weight, int64_t groups, const ConvShape& s, i
 // needs them (direct, implicit); no other claim depends on it.
 template <typename scalar_t>
 Algorithm select_grad_input(const scalar_t* weight, int64_t groups, const ConvShape& s,
-                               int64_t batch) {
+                            int64_t batch) {
   const Algorithm chosen = select<scalar_t>(Pass::kGradInput, s, batch, true);
   if (chosen != Algorithm::kDirect && chosen != Algorithm::kImplicit) return chosen;
   return select<scalar_t>(Pass::kGradInput, s, batch, all_finite(weight, groups * s.weight_block()));

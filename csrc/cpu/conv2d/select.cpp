@@ -86,7 +86,8 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   if (fits(A::kWinograd) && tiles >= 128) {
     const bool wide =
         pass == Pass::kForward    ? tiles_w >= 7 && s.out_channels >= 64 && s.channels >= 32
-        : pass == Pass::kGradInput ? tiles_w >= 7 && s.channels >= 16 && s.channels >= s.out_channels &&
+        : pass == Pass::kGradInput ? tiles_w >= 7 && s.channels >= 16 &&
+                                         s.channels >= s.out_channels &&
                                          (tiles_w >= 16 || s.channels >= 64)
                                    : s.channels >= 16 && s.out_channels >= 16;
     if (wide) return A::kWinograd;
