@@ -76,6 +76,15 @@ CASES.update({
     "strided_phases": lambda L: (2, 3, 4, (11, 10), (4, 5), 1, (3, 2), (3, 2), 1),
     "strided_sparse": lambda L: (2, 4, 3, (10, 11), (2, 2), 1, 0, 3, 1),
     "strided_packed": lambda L: (2, 4, 120, (9, 8), (3, 3), 1, 1, 2, 1),  # B packed, not in place
+    # direct grad_weight on a zero-bordered copy: 3 wide, uneven padding, a whole vector of
+    # output channels; 5 wide with groups
+    "direct_bordered": lambda L: (3, 5, L, (12, 11), (3, 3), 1, (1, 2)),
+    "direct_bordered_groups": lambda L: (2, 4, 2 * L, (9, 10), (5, 5), 2, 2),
+    # implicit with a phase a kernel column (small planes, or rows of whole vectors), and a chunk a
+    # thread under a weight past 2 MB
+    "implicit_unrolled": lambda L: (9, 6, 10, (7, 8), (5, 3), 1, (2, 1)),
+    "implicit_aligned": lambda L: (3, 5, 7, (L, L), (3, 3), 1, 1),
+    "implicit_heavy_weight": lambda L: (5, 228, 300, (5, 6), (3, 3), 1, 1),
 })
 
 
@@ -155,7 +164,9 @@ def test_every_algorithm_claims_shapes_of_the_grid():
     ("winograd", "chunked_odd_batch"),
     ("im2col", "strided_images"), ("im2col", "many_channels"),
     ("implicit", "stem"), ("implicit", "strided_images"),
-    ("implicit", "strided_bands")])
+    ("implicit", "strided_bands"), ("implicit", "implicit_heavy_weight"),
+    ("implicit", "implicit_unrolled"),
+    ("direct", "direct_bordered"), ("im2col", "implicit_heavy_weight")])
 def test_gemm_algorithms_are_bitwise_the_same_for_one_and_two_threads(algorithm, case):
     """Threads take disjoint parts of each result; chunks are fixed by the shape alone."""
     x, w, b, *args = _conv_args(case, torch.float32)
@@ -257,12 +268,13 @@ def test_winograd_non_finite_values_give_im2col_results(step, where, value):
     ((64, 64, 56), 1, (True, True, True)), ((128, 128, 28), 32, (True, True, True)),
     ((256, 256, 14), 32, (True, True, True)), ((512, 512, 7), 32, (False, False, True)),
     ((64, 64, 8), 32, (False, False, True)), ((32, 64, 26), 32, (True, False, True)),
-    ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, True, True)),
+    ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, True, False)),
     ((16, 32, 32), 32, (False, False, True)),
     ((512, 512, 7), 1, (False, False, False)), ((3, 16, 32), 32, (False, False, False))])
 def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
     """From 128 tiles: the forward from 64 output channels, grad_input from 16 input channels and
-    no more output channels, grad_weight from 16 of each; not a few tiles (the weight's transform
+    no more output channels, grad_weight from 16 of each and more than a vector of output
+    channels (direct takes a vector's); not a few tiles (the weight's transform
     would cost more than the products); the forward and grad_input not on 4 tiles a row (8x8,
     7x7), and grad_input on 8 a row only from 64 channels."""
     channels, out_channels, size = shape
@@ -276,8 +288,23 @@ def test_small_planes_go_to_implicit_and_im2col():
     x, w = torch.randn(32, 64, 8, 8), torch.randn(64, 64, 3, 3)
     assert [op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) for step in STEPS] == [
         "implicit", "implicit", "winograd"]
-    x, w = torch.randn(32, 512, 7, 7), torch.randn(512, 512, 3, 3)
-    assert op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, "grad_input") == "im2col"
+    # grad_input: implicit from 8 images, but for 1x1 past 256 channels
+    for batch, kernel, expected in ((8, 3, "implicit"), (4, 3, "im2col"), (8, 1, "im2col")):
+        x, w = torch.randn(batch, 512, 7, 7), torch.randn(512, 512, kernel, kernel)
+        padding = [kernel // 2] * 2
+        assert op._conv2d_algorithm(x, w, [1, 1], padding, [1, 1], 1, "grad_input") == expected
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(16, 16, 32), (3, 16, 32), (16, 8, 32), (8, 16, 15)])
+def test_grad_weight_of_a_vector_of_output_channels_is_direct(shape, dtype):
+    """3x3 with padding, on a zero-bordered copy of each image, where the output channels fit the
+    lanes (float64's 8 hold half of 16)."""
+    channels, out_channels, size = shape
+    x = torch.randn(32, channels, size, size, dtype=dtype)
+    w = torch.randn(out_channels, channels, 3, 3, dtype=dtype)
+    chosen = op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, "grad_weight")
+    assert (chosen == "direct") == (out_channels <= _lanes(dtype)), chosen
 
 
 def test_forcing_an_unknown_algorithm_raises():

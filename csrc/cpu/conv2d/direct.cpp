@@ -6,7 +6,9 @@
 // full correlation of grad_output with the flipped kernel, vectorised along an input row (at most
 // one vector wide) from a zero-padded copy of grad_output. grad_weight is the forward's product
 // with positions as the reduction: grad_output transposed once per image to [position][lane], a
-// tile of taps accumulating in registers over the image's positions.
+// tile of taps accumulating in registers over the image's positions; it takes kernels 3 wide and
+// padding too (a zero-bordered copy of each image), as any layer of at most a vector of output
+// channels has them.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -128,20 +130,20 @@ void grad_input_row_of_channels(int64_t channels, const scalar_t* grad_rows, int
   grad_input_row<scalar_t, CB>(grad_rows, row_stride, weight_b, grad_input, ih, s);
 }
 
-// ROWS kernel rows x kDirectKernelW taps of one input channel, summed over one image's positions:
-// image points at (channel, kernel row kh0), partial at tap (channel, kh0, 0) of [taps][lanes].
-template <typename scalar_t, int ROWS>
-void grad_weight_tap_tile(const scalar_t* grad_lanes, const scalar_t* image, scalar_t* partial,
-                          const ConvShape& s) {
+// ROWS kernel rows x KW taps of one input channel, summed over one image's positions: image
+// points at (channel, kernel row kh0) of rows `row_stride` apart, partial at tap (channel, kh0, 0)
+// of [taps][lanes].
+template <typename scalar_t, int ROWS, int KW>
+void grad_weight_tap_tile(const scalar_t* grad_lanes, const scalar_t* image, int64_t row_stride,
+                          scalar_t* partial, const ConvShape& s) {
   using V = Lanes<scalar_t>;
   constexpr int L = V::kLanes;
-  constexpr int KW = kDirectKernelW;
   typename V::type acc[ROWS][KW] = {};
   for (int64_t oh = 0; oh < s.out_h; ++oh)
     for (int64_t ow = 0; ow < s.out_w; ++ow) {
       const typename V::type grad = V::load(grad_lanes + (oh * s.out_w + ow) * L);
       for (int j = 0; j < ROWS; ++j) {
-        const scalar_t* x = image + (oh + j) * s.in_w + ow;
+        const scalar_t* x = image + (oh + j) * row_stride + ow;
         asm("" : "+r"(x));  // as in forward_row_tile: broadcast from L1, no register rotation
         for (int kw = 0; kw < KW; ++kw) acc[j][kw] += x[kw] * grad;
       }
@@ -151,6 +153,23 @@ void grad_weight_tap_tile(const scalar_t* grad_lanes, const scalar_t* image, sca
       scalar_t* p = partial + (j * KW + kw) * L;
       V::store(p, V::load(p) + acc[j][kw]);
     }
+}
+
+// One channel's taps, kernel rows a tile of up to 3 (ROWS x KW accumulators).
+template <typename scalar_t, int KW>
+void grad_weight_channel(const scalar_t* grad_lanes, const scalar_t* image, int64_t row_stride,
+                         scalar_t* partial, const ConvShape& s) {
+  constexpr int L = Lanes<scalar_t>::kLanes;
+  for (int64_t kh0 = 0; kh0 < s.kernel_h;) {
+    const int64_t left = s.kernel_h - kh0;
+    const int64_t rows = left == 4 ? 2 : std::min<int64_t>(3, left);
+    const scalar_t* at = image + kh0 * row_stride;
+    scalar_t* tile = partial + kh0 * KW * L;
+    if (rows == 3) grad_weight_tap_tile<scalar_t, 3, KW>(grad_lanes, at, row_stride, tile, s);
+    else if (rows == 2) grad_weight_tap_tile<scalar_t, 2, KW>(grad_lanes, at, row_stride, tile, s);
+    else grad_weight_tap_tile<scalar_t, 1, KW>(grad_lanes, at, row_stride, tile, s);
+    kh0 += rows;
+  }
 }
 
 }  // namespace
@@ -226,26 +245,38 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
   // at least one part: an empty batch's gradient is its zeros
   std::vector<scalar_t> partials(std::max<int64_t>(parts.count, 1) * groups * lanes_block, scalar_t(0));
   const int64_t part_grain = grain(parts.most_items() * groups * s.multiply_adds(), kConvTask);
+  // a padded convolution reads a zero-bordered copy of each image, as an unpadded one
+  const int64_t padded_h = s.in_h + 2 * s.pad_h, padded_w = s.in_w + 2 * s.pad_w;
+  const bool padded = s.pad_h > 0 || s.pad_w > 0;
   at::parallel_for(0, parts.count, part_grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> grad_lanes(s.positions() * L, scalar_t(0));  // lanes >= out_channels stay 0
+    std::vector<scalar_t> bordered(padded ? s.channels * padded_h * padded_w : 0, scalar_t(0));
     for (int64_t part = begin; part < end; ++part)
       for (int64_t n = parts.begin(part); n < parts.end(part); ++n)
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t i = n * groups + g;
           simd::transpose(grad_output + i * s.output_block(), s.positions(), grad_lanes.data(), L,
                     s.out_channels, s.positions());
+          const scalar_t* image = input + i * s.input_block();
+          if (padded) {  // the border stays zero from the allocation
+            for (int64_t row = 0; row < s.channels * s.in_h; ++row)
+              std::copy_n(image + row * s.in_w, s.in_w,
+                          bordered.data() + (row / s.in_h * padded_h + row % s.in_h + s.pad_h) *
+                                                padded_w + s.pad_w);
+            image = bordered.data();
+          }
+          const int64_t row_stride = padded ? padded_w : s.in_w;
+          const int64_t plane = padded ? padded_h * padded_w : s.in_h * s.in_w;
           scalar_t* partial = partials.data() + (part * groups + g) * lanes_block;
-          for (int64_t c = 0; c < s.channels; ++c)
-            for (int64_t kh0 = 0; kh0 < s.kernel_h;) {
-              const int64_t left = s.kernel_h - kh0;
-              const int64_t rows = left == 4 ? 2 : std::min<int64_t>(3, left);
-              const scalar_t* image = input + i * s.input_block() + (c * s.in_h + kh0) * s.in_w;
-              scalar_t* tile = partial + (c * s.kernel_h + kh0) * kDirectKernelW * L;
-              if (rows == 3) grad_weight_tap_tile<scalar_t, 3>(grad_lanes.data(), image, tile, s);
-              else if (rows == 2) grad_weight_tap_tile<scalar_t, 2>(grad_lanes.data(), image, tile, s);
-              else grad_weight_tap_tile<scalar_t, 1>(grad_lanes.data(), image, tile, s);
-              kh0 += rows;
-            }
+          for (int64_t c = 0; c < s.channels; ++c) {
+            scalar_t* taps = partial + c * s.kernel_h * s.kernel_w * L;
+            if (s.kernel_w == 3)
+              grad_weight_channel<scalar_t, 3>(grad_lanes.data(), image + c * plane, row_stride,
+                                               taps, s);
+            else
+              grad_weight_channel<scalar_t, kDirectKernelW>(grad_lanes.data(), image + c * plane,
+                                                            row_stride, taps, s);
+          }
         }
   });
   // Parts summed into the first, then [taps][lanes] -> [out_channels][taps] by blocks in registers

@@ -10,11 +10,13 @@
 // on the way out. Memory: the padded copy (the chunk's input, not taps times it as im2col's
 // columns) and the block; the waste is the dropped columns, (kernel_w - 1) / stride_w of every
 // pw (side by side, the images need no rows between them, which a stack of them would compute and
-// drop). grad_input (stride 1) is the same kernel: the forward convolution of grad_output, padded
+// drop). On small planes at stride 1 each kernel column has a phase of its own instead, the
+// padded input shifted by kw and out_w wide: kernel_w copies, and no column is dropped.
+// grad_input (stride 1) is the same kernel: the forward convolution of grad_output, padded
 // by kernel - 1 - pad, with the weight flipped and its channels swapped (its zero padding meets
-// every weight, hence only where 0 * weight is 0). Chunks (whole planes, several images a chunk; or
-// bands of rows of a large plane) are fixed by the shape, so each element is summed in the same
-// order for any thread count.
+// every weight, hence only where 0 * weight is 0). Chunks are whole planes, several images a
+// chunk, or bands of rows of a large plane; each element is one sum over the taps in the GEMM,
+// in an order no chunking changes, so the result is the same for any thread count.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -37,13 +39,35 @@ constexpr int64_t kBufferBytes = int64_t(4) << 20;
 // at most (kernel_w - 1) / stride_w columns and `halo` rows past its output position's.
 struct Phases {
   int64_t along_h, along_w, width, halo;
+  bool unrolled;  // a phase for each kernel column, out_w wide
 
+  template <typename scalar_t>
   static Phases of(const ConvShape& s) {
-    return {std::min(s.stride_h, s.kernel_h), std::min(s.stride_w, s.kernel_w),
-            s.out_w + (s.kernel_w - 1) / s.stride_w, (s.kernel_h - 1) / s.stride_h};
+    const int64_t dropped = (s.kernel_w - 1) / s.stride_w;
+    // Stride 1, rows of up to two vectors: the kernel's columns unrolled (kernel_w copies of the
+    // padded input, each shifted by a column) where the dropped columns are over an eighth of the
+    // wide ones (3x3 on 7x7 to 14x14) or where it makes every wide row whole vectors, so that B's
+    // loads stay aligned. Stock / ours, forward: 16->16 @32 batch 8 0.91 -> 1.18, batch 32 0.76
+    // -> 1.0; 512->512 @7 batch 32 0.62 -> 0.75; 64->64 @8 batch 8 0.60 -> 0.85. Rows of 26 on 28
+    // lost 5%; on wider planes the copies gain nothing and their phases can fall whole pages apart
+    // (3->16 @512: 5x slower).
+    constexpr int64_t L = Lanes<scalar_t>::kLanes;
+    if (s.stride_w == 1 && s.out_w <= 2 * L && (8 * dropped > s.out_w || s.out_w % L == 0))
+      return {std::min(s.stride_h, s.kernel_h), s.kernel_w, s.out_w, (s.kernel_h - 1) / s.stride_h,
+              true};
+    return {std::min(s.stride_h, s.kernel_h), std::min(s.stride_w, s.kernel_w), s.out_w + dropped,
+            (s.kernel_h - 1) / s.stride_h, false};
   }
   int64_t count() const { return along_h * along_w; }
+  // where tap (kh, kw) reads: its phase, and its column in the phase
+  int64_t phase(const ConvShape& s, int64_t kh, int64_t kw) const {
+    return kh % s.stride_h * along_w + (unrolled ? kw : kw % s.stride_w);
+  }
+  int64_t column(const ConvShape& s, int64_t kw) const { return unrolled ? 0 : kw / s.stride_w; }
 };
+
+// A group's weight past this many bytes does not stay in L2 from one chunk to the next.
+constexpr int64_t kWeightInCacheBytes = int64_t(2) << 20;
 
 // The chunks of a batch: `images` whole planes each, or bands of `rows` output rows of one image.
 struct Chunks {
@@ -60,8 +84,14 @@ struct Chunks {
       const int64_t bands = (s.out_h + rows - 1) / rows;
       return {1, rows, bands, batch * bands};
     }
-    const int64_t images = std::max<int64_t>(
-        1, std::min((kTargetColumns + ph * pw - 1) / (ph * pw), (batch + kMinChunks - 1) / kMinChunks));
+    const int64_t widest = (kTargetColumns + ph * pw - 1) / (ph * pw);  // images a chunk at most
+    int64_t images = std::max<int64_t>(1, std::min(widest, (batch + kMinChunks - 1) / kMinChunks));
+    // A weight past L2 streams from memory once a chunk: a chunk a thread where that is not too
+    // wide (512->512 @7 batch 8: 2 chunks of 4 images, not 8 of one, forward 0.57 -> X of
+    // stock's speed). The sums do not depend on the chunks.
+    const int64_t threads = at::get_num_threads(), each = (batch + threads - 1) / threads;
+    if (s.weight_block() * int64_t(sizeof(scalar_t)) > kWeightInCacheBytes && each <= widest)
+      images = std::max(images, each);
     return {images, s.out_h, 1, (batch + images - 1) / images};
   }
 };
@@ -82,9 +112,8 @@ struct PackTaps {
   const scalar_t* row(int64_t k) const {
     const int64_t kernel = s.kernel_h * s.kernel_w;
     const int64_t kh = k % kernel / s.kernel_w, kw = k % s.kernel_w;
-    const int64_t phase = kh % s.stride_h * phases.along_w + kw % s.stride_w;
-    return buffer + k / kernel * channel_stride + phase * phase_stride + kh / s.stride_h * line +
-           kw / s.stride_w;
+    return buffer + k / kernel * channel_stride + phases.phase(s, kh, kw) * phase_stride +
+           kh / s.stride_h * line + phases.column(s, kw);
   }
 
   void operator()(int64_t k0, int64_t depth, int64_t n0, int64_t cols, scalar_t* out) const {
@@ -125,7 +154,7 @@ void copy_phase_row(const scalar_t* row, const scalar_t* end, const ConvShape& s
 template <typename scalar_t>
 void convolve(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
               scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
-  const Phases phases = Phases::of(s);
+  const Phases phases = Phases::of<scalar_t>(s);
   const int64_t pw = phases.width;
   const Chunks chunks = Chunks::of<scalar_t>(s, batch, phases);
   const int64_t band = chunks.rows + phases.halo;  // rows of each phase a band reads
@@ -197,13 +226,20 @@ void implicit_grad_input(const scalar_t* grad_output, const scalar_t* weight,
                     s.kernel_h, s.kernel_w, 1, 1, s.kernel_h - 1 - s.pad_h,
                     s.kernel_w - 1 - s.pad_w, 1, 1};
   const int64_t kernel = s.kernel_h * s.kernel_w;
+  // written in order, a row of the flipped weight a time, over the threads (512->512 3x3: 9.4 MB,
+  // as long as a fifth of the products at batch 8 when written scattered on one thread)
   std::vector<scalar_t> flipped(groups * s.weight_block());
-  for (int64_t g = 0; g < groups; ++g)
-    for (int64_t oc = 0; oc < s.out_channels; ++oc)
-      for (int64_t c = 0; c < s.channels; ++c)
+  at::parallel_for(0, groups * s.channels, grain(s.out_channels * kernel, kStreamTask),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t g = row / s.channels, c = row % s.channels;
+      scalar_t* to = flipped.data() + g * s.weight_block() + c * s.out_channels * kernel;
+      const scalar_t* from = weight + g * s.weight_block() + c * kernel;
+      for (int64_t oc = 0; oc < s.out_channels; ++oc)
         for (int64_t k = 0; k < kernel; ++k)
-          flipped[g * s.weight_block() + (c * s.out_channels + oc) * kernel + kernel - 1 - k] =
-              weight[g * s.weight_block() + (oc * s.channels + c) * kernel + k];
+          to[oc * kernel + kernel - 1 - k] = from[oc * s.taps() + k];
+    }
+  });
   convolve(grad_output, flipped.data(), static_cast<const scalar_t*>(nullptr), grad_input, batch,
            groups, t);
 }

@@ -37,7 +37,10 @@ bool claims(Algorithm algorithm, Pass pass, const ConvShape& s, int64_t batch,
         // one vector holds an input row; weights multiply grad_output's zero padding, which
         // is right only when 0 * weight is 0
         case Pass::kGradInput: return small && s.in_w <= L && finite_weight;
-        case Pass::kGradWeight: return small && five_wide;
+        // a zero-bordered copy of each image takes the padding; tap tiles 3 or 5 wide
+        case Pass::kGradWeight:
+          return s.stride_h == 1 && s.stride_w == 1 && s.dilation_h == 1 && s.dilation_w == 1 &&
+                 s.out_channels <= L && (five_wide || s.kernel_w == 3);
       }
       return false;
     case Algorithm::kRows:  // an output row as the vector: one to two vectors wide
@@ -82,6 +85,8 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // and 0.74 / 0.55) and im2col (grad_input 512->512 @7 batch 32 0.67 / 0.58) won; its
   // grad_weight, whose transforms are a smaller share, still won (0.68 against im2col's 0.62).
   // On 8 tiles a row (16x16) grad_input wants 64 channels: 32->32 @16 implicit 0.81 / 0.64.
+  // grad_weight of a vector of output channels or fewer is direct's, which reads each image in
+  // place and transforms nothing (16->16 @32 batch 32, 1 thread: 1.9 against 1.2 of stock's speed).
   const int64_t tiles_w = (s.out_w + 1) / 2, tiles = batch * ((s.out_h + 1) / 2) * tiles_w;
   if (fits(A::kWinograd) && tiles >= 128) {
     const bool wide =
@@ -89,7 +94,8 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
         : pass == Pass::kGradInput ? tiles_w >= 7 && s.channels >= 16 &&
                                          s.channels >= s.out_channels &&
                                          (tiles_w >= 16 || s.channels >= 64)
-                                   : s.channels >= 16 && s.out_channels >= 16;
+                                   : s.channels >= 16 && s.out_channels >= 16 &&
+                                         !fits(A::kDirect);
     if (wide) return A::kWinograd;
   }
   switch (pass) {
@@ -118,12 +124,12 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       // many input channels on a small plane: the products are wide enough, and there is no
       // col2im (1.2-1.9x im2col for 32-64 channels on 8x8-16x16 at batch 32); on larger planes
       // and fewer channels im2col's products were 4-60% faster, and so they were below ~1K
-      // positions, where the flipped copy of the weight is not paid back (batch 1: 32->32 @16
-      // 1.2x, 64->64 @8 1.6x, 256->256 @14 1.6x, 512->512 @7 2.3x faster by im2col); up to 256
-      // channels, past which the GEMM packs its B panels (512->512 @7 batch 32: im2col 0.67,
-      // implicit 0.59 of stock's speed)
-      if (fits(A::kImplicit) && s.channels >= 16 && s.channels <= 256 && s.in_h * s.in_w <= 256 &&
-          batch * s.in_h * s.in_w >= 1024)
+      // positions and 8 images, where the flipped copy of the weight is not paid back (batch 1:
+      // 32->32 @16 1.5x, 64->64 @8 2x, 256->256 @14 1.4x, 512->512 @7 1.6x faster by im2col;
+      // batch 8: 512->512 @7 0.62 against im2col's 0.49 of stock's speed, 64->64 @8 0.83 / 0.72);
+      // 1x1 only up to 256 channels (2048->512 1x1 @7 batch 8: 0.56 / 0.76)
+      if (fits(A::kImplicit) && s.channels >= 16 && (s.channels <= 256 || !pointwise(s)) &&
+          s.in_h * s.in_w <= 256 && (batch >= 8 || batch * s.in_h * s.in_w >= 1024))
         return A::kImplicit;
       break;
     case Pass::kGradWeight:
