@@ -83,7 +83,7 @@ CASES.update({
     # implicit with a phase a kernel column (small planes, or rows of whole vectors), and a chunk a
     # thread under a weight past 2 MB
     "implicit_unrolled": lambda L: (9, 6, 10, (7, 8), (5, 3), 1, (2, 1)),
-    "implicit_aligned": lambda L: (3, 5, 7, (L, L), (3, 3), 1, 1),
+    "implicit_aligned": lambda L: (3, 5, 7, (2 * L, 2 * L), (3, 3), 1, 1),  # a row a panel
     "implicit_heavy_weight": lambda L: (5, 228, 300, (5, 6), (3, 3), 1, 1),
 })
 

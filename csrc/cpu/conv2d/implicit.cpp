@@ -44,15 +44,15 @@ struct Phases {
   template <typename scalar_t>
   static Phases of(const ConvShape& s) {
     const int64_t dropped = (s.kernel_w - 1) / s.stride_w;
-    // Stride 1, rows of up to two vectors: the kernel's columns unrolled (kernel_w copies of the
-    // padded input, each shifted by a column) where the dropped columns are over an eighth of the
-    // wide ones (3x3 on 7x7 to 14x14) or where it makes every wide row whole vectors, so that B's
-    // loads stay aligned. Stock / ours, forward: 16->16 @32 batch 8 0.91 -> 1.18, batch 32 0.76
-    // -> 1.0; 512->512 @7 batch 32 0.62 -> 0.75; 64->64 @8 batch 8 0.60 -> 0.85. Rows of 26 on 28
-    // lost 5%; on wider planes the copies gain nothing and their phases can fall whole pages apart
-    // (3->16 @512: 5x slower).
-    constexpr int64_t L = Lanes<scalar_t>::kLanes;
-    if (s.stride_w == 1 && s.out_w <= 2 * L && (8 * dropped > s.out_w || s.out_w % L == 0))
+    // Stride 1: the kernel's columns unrolled (kernel_w copies of the padded input, each shifted
+    // by a column) where the dropped columns are over an eighth of the wide ones (3x3 on 7x7 to
+    // 15x15), or where a row is then one panel of B (32 floats), whose loads stay aligned. Stock
+    // / ours, forward: 16->16 @32 batch 8 0.91 -> 1.18, batch 32 0.76 -> 1.0; 512->512 @7 batch
+    // 32 0.62 -> 0.75; 64->64 @8 batch 8 0.60 -> 0.85. Rows of 16 lost 5% (32->32 @16), rows of 26
+    // on 28 too; on wider planes the copies gain nothing and their phases can fall whole pages
+    // apart (3->16 @512: 5x slower).
+    constexpr int64_t kPanel = gemm::Tile<scalar_t>::kCols;
+    if (s.stride_w == 1 && (8 * dropped > s.out_w || s.out_w == kPanel))
       return {std::min(s.stride_h, s.kernel_h), s.kernel_w, s.out_w, (s.kernel_h - 1) / s.stride_h,
               true};
     return {std::min(s.stride_h, s.kernel_h), std::min(s.stride_w, s.kernel_w), s.out_w + dropped,
