@@ -307,6 +307,13 @@ def test_grad_weight_of_a_vector_of_output_channels_is_direct(shape, dtype):
     assert (chosen == "direct") == (out_channels <= _lanes(dtype)), chosen
 
 
+@pytest.mark.parametrize("size, expected", [(64, "direct"), (65, "im2col"), (512, "im2col")])
+def test_direct_grad_weight_holds_a_plane_of_at_most_64x64(size, expected):
+    """Its grad_output transposed to lanes, a plane a thread, stays within 256 KB."""
+    x, w = torch.randn(1, 3, size, size), torch.randn(16, 3, 3, 3)
+    assert op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, "grad_weight") == expected
+
+
 def test_forcing_an_unknown_algorithm_raises():
     x, w = torch.randn(1, 1, 8, 8), torch.randn(2, 1, 3, 3)
     with pytest.raises(RuntimeError, match=r"_conv2d_forced: expected algorithm to be one of "
