@@ -14,9 +14,9 @@
 // padded input shifted by kw and out_w wide: kernel_w copies, and no column is dropped.
 // grad_input (stride 1) is the same kernel: the forward convolution of grad_output, padded
 // by kernel - 1 - pad, with the weight flipped and its channels swapped (its zero padding meets
-// every weight, hence only where 0 * weight is 0). Chunks are whole planes, several images a
-// chunk, or bands of rows of a large plane; each element is one sum over the taps in the GEMM,
-// in an order no chunking changes, so the result is the same for any thread count.
+// every weight, hence only where 0 * weight is 0). Chunks (whole planes, several images a chunk; or
+// bands of rows of a large plane) are fixed by the shape, so each element is summed in the same
+// order for any thread count.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -68,6 +68,7 @@ struct Phases {
 
 // A group's weight past this many bytes does not stay in L2 from one chunk to the next.
 constexpr int64_t kWeightInCacheBytes = int64_t(2) << 20;
+constexpr int64_t kWeightChunks = 2;  // chunks of a small batch under such a weight
 
 // The chunks of a batch: `images` whole planes each, or bands of `rows` output rows of one image.
 struct Chunks {
@@ -86,10 +87,12 @@ struct Chunks {
     }
     const int64_t widest = (kTargetColumns + ph * pw - 1) / (ph * pw);  // images a chunk at most
     int64_t images = std::max<int64_t>(1, std::min(widest, (batch + kMinChunks - 1) / kMinChunks));
-    // A weight past L2 streams from memory once a chunk: a chunk a thread where that is not too
-    // wide (512->512 @7 batch 8: 2 chunks of 4 images, not 8 of one, forward 0.57 -> X of
-    // stock's speed). The sums do not depend on the chunks.
-    const int64_t threads = at::get_num_threads(), each = (batch + threads - 1) / threads;
+    // A weight past L2 streams from memory once a chunk: kWeightChunks chunks where they are not
+    // too wide (512->512 @7 batch 8: 2 chunks of 4 images, not 8 of one, forward 0.57 -> 0.75 of
+    // stock's speed on 2 threads). Fixed, not the thread count: the GEMM's path for A (read in
+    // place under a few panels, or packed) follows the chunks, and the portable build's sums
+    // with it.
+    const int64_t each = (batch + kWeightChunks - 1) / kWeightChunks;
     if (s.weight_block() * int64_t(sizeof(scalar_t)) > kWeightInCacheBytes && each <= widest)
       images = std::max(images, each);
     return {images, s.out_h, 1, (batch + images - 1) / images};
