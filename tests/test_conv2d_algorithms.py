@@ -80,8 +80,8 @@ CASES.update({
     # output channels; 5 wide with groups
     "direct_bordered": lambda L: (3, 5, L, (12, 11), (3, 3), 1, (1, 2)),
     "direct_bordered_groups": lambda L: (2, 4, 2 * L, (9, 10), (5, 5), 2, 2),
-    # implicit with a phase a kernel column (small planes, or rows of whole vectors), and a chunk a
-    # thread under a weight past 2 MB
+    # implicit with a phase a kernel column (small planes, or a row a panel), and a small batch in
+    # two chunks under a weight past 2 MB
     "implicit_unrolled": lambda L: (9, 6, 10, (7, 8), (5, 3), 1, (2, 1)),
     "implicit_aligned": lambda L: (3, 5, 7, (2 * L, 2 * L), (3, 3), 1, 1),  # a row a panel
     "implicit_heavy_weight": lambda L: (5, 228, 300, (5, 6), (3, 3), 1, 1),

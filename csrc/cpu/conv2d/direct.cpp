@@ -248,6 +248,8 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
   // a padded convolution reads a zero-bordered copy of each image, as an unpadded one
   const int64_t padded_h = s.in_h + 2 * s.pad_h, padded_w = s.in_w + 2 * s.pad_w;
   const bool padded = s.pad_h > 0 || s.pad_w > 0;
+  const int64_t row_stride = padded ? padded_w : s.in_w;
+  const int64_t plane = padded ? padded_h * padded_w : s.in_h * s.in_w;
   at::parallel_for(0, parts.count, part_grain, [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> grad_lanes(s.positions() * L, scalar_t(0));  // lanes >= out_channels stay 0
     std::vector<scalar_t> bordered(padded ? s.channels * padded_h * padded_w : 0, scalar_t(0));
@@ -259,14 +261,12 @@ void direct_grad_weight(const scalar_t* grad_output, const scalar_t* input, scal
                     s.out_channels, s.positions());
           const scalar_t* image = input + i * s.input_block();
           if (padded) {  // the border stays zero from the allocation
-            for (int64_t row = 0; row < s.channels * s.in_h; ++row)
-              std::copy_n(image + row * s.in_w, s.in_w,
-                          bordered.data() + (row / s.in_h * padded_h + row % s.in_h + s.pad_h) *
-                                                padded_w + s.pad_w);
+            for (int64_t c = 0; c < s.channels; ++c)
+              for (int64_t ih = 0; ih < s.in_h; ++ih)
+                copy_row(image + (c * s.in_h + ih) * s.in_w, s.in_w,
+                         bordered.data() + c * plane + (ih + s.pad_h) * padded_w + s.pad_w);
             image = bordered.data();
           }
-          const int64_t row_stride = padded ? padded_w : s.in_w;
-          const int64_t plane = padded ? padded_h * padded_w : s.in_h * s.in_w;
           scalar_t* partial = partials.data() + (part * groups + g) * lanes_block;
           for (int64_t c = 0; c < s.channels; ++c) {
             scalar_t* taps = partial + c * s.kernel_h * s.kernel_w * L;

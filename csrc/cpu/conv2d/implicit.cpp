@@ -52,11 +52,10 @@ struct Phases {
     // on 28 too; on wider planes the copies gain nothing and their phases can fall whole pages
     // apart (3->16 @512: 5x slower).
     constexpr int64_t kPanel = gemm::Tile<scalar_t>::kCols;
-    if (s.stride_w == 1 && (8 * dropped > s.out_w || s.out_w == kPanel))
-      return {std::min(s.stride_h, s.kernel_h), s.kernel_w, s.out_w, (s.kernel_h - 1) / s.stride_h,
-              true};
-    return {std::min(s.stride_h, s.kernel_h), std::min(s.stride_w, s.kernel_w), s.out_w + dropped,
-            (s.kernel_h - 1) / s.stride_h, false};
+    const bool unrolled = s.stride_w == 1 && (8 * dropped > s.out_w || s.out_w == kPanel);
+    return {std::min(s.stride_h, s.kernel_h),
+            unrolled ? s.kernel_w : std::min(s.stride_w, s.kernel_w),
+            unrolled ? s.out_w : s.out_w + dropped, (s.kernel_h - 1) / s.stride_h, unrolled};
   }
   int64_t count() const { return along_h * along_w; }
   // where tap (kh, kw) reads: its phase, and its column in the phase
@@ -100,8 +99,8 @@ struct Chunks {
 };
 
 // B's packer over the padded buffer: tap k = (c, kh, kw) starts at c * channel_stride + its
-// phase's start + (kh / stride_h) * line + kw / stride_w; a panel row past the buffer's end (wide
-// columns that are dropped) is zero.
+// phase's start + (kh / stride_h) * line + its column in the phase (Phases::column); a panel row
+// past the buffer's end (wide columns that are dropped) is zero.
 template <typename scalar_t>
 struct PackTaps {
   using value_type = scalar_t;
