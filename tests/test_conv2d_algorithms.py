@@ -288,8 +288,9 @@ def test_small_planes_go_to_implicit_and_im2col():
     x, w = torch.randn(32, 64, 8, 8), torch.randn(64, 64, 3, 3)
     assert [op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) for step in STEPS] == [
         "implicit", "implicit", "winograd"]
-    # grad_input: implicit from 8 images, but for 1x1 past 256 channels
-    for batch, kernel, expected in ((8, 3, "implicit"), (4, 3, "im2col"), (8, 1, "im2col")):
+    # grad_input: implicit from 8 images, but for 1x1 past 256 channels from 32
+    for batch, kernel, expected in ((8, 3, "implicit"), (4, 3, "im2col"), (8, 1, "implicit"),
+                                    (32, 1, "im2col")):
         x, w = torch.randn(batch, 512, 7, 7), torch.randn(512, 512, kernel, kernel)
         padding = [kernel // 2] * 2
         assert op._conv2d_algorithm(x, w, [1, 1], padding, [1, 1], 1, "grad_input") == expected

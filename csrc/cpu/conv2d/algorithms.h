@@ -132,11 +132,37 @@ inline bool pointwise(const ConvShape& s) {
          s.pad_h == 0 && s.pad_w == 0;
 }
 
+// grad_input's A, packed straight from the weight: the weight flipped and its channels swapped,
+// A(c, oc * kernel + t) = weight[oc][c][kernel - 1 - t] ([out_channels][rows][kernel] a group, with
+// `rows` the input channels). A panel row gathers kRows channels `kernel` apart, which lie in a few
+// cache lines that the next kernel - 1 rows of the panel read again; one pass over the weight,
+// where a flipped copy first took two (512->512 3x3: 9.4 MB each).
+template <typename scalar_t>
+struct PackFlipped {
+  using value_type = scalar_t;
+  const scalar_t* weight;
+  int64_t rows, kernel;
+  void operator()(int64_t m0, int64_t count, int64_t k0, int64_t depth, scalar_t* out) const {
+    constexpr int R = gemm::Tile<scalar_t>::kRows;
+    for (int64_t p0 = 0; p0 < count; p0 += R, out += depth * R) {
+      const int valid = int(std::min<int64_t>(R, count - p0));
+      for (int64_t k = 0; k < depth; ++k) {
+        const int64_t oc = (k0 + k) / kernel, tap = kernel - 1 - (k0 + k) % kernel;
+        const scalar_t* src = weight + (oc * rows + m0 + p0) * kernel + tap;
+        scalar_t* dst = out + k * R;
+        for (int r = 0; r < valid; ++r) dst[r] = src[r * kernel];
+        for (int r = valid; r < R; ++r) dst[r] = scalar_t(0);
+      }
+    }
+  }
+};
+
 // The weight as the GEMMs' A, [out_channels, taps] a group with k along memory: read by PackA,
 // or, where a group's weight is the A of several products (one a chunk of positions), packed
 // once for the call. Each product would otherwise pack it again, or read it in place 8 times over
 // (a chunk of 256 columns or fewer): 512->512 3x3 @7 at batch 32, forward 0.61 -> 0.65 of stock's
-// speed. product(group, f) calls f with the group's packer.
+// speed. `flipped` (grad_input, `s` its transposed shape): PackFlipped's A, always packed once.
+// product(group, f) calls f with the group's packer.
 template <typename scalar_t>
 struct WeightAsA {
   const scalar_t* weight;
@@ -144,13 +170,20 @@ struct WeightAsA {
   const scalar_t* packed = nullptr;
   int64_t rows_padded = 0;
 
-  WeightAsA(const scalar_t* weight, int64_t groups, const ConvShape& s, int64_t products_per_group)
+  WeightAsA(const scalar_t* weight, int64_t groups, const ConvShape& s, int64_t products_per_group,
+            bool flipped = false)
       : weight(weight), s(s) {
-    if (products_per_group < 2) return;
+    if (products_per_group < 2 && !flipped) return;
     const int64_t size = gemm::prepacked_size<scalar_t>(s.out_channels, s.taps());
     scalar_t* out = scratch<scalar_t>(Scratch::kPrepackedWeight, groups * size);
+    const int64_t kernel = s.kernel_h * s.kernel_w;
     for (int64_t g = 0; g < groups; ++g)
-      rows_padded = gemm::prepack_a(s.out_channels, s.taps(), pack(g), out + g * size).rows_padded;
+      rows_padded = flipped ? gemm::prepack_a(s.out_channels, s.taps(),
+                                              PackFlipped<scalar_t>{weight + g * s.weight_block(),
+                                                                    s.out_channels, kernel},
+                                              out + g * size).rows_padded
+                            : gemm::prepack_a(s.out_channels, s.taps(), pack(g), out + g * size)
+                                  .rows_padded;
     packed = out;
   }
   gemm::PackA<scalar_t> pack(int64_t group) const {

@@ -14,7 +14,7 @@
 // padded input shifted by kw and out_w wide: kernel_w copies, and no column is dropped.
 // grad_input (stride 1) is the same kernel: the forward convolution of grad_output, padded
 // by kernel - 1 - pad, with the weight flipped and its channels swapped (its zero padding meets
-// every weight, hence only where 0 * weight is 0). Chunks (whole planes, several images a chunk; or
+// every weight, hence only where 0 * weight is 0), the flip folded into the packing of the weight. Chunks (whole planes, several images a chunk; or
 // bands of rows of a large plane) are fixed by the shape, so each element is summed in the same
 // order for any thread count.
 #include <ATen/Parallel.h>
@@ -152,16 +152,18 @@ void copy_phase_row(const scalar_t* row, const scalar_t* end, const ConvShape& s
 }
 
 // The forward convolution of `input` (no dilation) for every chunk; `weight` is the group's
-// [out_channels, taps] block at weight + group * s.weight_block().
+// [out_channels, taps] block at weight + group * s.weight_block(), or with `flipped` the weight
+// whose flipped copy that would be (WeightAsA).
 template <typename scalar_t>
 void convolve(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
-              scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
+              scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s,
+              bool flipped = false) {
   const Phases phases = Phases::of<scalar_t>(s);
   const int64_t pw = phases.width;
   const Chunks chunks = Chunks::of<scalar_t>(s, batch, phases);
   const int64_t band = chunks.rows + phases.halo;  // rows of each phase a band reads
   const int64_t positions = s.positions();
-  const WeightAsA<scalar_t> weights(weight, groups, s, chunks.count);
+  const WeightAsA<scalar_t> weights(weight, groups, s, chunks.count, flipped);
   run_conv_tasks(groups * chunks.count, s.multiply_adds() * chunks.images * chunks.rows / s.out_h,
                  [&](int64_t task) {
     const int64_t group = task / chunks.count, chunk = task % chunks.count;
@@ -227,23 +229,8 @@ void implicit_grad_input(const scalar_t* grad_output, const scalar_t* weight,
   const ConvShape t{s.out_channels, s.out_h, s.out_w, s.channels, s.in_h, s.in_w,
                     s.kernel_h, s.kernel_w, 1, 1, s.kernel_h - 1 - s.pad_h,
                     s.kernel_w - 1 - s.pad_w, 1, 1};
-  const int64_t kernel = s.kernel_h * s.kernel_w;
-  // written in order, a row of the flipped weight a time, over the threads (512->512 3x3: 9.4 MB,
-  // as long as a fifth of the products at batch 8 when written scattered on one thread)
-  std::vector<scalar_t> flipped(groups * s.weight_block());
-  at::parallel_for(0, groups * s.channels, grain(s.out_channels * kernel, kStreamTask),
-                   [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t g = row / s.channels, c = row % s.channels;
-      scalar_t* to = flipped.data() + g * s.weight_block() + c * s.out_channels * kernel;
-      const scalar_t* from = weight + g * s.weight_block() + c * kernel;
-      for (int64_t oc = 0; oc < s.out_channels; ++oc)
-        for (int64_t k = 0; k < kernel; ++k)
-          to[oc * kernel + kernel - 1 - k] = from[oc * s.taps() + k];
-    }
-  });
-  convolve(grad_output, flipped.data(), static_cast<const scalar_t*>(nullptr), grad_input, batch,
-           groups, t);
+  convolve(grad_output, weight, static_cast<const scalar_t*>(nullptr), grad_input, batch, groups,
+           t, /*flipped=*/true);
 }
 
 LENET_EXT_CONV2D_FORWARD(implicit_forward)

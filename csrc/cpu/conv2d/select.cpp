@@ -130,9 +130,11 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       // and fewer channels im2col's products were 4-60% faster, and so they were below ~1K
       // positions and 8 images, where the flipped copy of the weight is not paid back (batch 1:
       // 32->32 @16 1.5x, 64->64 @8 2x, 256->256 @14 1.4x, 512->512 @7 1.6x faster by im2col;
-      // batch 8: 512->512 @7 0.62 against im2col's 0.49 of stock's speed, 64->64 @8 0.83 / 0.72);
-      // 1x1 only up to 256 channels (2048->512 1x1 @7 batch 8: 0.56 / 0.76)
-      if (fits(A::kImplicit) && s.channels >= 16 && (s.channels <= 256 || !pointwise(s)) &&
+      // batch 8: 512->512 @7 0.75 against im2col's 0.62 of stock's speed, 64->64 @8 1.0 / 0.91);
+      // 1x1 of more than 256 channels only below batch 32 (batch 8: 2048->512 @7 0.88 / 0.74,
+      // 512->2048 @7 0.92 / 0.84; batch 32: 1.09 / 1.22 and 0.93 / 1.03)
+      if (fits(A::kImplicit) && s.channels >= 16 &&
+          (s.channels <= 256 || !pointwise(s) || batch < 32) &&
           s.in_h * s.in_w <= 256 && (batch >= 8 || batch * s.in_h * s.in_w >= 1024))
         return A::kImplicit;
       break;
