@@ -296,6 +296,19 @@ def test_small_planes_go_to_implicit_and_im2col():
         assert op._conv2d_algorithm(x, w, [1, 1], padding, [1, 1], 1, "grad_input") == expected
 
 
+@pytest.mark.parametrize("channels, out_channels, kernel, expected", [
+    (256, 512, 3, "implicit"), (16, 32, 3, "implicit"), (3, 64, 7, "implicit"),
+    (64, 64, 1, "implicit"), (64, 128, 1, "im2col")])
+def test_strided_forward_is_implicit_but_for_wide_1x1(channels, out_channels, kernel, expected):
+    """Stride 2: implicit for any kernel past 1x1 (its phases need no unrolled columns); a 1x1
+    reads every other column, which im2col copies out faster once the GEMM packs B (more output
+    channels than its few row tiles)."""
+    x = torch.randn(2, channels, 14, 14)
+    w = torch.randn(out_channels, channels, kernel, kernel)
+    padding = [kernel // 2] * 2
+    assert op._conv2d_algorithm(x, w, [2, 2], padding, [1, 1], 1, "forward") == expected
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(16, 16, 32), (3, 16, 32), (16, 8, 32), (8, 16, 15)])
 def test_grad_weight_of_a_vector_of_output_channels_is_direct(shape, dtype):

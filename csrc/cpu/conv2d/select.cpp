@@ -113,12 +113,15 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       if (fits(A::kRows)) return A::kRows;
       // stride 1 but for 1x1 (whose columns are the input itself): panels packed from the image,
       // or read from it in place, instead of unrolled columns (1.1-2x im2col, 3x3 layers of 1-256
-      // channels, planes 8x8 to 512x512); strided, only while the GEMM reads B in place (1 thread:
-      // 16->32 3x3/2 @32 b32 1.7x im2col, stem 7x7/2 @224 1.4-1.7x; packed, from 128 channels,
-      // the dropped columns cost more than im2col's copies: 256->512 3x3/2 @14 b32 0.92x)
+      // channels, planes 8x8 to 512x512); strided, where the kernel is wider than 1x1 or the GEMM
+      // reads B in place (16->32 3x3/2 @32 b32 1.7x im2col, stem 7x7/2 @224 1.4-1.7x; from 128
+      // channels, 2 threads, stock / ours against im2col's: 256->512 3x3/2 @14 b8 0.96 / 0.76,
+      // 512->512 @14 b16 0.92 / 0.79, b64 0.86 / 0.76, 128->128 @56 b8 1.03 / 0.93); a 1x1 of
+      // more channels reads every other column, which im2col copies out faster (256->512 1x1/2
+      // @56 b8 1.58 / 1.68, 64->128 @56 1.58 / 1.86)
       if (fits(A::kImplicit) && !pointwise(s) &&
-          (s.stride_h * s.stride_w == 1 || s.out_channels <= gemm::Tile<scalar_t>::kFewUses *
-                                                                gemm::Tile<scalar_t>::kRows))
+          (s.stride_h * s.stride_w == 1 || s.kernel_h * s.kernel_w > 1 ||
+           s.out_channels <= gemm::Tile<scalar_t>::kFewUses * gemm::Tile<scalar_t>::kRows))
         return A::kImplicit;
       break;
     case Pass::kGradInput:
