@@ -67,6 +67,10 @@ CASES.update({
     "winograd_blocks": lambda L: (1, 256, 272, (4, 5), (3, 3), 1, 2),
     "winograd_uneven": lambda L: (2, 17, 33, (9, 12), (3, 3), 1, (2, 0)),
     "winograd_groups": lambda L: (2, 12, 9, (7, 6), (3, 3), 3, 1),
+    # rows of a quarter and of half a vector of tiles: 4 or 2 tile rows stacked in a vector, the
+    # last stack of an image short
+    "winograd_stacked": lambda L: (3, 5, 7, (9, L // 2), (3, 3), 1, 1),
+    "winograd_stacked_half": lambda L: (2, 6, 5, (7, L), (3, 3), 1, 1),
     # implicit GEMM over stride phases ("strided", "stem" and "pointwise_strided" too): several
     # images a chunk, bands of a large plane, groups, kernels of 2-3 phases a side and a stride
     # past the kernel (phases no tap reads)
@@ -161,7 +165,7 @@ def test_every_algorithm_claims_shapes_of_the_grid():
     ("im2col", "pointwise"), ("im2col", "chunked"), ("im2col", "chunked_odd_batch"),
     ("im2col", "stem"), ("implicit", "implicit_images"), ("implicit", "implicit_bands"),
     ("implicit", "chunked"), ("winograd", "winograd_chunks"), ("winograd", "winograd_blocks"),
-    ("winograd", "chunked_odd_batch"),
+    ("winograd", "chunked_odd_batch"), ("winograd", "winograd_stacked"),
     ("im2col", "strided_images"), ("im2col", "many_channels"),
     ("implicit", "stem"), ("implicit", "strided_images"),
     ("implicit", "strided_bands"), ("implicit", "implicit_heavy_weight"),

@@ -83,10 +83,11 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // 0.64 / 0.75 (implicit); grad_input 256->256 @14 1.15 / 0.73, 16->16 @32 0.82 / 0.71, 32->32
   // @32 batch 8 0.91 / 0.83, but 32->64 @26 0.70 / 0.86 and 16->32 @32 0.56 / 0.73 (im2col);
   // grad_weight 1.2-1.3 / 0.7 from 128 channels, 16->16 @32 0.56 / 0.41, 32->32 @16 0.85 / 0.45.
-  // Its transforms run on vectors of 16 tiles of a row, so a plane of 4 tiles a row (8x8, 7x7)
-  // leaves 3 of 4 lanes idle: there implicit (forward, grad_input: 64->64 @8 batch 32 0.77 / 0.54
-  // and 0.74 / 0.55) and im2col (grad_input 512->512 @7 batch 32 0.67 / 0.58) won; its
-  // grad_weight, whose transforms are a smaller share, still won (0.68 against im2col's 0.62).
+  // Its inverse runs on vectors of 16 tiles of a row, so a plane of 4 tiles a row (8x8, 7x7)
+  // leaves 3 of 4 lanes idle there (the input transform stacks 4 such rows in a vector): implicit
+  // won forward and grad_input (64->64 @8 batch 32 1.10 / 1.04 and 1.62 / 1.42, 512->512 @7 0.82
+  // / 0.73 and 0.97 / 0.80); grad_weight, which has no inverse, won (64->64 @8 1.22 against
+  // im2col's 0.71, 512->512 @7 1.07 / 1.00).
   // On 8 tiles a row (16x16) grad_input wants 64 channels: 32->32 @16 implicit 0.81 / 0.64.
   // grad_weight of a vector of output channels or fewer is direct's, which reads each image in
   // place and transforms nothing (16->16 @32 batch 8 / 32 / 64: 1.32 / 1.78 / 1.12 of stock's

@@ -157,8 +157,14 @@ void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, 
   const int64_t width = round_up(2 * tiles_w + 2, L) + 2 * L;
   scalar_t* rows = scratch<scalar_t>(Scratch::kColumns, (2 * tiles_h + 2) * width);
   std::fill_n(rows, (2 * tiles_h + 2) * width, scalar_t(0));
-  typename V::index_type even, odd;
-  for (int lane = 0; lane < L; ++lane) even[lane] = 2 * lane, odd[lane] = 2 * lane + 1;
+  typename V::index_type even, odd, halves;
+  for (int lane = 0; lane < L; ++lane)
+    even[lane] = 2 * lane, odd[lane] = 2 * lane + 1, halves[lane] = lane < L / 2 ? lane : lane + L / 2;
+  // Rows of half or a quarter of a vector of tiles (16x16 and 8x8 planes, 15x15 and 7x7): a vector
+  // takes 2 or 4 tile rows of an image side by side, the columns of each from its own padded
+  // rows, where a vector a tile row left half or 3/4 of its lanes idle (64->64 @8 grad_weight:
+  // the transform took 37% of the time).
+  const int64_t stacked = tiles_w == L / 2 ? 2 : tiles_w == L / 4 ? 4 : 1;
   for (int64_t c = 0; c < src.channels; ++c)
     for (int64_t r_image = r0; r_image < r1;) {
       const int64_t n = r_image / tiles_h, r_end = std::min(r1, (n + 1) * tiles_h);
@@ -169,12 +175,54 @@ void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, 
         if (y >= 0 && y < src.height) copy_row(plane + y * src.width, src.width, rows + j * width + pad_w);
         else std::fill_n(rows + j * width + pad_w, src.width, scalar_t(0));
       }
+      // lanes past the tiles of a vector land on the next tiles, which this thread writes next;
+      // only where they would pass the task's last row are they left out (masked stores, slow
+      // across cache lines)
+      const auto transform = [&](Vector (&d)[4][4], int64_t r, int64_t tw, int64_t valid) {
+        Vector v[4][4];
+        sandwich<scalar_t, 4, 4, kBT>(d, v);
+        scalar_t* to = out + c * ldv + (r - first) * tiles_w + tw;
+        const bool whole = (r1 - r) * tiles_w - tw >= L;
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            scalar_t* at = to + (i * 4 + j) * point_stride;
+            if (whole) V::store(at, v[i][j]);
+            else simd::store_first(at, v[i][j], int(valid));
+          }
+      };
+      if (stacked > 1) {
+        for (int64_t r = r_image; r < r_end; r += stacked) {
+          const int64_t count = std::min(stacked, r_end - r);
+          Vector d[4][4];
+#pragma GCC unroll 4
+          for (int i = 0; i < 4; ++i) {
+            const scalar_t* from[4];  // the row of each stacked tile row (the last again past them)
+            for (int g = 0; g < 4; ++g)
+              from[g] = rows + (2 * (r - r_image + std::min<int64_t>(g, count - 1)) + i) * width;
+            for (int shift = 0; shift < 2; ++shift) {  // columns from 0, and from 2
+              Vector a, b;
+              if (stacked == 2) {
+                a = V::load(from[0] + 2 * shift), b = V::load(from[1] + 2 * shift);
+              } else {
+                a = __builtin_shuffle(V::load(from[0] + 2 * shift), V::load(from[1] + 2 * shift), halves);
+                b = __builtin_shuffle(V::load(from[2] + 2 * shift), V::load(from[3] + 2 * shift), halves);
+              }
+              d[i][2 * shift] = __builtin_shuffle(a, b, even);
+              d[i][2 * shift + 1] = __builtin_shuffle(a, b, odd);
+            }
+          }
+          transform(d, r, 0, count * tiles_w);
+        }
+        r_image = r_end;
+        continue;
+      }
       for (int64_t r = r_image; r < r_end; ++r) {
         const scalar_t* rows_of_tile[4];
         for (int i = 0; i < 4; ++i) rows_of_tile[i] = rows + (2 * (r - r_image) + i) * width;
-        scalar_t* to = out + c * ldv + (r - first) * tiles_w;
         for (int64_t tw = 0; tw < tiles_w; tw += L) {
-          Vector d[4][4], v[4][4];
+          Vector d[4][4];
 #pragma GCC unroll 4
           for (int i = 0; i < 4; ++i) {
             const scalar_t* from = rows_of_tile[i] + 2 * tw;
@@ -184,20 +232,7 @@ void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, 
             d[i][2] = __builtin_shuffle(shifted_a, shifted_b, even);
             d[i][3] = __builtin_shuffle(shifted_a, shifted_b, odd);
           }
-          sandwich<scalar_t, 4, 4, kBT>(d, v);
-          // lanes past the row land on the next rows' first tiles, which this thread writes
-          // next; only where they would pass the task's last row are they left out (masked
-          // stores, slow across cache lines)
-          const int valid = int(std::min<int64_t>(L, tiles_w - tw));
-          const bool whole = (r1 - r) * tiles_w - tw >= L;
-#pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i)
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; ++j) {
-              scalar_t* at = to + (i * 4 + j) * point_stride + tw;
-              if (whole) V::store(at, v[i][j]);
-              else simd::store_first(at, v[i][j], valid);
-            }
+          transform(d, r, tw, std::min<int64_t>(L, tiles_w - tw));
         }
       }
       r_image = r_end;
