@@ -14,9 +14,9 @@
 // padded input shifted by kw and out_w wide: kernel_w copies, and no column is dropped.
 // grad_input (stride 1) is the same kernel: the forward convolution of grad_output, padded
 // by kernel - 1 - pad, with the weight flipped and its channels swapped (its zero padding meets
-// every weight, hence only where 0 * weight is 0), the flip folded into the packing of the weight. Chunks (whole planes, several images a chunk; or
-// bands of rows of a large plane) are fixed by the shape, so each element is summed in the same
-// order for any thread count.
+// every weight, hence only where 0 * weight is 0), the flip folded into the packing of the
+// weight. Chunks (whole planes, several images a chunk; or bands of rows of a large plane) are
+// fixed by the shape, so each element is summed in the same order for any thread count.
 #include <ATen/Parallel.h>
 
 #include <algorithm>

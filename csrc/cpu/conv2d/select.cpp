@@ -132,7 +132,7 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       // many input channels on a small plane: the products are wide enough, and there is no
       // col2im (1.2-1.9x im2col for 32-64 channels on 8x8-16x16 at batch 32); on larger planes
       // and fewer channels im2col's products were 4-60% faster, and so they were below ~1K
-      // positions and 8 images, where the flipped copy of the weight is not paid back (batch 1:
+      // positions and 8 images, where packing the flipped weight is not paid back (batch 1:
       // 32->32 @16 1.5x, 64->64 @8 2x, 256->256 @14 1.4x, 512->512 @7 1.6x faster by im2col;
       // batch 8: 512->512 @7 0.75 against im2col's 0.62 of stock's speed, 64->64 @8 1.0 / 0.91);
       // 1x1 of more than 256 channels only below batch 32 (batch 8: 2048->512 @7 0.88 / 0.74,
