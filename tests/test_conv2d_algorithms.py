@@ -67,10 +67,11 @@ CASES.update({
     "winograd_blocks": lambda L: (1, 256, 272, (4, 5), (3, 3), 1, 2),
     "winograd_uneven": lambda L: (2, 17, 33, (9, 12), (3, 3), 1, (2, 0)),
     "winograd_groups": lambda L: (2, 12, 9, (7, 6), (3, 3), 3, 1),
-    # rows of a quarter and of half a vector of tiles: 4 or 2 tile rows stacked in a vector, the
-    # last stack of an image short
+    # rows of a quarter, of half and of just under half a vector of tiles: 4 or 2 tile rows
+    # stacked in a vector (some lanes idle in the last), the last stack of an image short
     "winograd_stacked": lambda L: (3, 5, 7, (9, L // 2), (3, 3), 1, 1),
     "winograd_stacked_half": lambda L: (2, 6, 5, (7, L), (3, 3), 1, 1),
+    "winograd_stacked_odd": lambda L: (3, 6, 5, (13, L - 2), (3, 3), 1, 1),
     # implicit GEMM over stride phases ("strided", "stem" and "pointwise_strided" too): several
     # images a chunk, bands of a large plane, groups, kernels of 2-3 phases a side and a stride
     # past the kernel (phases no tap reads)
@@ -166,6 +167,7 @@ def test_every_algorithm_claims_shapes_of_the_grid():
     ("im2col", "stem"), ("implicit", "implicit_images"), ("implicit", "implicit_bands"),
     ("implicit", "chunked"), ("winograd", "winograd_chunks"), ("winograd", "winograd_blocks"),
     ("winograd", "chunked_odd_batch"), ("winograd", "winograd_stacked"),
+    ("winograd", "winograd_stacked_odd"),
     ("im2col", "strided_images"), ("im2col", "many_channels"),
     ("implicit", "stem"), ("implicit", "strided_images"),
     ("implicit", "strided_bands"), ("implicit", "implicit_heavy_weight"),
@@ -271,16 +273,18 @@ def test_winograd_non_finite_values_give_im2col_results(step, where, value):
 @pytest.mark.parametrize("shape, batch, winograd", [
     ((64, 64, 56), 1, (True, True, True)), ((128, 128, 28), 32, (True, True, True)),
     ((256, 256, 14), 32, (True, True, True)), ((512, 512, 7), 32, (False, False, True)),
-    ((64, 64, 8), 32, (False, False, True)), ((32, 64, 26), 32, (True, False, True)),
+    ((64, 64, 8), 32, (False, False, True)), ((32, 64, 26), 32, (False, False, True)),
+    ((512, 512, 7), 16, (False, False, False)),
     ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, True, False)),
     ((16, 32, 32), 32, (False, False, True)),
     ((512, 512, 7), 1, (False, False, False)), ((3, 16, 32), 32, (False, False, False))])
 def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
-    """From 128 tiles: the forward from 64 output channels, grad_input from 16 input channels and
-    no more output channels, grad_weight from 16 of each and more than a vector of output
-    channels (direct takes a vector's); not a few tiles (the weight's transform
-    would cost more than the products); the forward and grad_input not on 4 tiles a row (8x8,
-    7x7), and grad_input on 8 a row only from 64 channels."""
+    """From 128 tiles: the forward from 64 input and output channels, grad_input from 16 input
+    channels and no more output channels, grad_weight from 16 of each and more than a vector of
+    output channels (direct takes a vector's), and from 384 tiles where its transformed weight
+    comes in blocks (512->512); not a few tiles (the weight's transform would cost more than the
+    products); the forward and grad_input not on 4 tiles a row (8x8, 7x7), and grad_input on 8
+    a row only from 64 channels."""
     channels, out_channels, size = shape
     x, w = torch.randn(batch, channels, size, size), torch.randn(out_channels, channels, 3, 3)
     chosen = tuple(op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) == "winograd"

@@ -214,6 +214,8 @@ using Lanes = simd::Vec<scalar_t>;
 constexpr int64_t kDirectKernelW = 5;  // kernel width the unrolled tap tiles are compiled for
 constexpr int64_t kLanesMaxRow = 14;   // widest row a lanes tile holds (lanes.cpp)
 constexpr int64_t kDirectLanesBytes = int64_t(256) << 10;  // direct grad_weight's grad_output a thread
+// Winograd's transformed weight (U, or dU) of one block of output channels (winograd.cpp)
+constexpr int64_t kWinogradBlockBytes = int64_t(8) << 20;
 
 // dst[0, count) = src[0, count) for the short rows of the direct kernels: whole vectors, then
 // single elements. (std::copy becomes a memmove call per row, which costs more than the copy.)

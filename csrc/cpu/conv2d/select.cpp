@@ -83,19 +83,24 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // 0.64 / 0.75 (implicit); grad_input 256->256 @14 1.15 / 0.73, 16->16 @32 0.82 / 0.71, 32->32
   // @32 batch 8 0.91 / 0.83, but 32->64 @26 0.70 / 0.86 and 16->32 @32 0.56 / 0.73 (im2col);
   // grad_weight 1.2-1.3 / 0.7 from 128 channels, 16->16 @32 0.56 / 0.41, 32->32 @16 0.85 / 0.45.
-  // Its inverse runs on vectors of 16 tiles of a row, so a plane of 4 tiles a row (8x8, 7x7)
-  // leaves 3 of 4 lanes idle there (the input transform stacks 4 such rows in a vector): implicit
-  // won forward and grad_input (64->64 @8 batch 32 1.10 / 1.04 and 1.62 / 1.42, 512->512 @7 0.82
-  // / 0.73 and 0.97 / 0.80); grad_weight, which has no inverse, won (64->64 @8 1.22 against
-  // im2col's 0.71, 512->512 @7 1.07 / 1.00).
+  // The forward's products want 64 input channels as their depth too: MNIST's conv2 (32->64
+  // @26) at batch 8 / 32 / 64 ran 0.88 / 1.59 / 1.61 against implicit's 1.12 / 2.05 / 1.89.
+  // Rows of 4 tiles (8x8, 7x7 planes) are stacked 4 to a vector in both transforms, yet implicit
+  // still won or tied forward and grad_input there (64->64 @8 batch 32 0.94 / 0.90 and 0.97 /
+  // 0.96; 512->512 @7 batch 8 0.73 / 0.75 and 0.68 / 0.77); grad_weight, which has no inverse,
+  // won (64->64 @8 1.22 against im2col's 0.71, 512->512 @7 1.07 / 1.00).
   // On 8 tiles a row (16x16) grad_input wants 64 channels: 32->32 @16 implicit 0.81 / 0.64.
+  // A dU past kWinogradBlockBytes comes in blocks of output channels, and grad_weight transforms
+  // the input again for each: 512->512 @7 wants 384 tiles (batch 8 / 16 / 24, 128-384 tiles:
+  // 0.91-0.97 / 1.00-1.02 / 1.08 against im2col's 1.21-1.54 / 1.11-1.31 / 1.07).
   // grad_weight of a vector of output channels or fewer is direct's, which reads each image in
   // place and transforms nothing (16->16 @32 batch 8 / 32 / 64: 1.32 / 1.78 / 1.12 of stock's
   // speed against Winograd's 0.64 / 0.90 / 0.56; 3->16 @32 batch 32: 1.54 against im2col's 0.50).
   const int64_t tiles_w = (s.out_w + 1) / 2, tiles = batch * ((s.out_h + 1) / 2) * tiles_w;
-  if (fits(A::kWinograd) && tiles >= 128) {
+  const bool blocks = 16 * s.channels * s.out_channels * int64_t(sizeof(scalar_t)) > kWinogradBlockBytes;
+  if (fits(A::kWinograd) && tiles >= (pass == Pass::kGradWeight && blocks ? 384 : 128)) {
     const bool wide =
-        pass == Pass::kForward    ? tiles_w >= 7 && s.out_channels >= 64 && s.channels >= 32
+        pass == Pass::kForward    ? tiles_w >= 7 && s.out_channels >= 64 && s.channels >= 64
         : pass == Pass::kGradInput ? tiles_w >= 7 && s.channels >= 16 &&
                                          s.channels >= s.out_channels &&
                                          (tiles_w >= 16 || s.channels >= 64)

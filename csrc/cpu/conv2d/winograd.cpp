@@ -13,7 +13,7 @@
 // grad_weight's dM alone runs on vectors of 16 output channels (grad_output's rows turned
 // [x][channel] by register transposes). Memory traffic: the input and output once each (per block of output
 // channels), V and M in a thread's L2-sized chunk; U (16/9 of the weight, in blocks of at most
-// kTransformedBytes) read once a chunk. The chunks are fixed by the shape and each point's GEMM
+// kWinogradBlockBytes) read once a chunk. The chunks are fixed by the shape and each point's GEMM
 // is one thread's, so results are the same for any thread count. A transform's sums mix a tile's
 // values, so one infinity or NaN spreads over its tile: a result with any non-finite value is
 // recomputed by im2col, whose sums are stock's.
@@ -38,7 +38,6 @@ constexpr double kGT[3][4] = {{1, .5, .5, 0}, {0, .5, -.5, 0}, {0, .5, .5, 1}};
 constexpr double kAT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
 constexpr double kA[4][2] = {{1, 0}, {1, 1}, {1, -1}, {0, -1}};
 
-constexpr int64_t kTransformedBytes = int64_t(8) << 20;  // U (or dU) of one block of out channels
 constexpr int64_t kChunkBytes = int64_t(4) << 20;        // V and M (or dM) of one chunk
 
 // sum_i t[i] * value(i) with t's zeros skipped and its ones added: t is a constant, so after
@@ -74,6 +73,12 @@ inline void sandwich(const V (&x)[S][S], V (&out)[R][R]) {
 }
 
 int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+
+// Tile rows a vector of `lanes` tiles holds side by side in the input transform and the inverse:
+// rows of half a vector or less, up to 4 of them.
+int64_t stacked_rows(int64_t tiles_w, int lanes) {
+  return tiles_w > lanes / 2 ? 1 : std::min<int64_t>(4, lanes / tiles_w);
+}
 
 // The planes of one group: element (image n, channel c, y, x) at
 // data[n * image + c * channel + y * width + x].
@@ -157,14 +162,22 @@ void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, 
   const int64_t width = round_up(2 * tiles_w + 2, L) + 2 * L;
   scalar_t* rows = scratch<scalar_t>(Scratch::kColumns, (2 * tiles_h + 2) * width);
   std::fill_n(rows, (2 * tiles_h + 2) * width, scalar_t(0));
-  typename V::index_type even, odd, halves;
-  for (int lane = 0; lane < L; ++lane)
-    even[lane] = 2 * lane, odd[lane] = 2 * lane + 1, halves[lane] = lane < L / 2 ? lane : lane + L / 2;
-  // Rows of half or a quarter of a vector of tiles (16x16 and 8x8 planes, 15x15 and 7x7): a vector
-  // takes 2 or 4 tile rows of an image side by side, the columns of each from its own padded
-  // rows, where a vector a tile row left half or 3/4 of its lanes idle (64->64 @8 grad_weight:
-  // the transform took 37% of the time).
-  const int64_t stacked = tiles_w == L / 2 ? 2 : tiles_w == L / 4 ? 4 : 1;
+  typename V::index_type even, odd;
+  for (int lane = 0; lane < L; ++lane) even[lane] = 2 * lane, odd[lane] = 2 * lane + 1;
+  // Rows of half a vector of tiles or less (planes up to 16 wide, 7x7 and 14x14 among them): a
+  // vector takes `stacked` tile rows of an image side by side, where one row left lanes idle
+  // (64->64 @8 grad_weight: the transform took 37% of the time). pick[g][p] appends row g:
+  // lanes [g tiles_w, (g + 1) tiles_w) take its columns 2t + p, the lanes before them are kept.
+  const int64_t stacked = stacked_rows(tiles_w, L);
+  typename V::index_type pick[4][2];
+  for (int g = 1; g < 4; ++g)
+    for (int p = 0; p < 2; ++p)
+      for (int lane = 0; lane < L; ++lane) {
+        const int64_t t = lane - g * tiles_w;
+        pick[g][p][lane] = lane < g * tiles_w ? (g == 1 ? 2 * lane + p : lane)
+                           : t < tiles_w      ? int(L + 2 * t + p)
+                                              : lane;
+      }
   for (int64_t c = 0; c < src.channels; ++c)
     for (int64_t r_image = r0; r_image < r1;) {
       const int64_t n = r_image / tiles_h, r_end = std::min(r1, (n + 1) * tiles_h);
@@ -197,22 +210,19 @@ void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, 
           const int64_t count = std::min(stacked, r_end - r);
           Vector d[4][4];
 #pragma GCC unroll 4
-          for (int i = 0; i < 4; ++i) {
-            const scalar_t* from[4];  // the row of each stacked tile row (the last again past them)
-            for (int g = 0; g < 4; ++g)
-              from[g] = rows + (2 * (r - r_image + std::min<int64_t>(g, count - 1)) + i) * width;
+          for (int i = 0; i < 4; ++i)
             for (int shift = 0; shift < 2; ++shift) {  // columns from 0, and from 2
-              Vector a, b;
-              if (stacked == 2) {
-                a = V::load(from[0] + 2 * shift), b = V::load(from[1] + 2 * shift);
-              } else {
-                a = __builtin_shuffle(V::load(from[0] + 2 * shift), V::load(from[1] + 2 * shift), halves);
-                b = __builtin_shuffle(V::load(from[2] + 2 * shift), V::load(from[3] + 2 * shift), halves);
+              // row i of each stacked tile row (the last again past them)
+              const auto row = [&](int64_t g) {
+                return V::load(rows + (2 * (r - r_image + std::min(g, count - 1)) + i) * width + 2 * shift);
+              };
+              const Vector first_row = row(0), second_row = row(1);
+              for (int p = 0; p < 2; ++p) {
+                Vector x = __builtin_shuffle(first_row, second_row, pick[1][p]);
+                for (int64_t g = 2; g < stacked; ++g) x = __builtin_shuffle(x, row(g), pick[g][p]);
+                d[i][2 * shift + p] = x;
               }
-              d[i][2 * shift] = __builtin_shuffle(a, b, even);
-              d[i][2 * shift + 1] = __builtin_shuffle(a, b, odd);
             }
-          }
           transform(d, r, 0, count * tiles_w);
         }
         r_image = r_end;
@@ -243,7 +253,9 @@ void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, 
 // (r - first) * tiles_w + tw] for `count` output channels k, written to dst (element (n, k, y, x) at
 // dst + n * image + k * channel + y * width + x), rows and columns past the plane dropped. The
 // vectors hold kLanes tiles of a row, so a tile row's two output columns interleave into whole
-// runs of its two output rows. Returns whether every value it kept was finite.
+// runs of its two output rows; where a row is half a vector or less (as in transform_input), a
+// vector holds the stacked_rows consecutive tile rows that M holds side by side, and each row's
+// runs are shuffled out of it. Returns whether every value it kept was finite.
 template <typename scalar_t>
 bool inverse_tiles(const scalar_t* m, int64_t point_stride, int64_t ldm, const scalar_t* bias,
                    scalar_t* dst, int64_t image, int64_t channel, int64_t count, int64_t height,
@@ -252,36 +264,48 @@ bool inverse_tiles(const scalar_t* m, int64_t point_stride, int64_t ldm, const s
   using V = Lanes<scalar_t>;
   using Vector = typename V::type;
   constexpr int L = V::kLanes;
-  typename V::index_type low, high;  // outputs [0, L) and [L, 2L) of (left column, right column)
-  for (int lane = 0; lane < L; ++lane) low[lane] = lane / 2 + lane % 2 * L, high[lane] = low[lane] + L / 2;
+  const int64_t stacked = stacked_rows(tiles_w, L);
+  // run[g][h]: outputs [h L, (h + 1) L) of stacked row g's (left column, right column) pairs
+  typename V::index_type run[4][2];
+  for (int g = 0; g < 4; ++g)
+    for (int h = 0; h < 2; ++h)
+      for (int lane = 0; lane < L; ++lane) {
+        const int j = h * L + lane;
+        run[g][h][lane] = int(std::min<int64_t>(g * tiles_w + j / 2, L - 1)) + j % 2 * L;
+      }
   const typename V::index_type lanes = V::lane_index();
   Vector poison{};  // 0 * value: 0, or NaN where a value is not finite
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t n = r / tiles_h, y0 = r % tiles_h * 2;
+  const int64_t step = stacked > 1 ? stacked : 1, vectors = stacked > 1 ? 1 : tiles_w;
+  for (int64_t r = r0; r < r1; r += step) {
+    const int64_t rows = std::min(step, r1 - r);
     for (int64_t k = 0; k < count; ++k) {
       const scalar_t* from = m + k * ldm + (r - first) * tiles_w;
       const scalar_t b = bias ? bias[k] : scalar_t(0);
-      scalar_t* out = dst + n * image + k * channel + y0 * width;
-      for (int64_t tw = 0; tw < tiles_w; tw += L) {
+      for (int64_t tw = 0; tw < vectors; tw += L) {
         Vector x[4][4], y[2][2];
 #pragma GCC unroll 4
         for (int i = 0; i < 4; ++i)
 #pragma GCC unroll 4
           for (int j = 0; j < 4; ++j) x[i][j] = V::load(from + (i * 4 + j) * point_stride + tw);
         sandwich<scalar_t, 2, 4, kAT>(x, y);
-        // lanes past the row hold the next row's tiles, or nothing
-        poison += lanes < typename V::index_t(tiles_w - tw) ? (y[0][0] + y[0][1] + y[1][0] + y[1][1]) * scalar_t(0) : Vector{};
+        // lanes past the rows' tiles hold the next rows' tiles, or nothing
+        const int64_t valid = stacked > 1 ? rows * tiles_w : tiles_w - tw;
+        poison += lanes < typename V::index_t(valid) ? (y[0][0] + y[0][1] + y[1][0] + y[1][1]) * scalar_t(0) : Vector{};
         const int64_t columns = width - 2 * tw;
-        for (int i = 0; i < 2 && y0 + i < height; ++i) {
-          const Vector left = y[i][0] + b, right = y[i][1] + b;
-          scalar_t* row = out + i * width + 2 * tw;
-          const Vector first_half = __builtin_shuffle(left, right, low);
-          const Vector second_half = __builtin_shuffle(left, right, high);
-          if (columns >= 2 * L) {
-            V::store(row, first_half), V::store(row + L, second_half);
-          } else {
-            simd::store_first(row, first_half, int(std::min<int64_t>(L, columns)));
-            if (columns > L) simd::store_first(row + L, second_half, int(columns - L));
+        for (int64_t g = 0; g < rows; ++g) {
+          const int64_t n = (r + g) / tiles_h, y0 = (r + g) % tiles_h * 2;
+          scalar_t* out = dst + n * image + k * channel + y0 * width + 2 * tw;
+          for (int i = 0; i < 2 && y0 + i < height; ++i) {
+            const Vector left = y[i][0] + b, right = y[i][1] + b;
+            scalar_t* row = out + i * width;
+            const Vector first_half = __builtin_shuffle(left, right, run[g][0]);
+            if (columns >= 2 * L) {
+              V::store(row, first_half), V::store(row + L, __builtin_shuffle(left, right, run[g][1]));
+            } else {
+              simd::store_first(row, first_half, int(std::min<int64_t>(L, columns)));
+              if (columns > L)
+                simd::store_first(row + L, __builtin_shuffle(left, right, run[g][1]), int(columns - L));
+            }
           }
         }
       }
@@ -303,7 +327,7 @@ struct Plan {
     Plan p{};
     p.tiles_h = (out_h + 1) / 2, p.tiles_w = (out_w + 1) / 2, p.rows = batch * p.tiles_h;
     p.cp = round_up(channels, L);
-    const int64_t most = std::max<int64_t>(L, kTransformedBytes / (kPoints * p.cp * bytes) / L * L);
+    const int64_t most = std::max<int64_t>(L, kWinogradBlockBytes / (kPoints * p.cp * bytes) / L * L);
     const int64_t blocks = (out_channels + most - 1) / most;
     p.block = round_up((out_channels + blocks - 1) / blocks, L);  // even blocks of whole vectors
     p.bp = round_up(std::min(p.block, out_channels), L);
