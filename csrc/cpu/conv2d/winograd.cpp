@@ -7,12 +7,13 @@
 // grad_weight is the transpose: dU[xi] = V[xi]^T dM[xi] summed over tiles, dM = A dY A^T, and
 // dg = G^T dU G. F(2x2) rather than F(4x4): its float32 error stays below direct summation's,
 // where F(4x4)'s was 2-8x above it (docs/performance.md).
-// Layout: the input transform and the inverse run on vectors of 16 tiles of a row: a tile's four
-// input columns are the even and odd elements of zero-padded row copies, and its two output
-// columns interleave back into whole output rows, so V and M are read by the GEMM in place.
+// Layout: the input transform and the inverse run on vectors of 16 tiles of a row (of up to 4
+// rows, where a row is half a vector or less): a tile's four input columns are the even and odd
+// elements of zero-padded row copies, and its two output columns interleave back into whole
+// output rows, so V and M are read by the GEMM in place.
 // grad_weight's dM alone runs on vectors of 16 output channels (grad_output's rows turned
-// [x][channel] by register transposes). Memory traffic: the input and output once each (per block of output
-// channels), V and M in a thread's L2-sized chunk; U (16/9 of the weight, in blocks of at most
+// [x][channel] by register transposes). Memory traffic: the input and output once each (per
+// block of output channels), V and M in a thread's L2-sized chunk; U (16/9 of the weight, in blocks of at most
 // kWinogradBlockBytes) read once a chunk. The chunks are fixed by the shape and each point's GEMM
 // is one thread's, so results are the same for any thread count. A transform's sums mix a tile's
 // values, so one infinity or NaN spreads over its tile: a result with any non-finite value is
