@@ -275,7 +275,7 @@ def test_winograd_non_finite_values_give_im2col_results(step, where, value):
     ((256, 256, 14), 32, (True, True, True)), ((512, 512, 7), 32, (False, False, True)),
     ((64, 64, 8), 32, (False, False, True)), ((32, 64, 26), 32, (False, False, True)),
     ((512, 512, 7), 16, (False, False, False)),
-    ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, True, False)),
+    ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, False, False)),
     ((16, 32, 32), 32, (False, False, True)),
     ((512, 512, 7), 1, (False, False, False)), ((3, 16, 32), 32, (False, False, False))])
 def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
@@ -283,8 +283,8 @@ def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
     channels and no more output channels, grad_weight from 16 of each and more than a vector of
     output channels (direct takes a vector's), and from 384 tiles where its transformed weight
     comes in blocks (512->512); not a few tiles (the weight's transform would cost more than the
-    products); the forward and grad_input not on 4 tiles a row (8x8, 7x7), and grad_input on 8
-    a row only from 64 channels."""
+    products); the forward and grad_input not on 4 tiles a row (8x8, 7x7), and grad_input only
+    from 64 channels on the planes implicit takes (up to 32x32)."""
     channels, out_channels, size = shape
     x, w = torch.randn(batch, channels, size, size), torch.randn(out_channels, channels, 3, 3)
     chosen = tuple(op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) == "winograd"
@@ -302,6 +302,16 @@ def test_small_planes_go_to_implicit_and_im2col():
         x, w = torch.randn(batch, 512, 7, 7), torch.randn(512, 512, kernel, kernel)
         padding = [kernel // 2] * 2
         assert op._conv2d_algorithm(x, w, [1, 1], padding, [1, 1], 1, "grad_input") == expected
+    # and on planes up to 32x32 from 8 images, where there are no more output channels than input
+    # channels and the kernel is past 1x1 (past 32x32 Winograd takes 16 channels)
+    for batch, size, shape, kernel, expected in (
+            (8, 32, (16, 16), 3, "implicit"), (1, 32, (16, 16), 3, "im2col"),
+            (8, 33, (16, 16), 3, "winograd"), (8, 32, (16, 32), 3, "im2col"),
+            (8, 32, (32, 16), 1, "im2col"), (8, 26, (32, 32), 3, "implicit")):
+        x, w = torch.randn(batch, shape[0], size, size), torch.randn(shape[1], shape[0], kernel, kernel)
+        padding = [kernel // 2] * 2
+        assert op._conv2d_algorithm(x, w, [1, 1], padding, [1, 1], 1, "grad_input") == expected, (
+            batch, size, shape, kernel)
 
 
 @pytest.mark.parametrize("channels, out_channels, kernel, expected", [

@@ -8,6 +8,7 @@
 namespace lenet_ext::cpu::conv2d {
 
 namespace {
+constexpr int64_t kImplicitPlane = 32 * 32;  // the largest plane implicit's grad_input takes
 constexpr const char* kAlgorithmNames[] = {"reference", "im2col", "direct", "rows", "lanes", "implicit",
                                            "winograd"};
 }  // namespace
@@ -89,7 +90,10 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // still won or tied forward and grad_input there (64->64 @8 batch 32 0.94 / 0.90 and 0.97 /
   // 0.96; 512->512 @7 batch 8 0.73 / 0.75 and 0.68 / 0.77); grad_weight, which has no inverse,
   // won (64->64 @8 1.22 against im2col's 0.71, 512->512 @7 1.07 / 1.00).
-  // On 8 tiles a row (16x16) grad_input wants 64 channels: 32->32 @16 implicit 0.81 / 0.64.
+  // grad_input wants 64 channels where implicit claims the plane (up to 32x32 from batch 8, see
+  // below): 32->32 @16 implicit 0.81 / 0.64; 16->16 @32 batch 8 / 32 / 64 1.57 / 2.44-3.07 /
+  // 2.29-2.88 against 1.01 / 1.78-2.02 / 1.75-1.88, 32->32 @32 batch 8 1.18 / 0.90; from 64
+  // channels it won or tied (64->64 @32 batch 8 / 32 1.47 / 1.58 against 1.14 / 1.46).
   // A dU past kWinogradBlockBytes comes in blocks of output channels, and grad_weight transforms
   // the input again for each: 512->512 @7 wants 384 tiles (batch 8 / 16 / 24, 128-384 tiles:
   // 0.91-0.97 / 1.00-1.02 / 1.08 against im2col's 1.21-1.54 / 1.11-1.31 / 1.07).
@@ -103,7 +107,8 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
         pass == Pass::kForward    ? tiles_w >= 7 && s.out_channels >= 64 && s.channels >= 64
         : pass == Pass::kGradInput ? tiles_w >= 7 && s.channels >= 16 &&
                                          s.channels >= s.out_channels &&
-                                         (tiles_w >= 16 || s.channels >= 64)
+                                         (s.channels >= 64 ||
+                                          (tiles_w >= 16 && s.in_h * s.in_w > kImplicitPlane))
                                    : s.channels >= 16 && s.out_channels >= 16 &&
                                          !fits(A::kDirect);
     if (wide) return A::kWinograd;
@@ -141,10 +146,17 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
       // 32->32 @16 1.5x, 64->64 @8 2x, 256->256 @14 1.4x, 512->512 @7 1.6x faster by im2col;
       // batch 8: 512->512 @7 0.75 against im2col's 0.62 of stock's speed, 64->64 @8 1.0 / 0.91);
       // 1x1 of more than 256 channels only below batch 32 (batch 8: 2048->512 @7 0.88 / 0.74,
-      // 512->2048 @7 0.92 / 0.84; batch 32: 1.09 / 1.22 and 0.93 / 1.03)
+      // 512->2048 @7 0.92 / 0.84; batch 32: 1.09 / 1.22 and 0.93 / 1.03). From batch 8 it takes
+      // planes up to 32x32 too where the output channels are no more than the input's: 16->16
+      // @32 batch 8 / 32 / 64 1.59 / 3.19 / 2.82 against im2col's 1.02 / 1.57 / 1.49 (Winograd's
+      // 1.00 / 1.88 / 1.77), 32->32 @32 batch 8 / 32 1.18 / 1.95 against 0.89 / 1.42, 32->32 @26
+      // batch 32 0.97 / 0.83, 16->16 @24 1.22 / 0.54; with more output channels im2col held
+      // (MNIST's conv2, 32->64 @26, batch 32 / 64: 0.92 / 0.95 against 0.97 / 1.03)
       if (fits(A::kImplicit) && s.channels >= 16 &&
           (s.channels <= 256 || !pointwise(s) || batch < 32) &&
-          s.in_h * s.in_w <= 256 && (batch >= 8 || batch * s.in_h * s.in_w >= 1024))
+          ((s.in_h * s.in_w <= 256 && (batch >= 8 || batch * s.in_h * s.in_w >= 1024)) ||
+           (batch >= 8 && !pointwise(s) && s.channels >= s.out_channels &&
+            s.in_h * s.in_w <= kImplicitPlane)))
         return A::kImplicit;
       break;
     case Pass::kGradWeight:
