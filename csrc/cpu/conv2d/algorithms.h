@@ -176,14 +176,16 @@ struct WeightAsA {
     if (products_per_group < 2 && !flipped) return;
     const int64_t size = gemm::prepacked_size<scalar_t>(s.out_channels, s.taps());
     scalar_t* out = scratch<scalar_t>(Scratch::kPrepackedWeight, groups * size);
-    const int64_t kernel = s.kernel_h * s.kernel_w;
-    for (int64_t g = 0; g < groups; ++g)
-      rows_padded = flipped ? gemm::prepack_a(s.out_channels, s.taps(),
-                                              PackFlipped<scalar_t>{weight + g * s.weight_block(),
-                                                                    s.out_channels, kernel},
-                                              out + g * size).rows_padded
-                            : gemm::prepack_a(s.out_channels, s.taps(), pack(g), out + g * size)
-                                  .rows_padded;
+    const auto prepack = [&](int64_t g, const auto& packer) {
+      rows_padded = gemm::prepack_a(s.out_channels, s.taps(), packer, out + g * size).rows_padded;
+    };
+    for (int64_t g = 0; g < groups; ++g) {
+      if (flipped)
+        prepack(g, PackFlipped<scalar_t>{weight + g * s.weight_block(), s.out_channels,
+                                         s.kernel_h * s.kernel_w});
+      else
+        prepack(g, pack(g));
+    }
     packed = out;
   }
   gemm::PackA<scalar_t> pack(int64_t group) const {

@@ -17,11 +17,8 @@
 // every weight, hence only where 0 * weight is 0), the flip folded into the packing of the
 // weight. Chunks (whole planes, several images a chunk; or bands of rows of a large plane) are
 // fixed by the shape, so each element is summed in the same order for any thread count.
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <utility>
-#include <vector>
 
 #include "../gemm.h"
 #include "../parallel.h"
