@@ -13,11 +13,11 @@
 // output rows, so V and M are read by the GEMM in place.
 // grad_weight's dM alone runs on vectors of 16 output channels (grad_output's rows turned
 // [x][channel] by register transposes). Memory traffic: the input and output once each (per
-// block of output channels), V and M in a thread's L2-sized chunk; U (16/9 of the weight, in blocks of at most
-// kWinogradBlockBytes) read once a chunk. The chunks are fixed by the shape and each point's GEMM
-// is one thread's, so results are the same for any thread count. A transform's sums mix a tile's
-// values, so one infinity or NaN spreads over its tile: a result with any non-finite value is
-// recomputed by im2col, whose sums are stock's.
+// block of output channels), V and M in a thread's L2-sized chunk; U (16/9 of the weight, in
+// blocks of at most kWinogradBlockBytes) read once a chunk. The chunks are fixed by the shape and
+// each point's GEMM is one thread's, so results are the same for any thread count. A
+// transform's sums mix a tile's values, so one infinity or NaN spreads over its tile: a result
+// with any non-finite value is recomputed by im2col, whose sums are stock's.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -147,8 +147,9 @@ void transform_tiles(const Planes<scalar_t>& src, int64_t offset_h, int64_t offs
 // tiles_w + tw] = (B^T d B)[xi] of channel c's tile (r, tw), d the 4x4 block of image n at
 // (2 * th - pad_h, 2 * tw - pad_w), zero outside the plane. The vectors hold kLanes tiles of a
 // row: their four columns are the even and odd elements of the input row from 2 * tw and from
-// 2 * tw + 2, taken from zero-padded copies of the rows. V comes out [c][tile], which the GEMM reads in place (a [tile][c] V had to be
-// transposed into its panels, which took as long as the products for 32 output channels).
+// 2 * tw + 2, taken from zero-padded copies of the rows. V comes out [c][tile], which the GEMM
+// reads in place (a [tile][c] V had to be transposed into its panels, which took as long as the
+// products for 32 output channels).
 template <typename scalar_t>
 void transform_input(const Planes<scalar_t>& src, int64_t pad_h, int64_t pad_w, int64_t tiles_h,
                      int64_t tiles_w, int64_t first, int64_t r0, int64_t r1, int64_t point_stride,
@@ -276,9 +277,9 @@ bool inverse_tiles(const scalar_t* m, int64_t point_stride, int64_t ldm, const s
       }
   const typename V::index_type lanes = V::lane_index();
   Vector poison{};  // 0 * value: 0, or NaN where a value is not finite
-  const int64_t step = stacked > 1 ? stacked : 1, vectors = stacked > 1 ? 1 : tiles_w;
-  for (int64_t r = r0; r < r1; r += step) {
-    const int64_t rows = std::min(step, r1 - r);
+  const int64_t vectors = stacked > 1 ? 1 : tiles_w;  // of a (stack of) tile row(s)
+  for (int64_t r = r0; r < r1; r += stacked) {
+    const int64_t rows = std::min(stacked, r1 - r);
     for (int64_t k = 0; k < count; ++k) {
       const scalar_t* from = m + k * ldm + (r - first) * tiles_w;
       const scalar_t b = bias ? bias[k] : scalar_t(0);
