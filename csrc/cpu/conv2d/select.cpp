@@ -90,10 +90,9 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // still won or tied forward and grad_input there (64->64 @8 batch 32 0.94 / 0.90 and 0.97 /
   // 0.96; 512->512 @7 batch 8 0.73 / 0.75 and 0.68 / 0.77); grad_weight, which has no inverse,
   // won (64->64 @8 1.22 against im2col's 0.71, 512->512 @7 1.07 / 1.00).
-  // grad_input wants 64 channels where implicit claims the plane (up to 32x32 from batch 8, see
-  // below): 32->32 @16 implicit 0.81 / 0.64; 16->16 @32 batch 8 / 32 / 64 1.57 / 2.44-3.07 /
-  // 2.29-2.88 against 1.01 / 1.78-2.02 / 1.75-1.88, 32->32 @32 batch 8 1.18 / 0.90; from 64
-  // channels it won or tied (64->64 @32 batch 8 / 32 1.47 / 1.58 against 1.14 / 1.46).
+  // grad_input wants 64 channels where implicit claims the plane (up to 32x32 from batch 8; the
+  // timings with implicit's rule below): 32->32 @16 implicit 0.81 / 0.64; from 64 channels
+  // Winograd won or tied (64->64 @32 batch 8 / 32 1.47 / 1.58 against 1.14 / 1.46).
   // A dU past kWinogradBlockBytes comes in blocks of output channels, and grad_weight transforms
   // the input again for each: 512->512 @7 wants 384 tiles (batch 8 / 16 / 24, 128-384 tiles:
   // 0.91-0.97 / 1.00-1.02 / 1.08 against im2col's 1.21-1.54 / 1.11-1.31 / 1.07).
@@ -101,7 +100,8 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // place and transforms nothing (16->16 @32 batch 8 / 32 / 64: 1.32 / 1.78 / 1.12 of stock's
   // speed against Winograd's 0.64 / 0.90 / 0.56; 3->16 @32 batch 32: 1.54 against im2col's 0.50).
   const int64_t tiles_w = (s.out_w + 1) / 2, tiles = batch * ((s.out_h + 1) / 2) * tiles_w;
-  const bool blocks = 16 * s.channels * s.out_channels * int64_t(sizeof(scalar_t)) > kWinogradBlockBytes;
+  const bool blocks =
+      16 * s.channels * s.out_channels * int64_t(sizeof(scalar_t)) > kWinogradBlockBytes;
   if (fits(A::kWinograd) && tiles >= (pass == Pass::kGradWeight && blocks ? 384 : 128)) {
     const bool wide =
         pass == Pass::kForward    ? tiles_w >= 7 && s.out_channels >= 64 && s.channels >= 64
