@@ -60,11 +60,11 @@ CASES.update({
     "implicit_bands": lambda L: (2, 3, 5, (61, 45), (3, 3), 1, 1),
     "implicit_full_padding": lambda L: (2, 3, 4, (7, 6), (3, 2), 1, (2, 1)),
     "implicit_groups": lambda L: (3, 6, 4, (12, 10), (3, 3), 2, (0, 1)),
-    # Winograd F(2x2, 3x3): tile rows in two chunks (2 MB of transformed tiles), output channels in
-    # blocks (4 MB of transformed weight), channels off whole vectors with the padding of
-    # grad_input's limit, groups
-    "winograd_chunks": lambda L: (3, 16, 16, (40, 40), (3, 3), 1, 1),
-    "winograd_blocks": lambda L: (1, 256, 272, (4, 5), (3, 3), 1, 2),
+    # Winograd F(2x2, 3x3): tile rows in 2 chunks (3 in float64; 4 MB of transformed tiles),
+    # output channels in 2 blocks (3; 8 MB of transformed weight), channels off whole vectors with
+    # the padding of grad_input's limit, groups
+    "winograd_chunks": lambda L: (6, 16, 16, (40, 40), (3, 3), 1, 1),
+    "winograd_blocks": lambda L: (1, 256, 528, (4, 5), (3, 3), 1, 2),
     "winograd_uneven": lambda L: (2, 17, 33, (9, 12), (3, 3), 1, (2, 0)),
     "winograd_groups": lambda L: (2, 12, 9, (7, 6), (3, 3), 3, 1),
     # rows of a quarter, of half and of just under half a vector of tiles: 4 or 2 tile rows

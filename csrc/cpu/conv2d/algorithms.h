@@ -219,6 +219,18 @@ constexpr int64_t kDirectLanesBytes = int64_t(256) << 10;  // direct grad_weight
 // Winograd's transformed weight (U, or dU) of one block of output channels (winograd.cpp)
 constexpr int64_t kWinogradBlockBytes = int64_t(8) << 20;
 
+// The output channels of a block: 16 points x the channels (whole vectors) x the block within
+// kWinogradBlockBytes, the blocks even and of whole vectors; all of them where they fit in one.
+template <typename scalar_t>
+int64_t winograd_block(int64_t channels, int64_t out_channels) {
+  constexpr int64_t L = Lanes<scalar_t>::kLanes;
+  const auto round_up = [](int64_t n) { return (n + L - 1) / L * L; };
+  const int64_t bytes = 16 * round_up(channels) * int64_t(sizeof(scalar_t));
+  const int64_t most = std::max<int64_t>(L, kWinogradBlockBytes / bytes / L * L);
+  const int64_t blocks = (out_channels + most - 1) / most;
+  return round_up((out_channels + blocks - 1) / blocks);
+}
+
 // dst[0, count) = src[0, count) for the short rows of the direct kernels: whole vectors, then
 // single elements. (std::copy becomes a memmove call per row, which costs more than the copy.)
 template <typename scalar_t>

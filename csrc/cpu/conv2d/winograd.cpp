@@ -329,11 +329,10 @@ struct Plan {
     Plan p{};
     p.tiles_h = (out_h + 1) / 2, p.tiles_w = (out_w + 1) / 2, p.rows = batch * p.tiles_h;
     p.cp = round_up(channels, L);
-    const int64_t most = std::max<int64_t>(L, kWinogradBlockBytes / (kPoints * p.cp * bytes) / L * L);
-    const int64_t blocks = (out_channels + most - 1) / most;
-    p.block = round_up((out_channels + blocks - 1) / blocks, L);  // even blocks of whole vectors
+    p.block = winograd_block<scalar_t>(channels, out_channels);
     p.bp = round_up(std::min(p.block, out_channels), L);
-    p.per_chunk = std::max<int64_t>(1, kChunkBytes / (kPoints * p.tiles_w * (p.cp + p.bp) * bytes));
+    const int64_t row_bytes = kPoints * p.tiles_w * (p.cp + p.bp) * bytes;  // V and M (or dM)
+    p.per_chunk = std::clamp<int64_t>(kChunkBytes / row_bytes, 1, p.rows);  // no larger than needed
     return p;
   }
 };
