@@ -64,6 +64,8 @@ CASES.update({
     # output channels in 2 blocks (3; 8 MB of transformed weight), channels off whole vectors with
     # the padding of grad_input's limit, groups
     "winograd_chunks": lambda L: (6, 16, 16, (40, 40), (3, 3), 1, 1),
+    # ... and in 10 chunks (20 in float64) of 1 MB, a chunk a thread (winograd_thread_chunks)
+    "winograd_thread_chunks": lambda L: (12, 16, 16, (40, 40), (3, 3), 1, 1),
     "winograd_blocks": lambda L: (1, 256, 528, (4, 5), (3, 3), 1, 2),
     "winograd_uneven": lambda L: (2, 17, 33, (9, 12), (3, 3), 1, (2, 0)),
     "winograd_groups": lambda L: (2, 12, 9, (7, 6), (3, 3), 3, 1),
@@ -166,6 +168,7 @@ def test_every_algorithm_claims_shapes_of_the_grid():
     ("im2col", "pointwise"), ("im2col", "chunked"), ("im2col", "chunked_odd_batch"),
     ("im2col", "stem"), ("implicit", "implicit_images"), ("implicit", "implicit_bands"),
     ("implicit", "chunked"), ("winograd", "winograd_chunks"), ("winograd", "winograd_blocks"),
+    ("winograd", "winograd_thread_chunks"),
     ("winograd", "chunked_odd_batch"), ("winograd", "winograd_stacked"),
     ("winograd", "winograd_stacked_odd"),
     ("im2col", "strided_images"), ("im2col", "many_channels"),
@@ -273,9 +276,11 @@ def test_winograd_non_finite_values_give_im2col_results(step, where, value):
 @pytest.mark.parametrize("shape, batch, winograd", [
     ((64, 64, 56), 1, (True, True, True)), ((128, 128, 28), 32, (True, True, True)),
     ((256, 256, 14), 32, (True, True, True)), ((512, 512, 7), 32, (False, False, True)),
-    ((64, 64, 8), 32, (False, False, True)), ((32, 64, 26), 32, (False, False, True)),
+    ((64, 64, 8), 32, (True, True, True)), ((64, 64, 8), 8, (True, True, True)),
+    ((128, 128, 8), 32, (False, False, True)), ((32, 64, 26), 32, (False, False, True)),
     ((512, 512, 7), 16, (False, False, False)),
-    ((32, 32, 16), 32, (False, False, True)), ((16, 16, 32), 32, (False, False, False)),
+    ((32, 32, 16), 32, (True, True, True)), ((32, 32, 16), 16, (False, False, True)),
+    ((16, 16, 32), 32, (True, True, False)), ((16, 16, 32), 8, (False, False, False)),
     ((16, 32, 32), 32, (False, False, True)),
     ((512, 512, 7), 1, (False, False, False)), ((3, 16, 32), 32, (False, False, False))])
 def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
@@ -283,8 +288,10 @@ def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
     channels and no more output channels, grad_weight from 16 of each and more than a vector of
     output channels (direct takes a vector's), and from 384 tiles where its transformed weight
     comes in blocks (512->512); not a few tiles (the weight's transform would cost more than the
-    products); the forward and grad_input not on 4 tiles a row (8x8, 7x7), and grad_input only
-    from 64 channels on the planes implicit takes (up to 32x32)."""
+    products); the forward and grad_input not on 4 tiles a row (8x8, 7x7) but where U is small
+    (64x64 channels), and grad_input only from 64 channels on the planes implicit takes (up to
+    32x32); both from 16 channels, and no more output channels, where the tiles make enough
+    chunks of a thread's L2 (32->32 @16 from batch 32, 16->16 @32 from batch 16)."""
     channels, out_channels, size = shape
     x, w = torch.randn(batch, channels, size, size), torch.randn(out_channels, channels, 3, 3)
     chosen = tuple(op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) == "winograd"
@@ -293,7 +300,7 @@ def test_winograd_takes_wide_3x3_layers(shape, batch, winograd):
 
 
 def test_small_planes_go_to_implicit_and_im2col():
-    x, w = torch.randn(32, 64, 8, 8), torch.randn(64, 64, 3, 3)
+    x, w = torch.randn(32, 128, 8, 8), torch.randn(128, 128, 3, 3)
     assert [op._conv2d_algorithm(x, w, [1, 1], [1, 1], [1, 1], 1, step) for step in STEPS] == [
         "implicit", "implicit", "winograd"]
     # grad_input: implicit from 8 images, but for 1x1 past 256 channels from 32

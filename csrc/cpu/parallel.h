@@ -30,11 +30,12 @@ constexpr int64_t kPoolTask = int64_t(1) << 14;
 // a small product) and aligned for vector loads: the GEMM's packed panels, conv2d's columns and
 // its block of grad_output or output; a bfloat16/float16 op's operands and results widened to
 // float32 a piece at a time; Winograd's transformed weight, tiles and products, which the calling
-// thread holds and its workers share; a convolution's weight packed once for all its chunks (the
-// calling thread's too).
+// thread holds and its workers share, and its grad_weight's partial sums; a convolution's weight
+// packed once for all its chunks (the calling thread's too).
 enum class Scratch {
   kPackedA, kPackedB, kColumns, kBlock, kWidened, kWidenedResult,
-  kWinogradWeight, kWinogradTiles, kWinogradProducts, kWinogradTaps, kPrepackedWeight, kCount
+  kWinogradWeight, kWinogradTiles, kWinogradProducts, kWinogradTaps, kWinogradPartials,
+  kPrepackedWeight, kCount
 };
 
 // This thread's `which` buffer, grown to at least `count` elements; its contents are not kept.

@@ -231,6 +231,25 @@ int64_t winograd_block(int64_t channels, int64_t out_channels) {
   return round_up((out_channels + blocks - 1) / blocks);
 }
 
+// Winograd's chunks of tiles a thread each (winograd.cpp): V and M of a chunk within
+// kWinogradThreadChunkBytes, so that they stay in a thread's L2 beside U, where U takes a quarter
+// of that or less (64x64 channels: winograd_small_weight) and the tiles make
+// kWinogradThreadChunks of them or more (winograd_thread_chunks, for the forward convolution of
+// that shape: grad_input's is its transposed shape).
+constexpr int64_t kWinogradThreadChunkBytes = int64_t(1) << 20;
+constexpr int64_t kWinogradThreadChunks = 8;
+
+template <typename scalar_t>
+bool winograd_small_weight(int64_t channels, int64_t out_channels) {
+  constexpr int64_t L = Lanes<scalar_t>::kLanes;
+  const auto round_up = [](int64_t n) { return (n + L - 1) / L * L; };
+  return 16 * round_up(channels) * round_up(out_channels) * int64_t(sizeof(scalar_t)) <=
+         kWinogradThreadChunkBytes / 4;
+}
+template <typename scalar_t>
+bool winograd_thread_chunks(int64_t batch, int64_t out_h, int64_t out_w, int64_t channels,
+                            int64_t out_channels);
+
 // dst[0, count) = src[0, count) for the short rows of the direct kernels: whole vectors, then
 // single elements. (std::copy becomes a memmove call per row, which costs more than the copy.)
 template <typename scalar_t>

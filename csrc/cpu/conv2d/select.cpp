@@ -80,19 +80,28 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // which want 64 or more, or the input channels (grad_input), which want at least as many as
   // the output channels it sums over; grad_weight's have both as a tile and the tiles as depth.
   // Forced against implicit/im2col, batch 32 unless said, stock / ours: forward 128->128 @28 1.0
-  // against 0.65, 256->256 @14 1.14 / 0.72, 64->64 @56 batch 1 0.88 / 0.77, but 32->32 @16
-  // 0.64 / 0.75 (implicit); grad_input 256->256 @14 1.15 / 0.73, 16->16 @32 0.82 / 0.71, 32->32
-  // @32 batch 8 0.91 / 0.83, but 32->64 @26 0.70 / 0.86 and 16->32 @32 0.56 / 0.73 (im2col);
-  // grad_weight 1.2-1.3 / 0.7 from 128 channels, 16->16 @32 0.56 / 0.41, 32->32 @16 0.85 / 0.45.
+  // against 0.65, 256->256 @14 1.14 / 0.72, 64->64 @56 batch 1 0.88 / 0.77; grad_input 256->256
+  // @14 1.15 / 0.73, 16->16 @32 0.82 / 0.71, 32->32 @32 batch 8 0.91 / 0.83, but 32->64 @26 0.70
+  // / 0.86 and 16->32 @32 0.56 / 0.73 (im2col); grad_weight 1.2-1.3 / 0.7 from 128 channels,
+  // 16->16 @32 0.56 / 0.41, 32->32 @16 0.85 / 0.45.
   // The forward's products want 64 input channels as their depth too: MNIST's conv2 (32->64
   // @26) at batch 8 / 32 / 64 ran 0.88 / 1.59 / 1.61 against implicit's 1.12 / 2.05 / 1.89.
   // Rows of 4 tiles (8x8, 7x7 planes) are stacked 4 to a vector in both transforms, yet implicit
-  // still won or tied forward and grad_input there (64->64 @8 batch 32 0.94 / 0.90 and 0.97 /
-  // 0.96; 512->512 @7 batch 8 0.73 / 0.75 and 0.68 / 0.77); grad_weight, which has no inverse,
-  // won (64->64 @8 1.22 against im2col's 0.71, 512->512 @7 1.07 / 1.00).
-  // grad_input wants 64 channels where implicit claims the plane (up to 32x32 from batch 8; the
-  // timings with implicit's rule below): 32->32 @16 implicit 0.81 / 0.64; from 64 channels
-  // Winograd won or tied (64->64 @32 batch 8 / 32 1.47 / 1.58 against 1.14 / 1.46).
+  // still won or tied forward and grad_input there under a large U (512->512 @7 batch 8 0.73 /
+  // 0.75 and 0.68 / 0.77); grad_weight, which has no inverse, won (64->64 @8 1.22 against
+  // im2col's 0.71, 512->512 @7 1.07 / 1.00). Under a small one (winograd_small_weight: 64x64
+  // channels) Winograd won those too (64->64 @8, implicit's time / Winograd's, forward and
+  // grad_input alike: batch 8 / 16 / 32 / 64 1.28 / 1.21 / 1.03-1.08 / 1.61).
+  // From 16 channels and no more output channels, Winograd takes both where its tiles make
+  // chunks of a thread's L2 enough for a chunk a thread (winograd_thread_chunks), as implicit's
+  // time / Winograd's: 32->32 @16 batch 32 / 64 1.37 / 1.40, 16->16 @32 batch 16 / 32 / 64 1.21
+  // / 1.26 / 1.30, 32->32 @32 batch 8 / 32 1.39 / 1.48; with fewer chunks implicit won (32->32
+  // @16 batch 8 / 16 0.95 / 0.84, 16->16 @32 batch 8 0.73), and with more output channels the
+  // others held (MNIST's conv2 batch 16 / 64: forward 1.01 / 0.96, grad_input im2col's 0.91 /
+  // 0.90).
+  // Otherwise grad_input wants 64 channels where implicit claims the plane (up to 32x32 from
+  // batch 8; the timings with implicit's rule below): 32->32 @16 implicit 0.81 / 0.64; from 64
+  // channels Winograd won or tied (64->64 @32 batch 8 / 32 1.47 / 1.58 against 1.14 / 1.46).
   // A dU past kWinogradBlockBytes comes in blocks of output channels, and grad_weight transforms
   // the input again for each: 512->512 @7 wants 384 tiles (batch 8 / 16 / 24, 128-384 tiles:
   // 0.91-0.97 / 1.00-1.02 / 1.08 against im2col's 1.21-1.54 / 1.11-1.31 / 1.07).
@@ -102,14 +111,20 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   const int64_t tiles_w = (s.out_w + 1) / 2, tiles = batch * ((s.out_h + 1) / 2) * tiles_w;
   const bool blocks = winograd_block<scalar_t>(s.channels, s.out_channels) < s.out_channels;
   if (fits(A::kWinograd) && tiles >= (pass == Pass::kGradWeight && blocks ? 384 : 128)) {
+    const bool thread_chunks =
+        pass == Pass::kForward
+            ? winograd_thread_chunks<scalar_t>(batch, s.out_h, s.out_w, s.channels, s.out_channels)
+            : winograd_thread_chunks<scalar_t>(batch, s.in_h, s.in_w, s.out_channels, s.channels);
+    const bool planes = tiles_w >= 7 || winograd_small_weight<scalar_t>(s.channels, s.out_channels);
+    const bool no_more_out = s.channels >= 16 && s.channels >= s.out_channels;
     const bool wide =
-        pass == Pass::kForward    ? tiles_w >= 7 && s.out_channels >= 64 && s.channels >= 64
-        : pass == Pass::kGradInput ? tiles_w >= 7 && s.channels >= 16 &&
-                                         s.channels >= s.out_channels &&
-                                         (s.channels >= 64 ||
-                                          (tiles_w >= 16 && s.in_h * s.in_w > kImplicitPlane))
-                                   : s.channels >= 16 && s.out_channels >= 16 &&
-                                         !fits(A::kDirect);
+        pass == Pass::kForward
+            ? (planes && s.out_channels >= 64 && s.channels >= 64) || (no_more_out && thread_chunks)
+        : pass == Pass::kGradInput
+            ? no_more_out && (thread_chunks ||
+                              (planes && (s.channels >= 64 || (tiles_w >= 16 &&
+                                                               s.in_h * s.in_w > kImplicitPlane))))
+            : s.channels >= 16 && s.out_channels >= 16 && !fits(A::kDirect);
     if (wide) return A::kWinograd;
   }
   switch (pass) {

@@ -13,9 +13,12 @@
 // output rows, so V and M are read by the GEMM in place.
 // grad_weight's dM alone runs on vectors of 16 output channels (grad_output's rows turned
 // [x][channel] by register transposes). Memory traffic: the input and output once each (per
-// block of output channels), V and M in a thread's L2-sized chunk; U (16/9 of the weight, in
-// blocks of at most kWinogradBlockBytes) read once a chunk. The chunks are fixed by the shape and
-// each point's GEMM is one thread's, so results are the same for any thread count. A
+// block of output channels); V and M in chunks of kChunkBytes, which the threads share (the
+// transforms split by rows, the points' products by point), or, under a small U with tiles
+// enough, in chunks of a thread each that stay in its L2 beside U (winograd_thread_chunks:
+// 64->64 @56 forward 1.3x faster); U (16/9 of the weight, in blocks of at most
+// kWinogradBlockBytes) read once a chunk. The chunks are fixed by the shape and each point's GEMM
+// is one thread's, so results are the same for any thread count. A
 // transform's sums mix a tile's values, so one infinity or NaN spreads over its tile: a result
 // with any non-finite value is recomputed by im2col, whose sums are stock's.
 #include <ATen/Parallel.h>
@@ -324,7 +327,8 @@ struct Plan {
   int64_t tiles_h, tiles_w, rows, cp, block, bp, per_chunk;
 
   template <typename scalar_t>
-  static Plan of(int64_t batch, int64_t out_h, int64_t out_w, int64_t channels, int64_t out_channels) {
+  static Plan of(int64_t batch, int64_t out_h, int64_t out_w, int64_t channels, int64_t out_channels,
+                 int64_t chunk_bytes = kChunkBytes) {
     constexpr int64_t L = Lanes<scalar_t>::kLanes, bytes = sizeof(scalar_t);
     Plan p{};
     p.tiles_h = (out_h + 1) / 2, p.tiles_w = (out_w + 1) / 2, p.rows = batch * p.tiles_h;
@@ -332,9 +336,10 @@ struct Plan {
     p.block = winograd_block<scalar_t>(channels, out_channels);
     p.bp = round_up(std::min(p.block, out_channels), L);
     const int64_t row_bytes = kPoints * p.tiles_w * (p.cp + p.bp) * bytes;  // V and M (or dM)
-    p.per_chunk = std::clamp<int64_t>(kChunkBytes / row_bytes, 1, p.rows);  // no larger than needed
+    p.per_chunk = std::clamp<int64_t>(chunk_bytes / row_bytes, 1, p.rows);  // no larger than needed
     return p;
   }
+  int64_t chunks() const { return (rows + per_chunk - 1) / per_chunk; }
 };
 
 // A thread's buffers for a plan, k a block of output channels: the calling thread's weight taps
@@ -381,7 +386,11 @@ bool convolve(const scalar_t* input, const scalar_t* weight, bool flipped, const
               scalar_t* output, int64_t batch, int64_t groups, const ConvShape& s) {
   using V = Lanes<scalar_t>;
   constexpr int64_t L = V::kLanes;
-  const Plan plan = Plan::of<scalar_t>(batch, s.out_h, s.out_w, s.channels, s.out_channels);
+  const Plan plan = Plan::of<scalar_t>(
+      batch, s.out_h, s.out_w, s.channels, s.out_channels,
+      winograd_thread_chunks<scalar_t>(batch, s.out_h, s.out_w, s.channels, s.out_channels)
+          ? kWinogradThreadChunkBytes
+          : kChunkBytes);
   const int64_t taps = 9 * s.channels;
   const WeightBuffers<scalar_t> buffers(plan);
   scalar_t *const transposed = buffers.taps, *const u = buffers.weight;
@@ -435,7 +444,7 @@ bool convolve(const scalar_t* input, const scalar_t* weight, bool flipped, const
             finite.store(false, std::memory_order_relaxed);
         });
       };
-      const int64_t chunks = (plan.rows + plan.per_chunk - 1) / plan.per_chunk;
+      const int64_t chunks = plan.chunks();
       if (chunks >= 2 * at::get_num_threads() && !at::in_parallel_region())
         at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
           for (int64_t chunk = begin; chunk < end; ++chunk) run_chunk(chunk);
@@ -448,6 +457,15 @@ bool convolve(const scalar_t* input, const scalar_t* weight, bool flipped, const
 }
 
 }  // namespace
+
+template <typename scalar_t>
+bool winograd_thread_chunks(int64_t batch, int64_t out_h, int64_t out_w, int64_t channels,
+                            int64_t out_channels) {
+  if (!winograd_small_weight<scalar_t>(channels, out_channels)) return false;
+  const Plan small =
+      Plan::of<scalar_t>(batch, out_h, out_w, channels, out_channels, kWinogradThreadChunkBytes);
+  return small.chunks() >= kWinogradThreadChunks;
+}
 
 template <typename scalar_t>
 void winograd_forward(const scalar_t* input, const scalar_t* weight, const scalar_t* bias,
@@ -472,12 +490,18 @@ void winograd_grad_weight(const scalar_t* grad_output, const scalar_t* input,
                           scalar_t* grad_weight, int64_t batch, int64_t groups, const ConvShape& s) {
   using V = Lanes<scalar_t>;
   constexpr int64_t L = V::kLanes;
-  const Plan plan = Plan::of<scalar_t>(batch, s.out_h, s.out_w, s.channels, s.out_channels);
-  const int64_t taps = 9 * s.channels;
+  // Chunks a thread each, as the forward's (winograd_thread_chunks), each adding its products to
+  // the partial dU of its part; a fixed number of parts (by the shape), added in order after.
+  const bool thread_chunks =
+      winograd_thread_chunks<scalar_t>(batch, s.out_h, s.out_w, s.channels, s.out_channels);
+  const Plan plan = Plan::of<scalar_t>(batch, s.out_h, s.out_w, s.channels, s.out_channels,
+                                       thread_chunks ? kWinogradThreadChunkBytes : kChunkBytes);
+  const int64_t taps = 9 * s.channels, du_size = kPoints * s.channels * plan.bp;
+  const int64_t chunks = plan.chunks(), parts = std::min(kWinogradThreadChunks, chunks);
   const WeightBuffers<scalar_t> buffers(plan);
-  const ChunkBuffers<scalar_t> chunk_buffers(plan);
-  scalar_t *const sums = buffers.taps, *const du = buffers.weight, *const v = chunk_buffers.tiles,
-               *const dm = chunk_buffers.products;
+  scalar_t *const sums = buffers.taps, *const du = buffers.weight;
+  scalar_t* const partials =
+      thread_chunks ? scratch<scalar_t>(Scratch::kWinogradPartials, parts * du_size) : nullptr;
   for (int64_t g = 0; g < groups; ++g) {
     const Planes<scalar_t> in{input + g * s.input_block(), groups * s.input_block(),
                               s.in_h * s.in_w, s.channels, s.in_h, s.in_w};
@@ -485,23 +509,51 @@ void winograd_grad_weight(const scalar_t* grad_output, const scalar_t* input,
       const int64_t count = std::min(plan.block, s.out_channels - k0);
       const Planes<scalar_t> grad{grad_output + (g * s.out_channels + k0) * s.positions(),
                                   groups * s.output_block(), s.positions(), count, s.out_h, s.out_w};
-      std::fill_n(du, kPoints * s.channels * plan.bp, scalar_t(0));
-      for (int64_t first = 0; first < plan.rows; first += plan.per_chunk) {
-        const int64_t last = std::min(plan.rows, first + plan.per_chunk);
+      // a chunk's tiles transformed and their products added to `into`: on this thread, or, where
+      // `shared`, spread over the threads
+      const auto add_chunk = [&](int64_t chunk, scalar_t* into, bool shared) {
+        const int64_t first = chunk * plan.per_chunk, last = std::min(plan.rows, first + plan.per_chunk);
         const int64_t tiles = (last - first) * plan.tiles_w;
-        over_rows(first, last, plan.tiles_w * (plan.cp + plan.bp) * kPoints, [&](int64_t r0, int64_t r1) {
+        const ChunkBuffers<scalar_t> chunk_buffers(plan);  // this thread's
+        scalar_t *const v = chunk_buffers.tiles, *const dm = chunk_buffers.products;
+        const auto transform = [&](int64_t r0, int64_t r1) {
           transform_input(in, s.pad_h, s.pad_w, plan.tiles_h, plan.tiles_w, first, r0, r1,
                           s.channels * chunk_buffers.ldm, chunk_buffers.ldm, v);
           transform_tiles<scalar_t, 2, kA>(grad, 0, 0, plan.tiles_h, plan.tiles_w, first, r0, r1,
                                            plan.bp, tiles * plan.bp, dm);
-        });
+        };
         // dU[xi] (channels x count) += V[xi]^T dM[xi], the tiles summed in order
-        over_points([&](int64_t xi) {
+        const auto product = [&](int64_t xi) {
           gemm::gemm(s.channels, count, tiles,
                      gemm::Strided<scalar_t>{v + xi * s.channels * chunk_buffers.ldm, chunk_buffers.ldm, 1},
                      gemm::Strided<scalar_t>{dm + xi * tiles * plan.bp, plan.bp, 1},
-                     du + xi * s.channels * plan.bp, plan.bp, /*accumulate=*/true);
+                     into + xi * s.channels * plan.bp, plan.bp, /*accumulate=*/true);
+        };
+        if (shared) {
+          over_rows(first, last, plan.tiles_w * (plan.cp + plan.bp) * kPoints, transform);
+          over_points(product);
+        } else {
+          transform(first, last);
+          for (int64_t xi = 0; xi < kPoints; ++xi) product(xi);
+        }
+      };
+      if (thread_chunks) {
+        at::parallel_for(0, parts, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t part = begin; part < end; ++part) {
+            scalar_t* const into = partials + part * du_size;
+            std::fill_n(into, du_size, scalar_t(0));
+            for (int64_t chunk = part * chunks / parts; chunk < (part + 1) * chunks / parts; ++chunk)
+              add_chunk(chunk, into, /*shared=*/false);
+          }
         });
+        at::parallel_for(0, du_size, grain(parts, kStreamTask), [&](int64_t i0, int64_t i1) {
+          std::copy(partials + i0, partials + i1, du + i0);
+          for (int64_t part = 1; part < parts; ++part)
+            for (int64_t i = i0; i < i1; ++i) du[i] += partials[part * du_size + i];
+        });
+      } else {
+        std::fill_n(du, du_size, scalar_t(0));
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) add_chunk(chunk, du, /*shared=*/true);
       }
       // dg = G^T dU G, [tap][k], turned into the weight's [k][tap]
       at::parallel_for(0, s.channels, grain(plan.bp * kPoints * 4, kConvTask), [&](int64_t c0, int64_t c1) {
@@ -524,6 +576,8 @@ void winograd_grad_weight(const scalar_t* grad_output, const scalar_t* input,
     im2col_grad_weight(grad_output, input, grad_weight, batch, groups, s);
 }
 
+template bool winograd_thread_chunks<float>(int64_t, int64_t, int64_t, int64_t, int64_t);
+template bool winograd_thread_chunks<double>(int64_t, int64_t, int64_t, int64_t, int64_t);
 LENET_EXT_CONV2D_FORWARD(winograd_forward)
 LENET_EXT_CONV2D_GRAD(winograd_grad_input)
 LENET_EXT_CONV2D_GRAD(winograd_grad_weight)
