@@ -1094,11 +1094,22 @@ def test_conv2d_infinite_weight_meets_padding_as_zero_times_inf():
                                equal_nan=True)
 
 
-def test_conv2d_of_zero_input_channels_is_the_bias():
+@pytest.mark.parametrize("batch, out_channels, size, kernel, stride", [
+    (2, 3, (5, 6), 2, 1),
+    (1, 16, (32, 32), 3, 1),   # one image: implicit's bands of rows, sized by the channels
+    (64, 64, (8, 8), 3, 1),    # Winograd's tiles enough, its plan sized by the channels
+    (64, 16, (32, 32), 3, 2), (8, 64, (16, 16), 1, 1)])
+def test_conv2d_of_zero_input_channels_is_the_bias(batch, out_channels, size, kernel, stride):
     # the other: stock returns 0 output channels here, whatever the weight says
-    x, w, b = torch.randn(2, 0, 5, 6), torch.randn(3, 0, 2, 2), torch.randn(3)
-    torch.testing.assert_close(lenet_ext.functional.conv2d(x, w, b),
-                               b.view(1, 3, 1, 1).expand(2, 3, 4, 5), rtol=0, atol=0)
+    x = torch.randn(batch, 0, *size, requires_grad=True)
+    w = torch.randn(out_channels, 0, kernel, kernel, requires_grad=True)
+    b = torch.randn(out_channels, requires_grad=True)
+    out = lenet_ext.functional.conv2d(x, w, b, stride, kernel // 2)
+    torch.testing.assert_close(out, b.detach().view(1, -1, 1, 1).expand_as(out), rtol=0, atol=0)
+    grad = torch.randint(-4, 5, out.shape).float()  # small integers: any order sums them exactly
+    out.backward(grad)
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+    torch.testing.assert_close(b.grad, grad.sum((0, 2, 3)), rtol=0, atol=0)
 
 
 # The harness itself -------------------------------------------------------------------------------

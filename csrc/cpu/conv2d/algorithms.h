@@ -225,9 +225,9 @@ template <typename scalar_t>
 int64_t winograd_block(int64_t channels, int64_t out_channels) {
   constexpr int64_t L = Lanes<scalar_t>::kLanes;
   const auto round_up = [](int64_t n) { return (n + L - 1) / L * L; };
-  const int64_t bytes = 16 * round_up(channels) * int64_t(sizeof(scalar_t));
+  const int64_t bytes = 16 * std::max(L, round_up(channels)) * int64_t(sizeof(scalar_t));
   const int64_t most = std::max<int64_t>(L, kWinogradBlockBytes / bytes / L * L);
-  const int64_t blocks = (out_channels + most - 1) / most;
+  const int64_t blocks = std::max<int64_t>(1, (out_channels + most - 1) / most);
   return round_up((out_channels + blocks - 1) / blocks);
 }
 

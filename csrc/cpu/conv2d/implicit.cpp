@@ -75,7 +75,8 @@ struct Chunks {
     const int64_t pw = p.width, ph = s.out_h + p.halo;  // a phase's rows and columns
     if (s.out_h * pw >= kTargetColumns || batch == 1) {
       const int64_t most =
-          kBufferBytes / int64_t(sizeof(scalar_t)) / (s.channels * p.count() * pw) - p.halo;
+          kBufferBytes / int64_t(sizeof(scalar_t)) / std::max<int64_t>(1, s.channels * p.count() * pw) -
+          p.halo;  // (a 0-channel input has a buffer of its kernel_w zeros)
       const int64_t rows = std::clamp<int64_t>((kTargetColumns + pw - 1) / pw, 1,
                                                std::max<int64_t>(1, std::min(most, s.out_h)));
       const int64_t bands = (s.out_h + rows - 1) / rows;

@@ -109,8 +109,11 @@ Algorithm select(Pass pass, const ConvShape& s, int64_t batch, bool finite_weigh
   // place and transforms nothing (16->16 @32 batch 8 / 32 / 64: 1.32 / 1.78 / 1.12 of stock's
   // speed against Winograd's 0.64 / 0.90 / 0.56; 3->16 @32 batch 32: 1.54 against im2col's 0.50).
   const int64_t tiles_w = (s.out_w + 1) / 2, tiles = batch * ((s.out_h + 1) / 2) * tiles_w;
-  const bool blocks = winograd_block<scalar_t>(s.channels, s.out_channels) < s.out_channels;
-  if (fits(A::kWinograd) && tiles >= (pass == Pass::kGradWeight && blocks ? 384 : 128)) {
+  if (fits(A::kWinograd) &&
+      tiles >= (pass == Pass::kGradWeight &&
+                        winograd_block<scalar_t>(s.channels, s.out_channels) < s.out_channels
+                    ? 384
+                    : 128)) {
     const bool thread_chunks =
         pass == Pass::kForward
             ? winograd_thread_chunks<scalar_t>(batch, s.out_h, s.out_w, s.channels, s.out_channels)

@@ -335,8 +335,9 @@ struct Plan {
     p.cp = round_up(channels, L);
     p.block = winograd_block<scalar_t>(channels, out_channels);
     p.bp = round_up(std::min(p.block, out_channels), L);
-    const int64_t row_bytes = kPoints * p.tiles_w * (p.cp + p.bp) * bytes;  // V and M (or dM)
-    p.per_chunk = std::clamp<int64_t>(chunk_bytes / row_bytes, 1, p.rows);  // no larger than needed
+    // V and M (or dM) of a tile row; a chunk no larger than needed
+    const int64_t row_bytes = std::max<int64_t>(1, kPoints * p.tiles_w * (p.cp + p.bp) * bytes);
+    p.per_chunk = std::max<int64_t>(1, std::min(chunk_bytes / row_bytes, p.rows));
     return p;
   }
   int64_t chunks() const { return (rows + per_chunk - 1) / per_chunk; }
