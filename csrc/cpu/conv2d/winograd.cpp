@@ -18,9 +18,9 @@
 // enough, in chunks of a thread each that stay in its L2 beside U (winograd_thread_chunks:
 // 64->64 @56 forward 1.3x faster); U (16/9 of the weight, in blocks of at most
 // kWinogradBlockBytes) read once a chunk. The chunks are fixed by the shape and each point's GEMM
-// is one thread's, so results are the same for any thread count. A
-// transform's sums mix a tile's values, so one infinity or NaN spreads over its tile: a result
-// with any non-finite value is recomputed by im2col, whose sums are stock's.
+// is one thread's, so results are the same for any thread count. A transform's sums mix a tile's
+// values, so one infinity or NaN spreads over its tile: a result with any non-finite value is
+// recomputed by im2col, whose sums are stock's.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
